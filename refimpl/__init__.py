@@ -1,0 +1,52 @@
+"""refimpl: reference implementation of training a one-layer transformer for next-token
+prediction (Huang, Liang & Yang, NeurIPS 2024), with certified bounds.
+
+Letters used in every docstring: N sentences, L positions (Lmax padded width),
+M tokens (vocabulary size), d embedding width, n_c = |C| collocation size.
+Token coordinates: O = E^T W_ov E, K = E^T W_kq E (M x M), row = key token,
+column = query token.
+
+Public names (SPEC section 7) are loaded on first use, so ``import refimpl``
+stays cheap and the Numba kernels compile only when needed.
+"""
+from importlib import import_module
+
+__version__ = "0.1.0"
+
+_PUBLIC = {
+    # datasets
+    "RealizableDataset": "data", "validate": "data", "extended_order": "data",
+    "transitive_closure": "data", "induced_relations": "data",
+    "generate": "generate",
+    "load_dataset": "io", "save_dataset": "io",
+    # errors
+    "DatasetError": "errors", "TokenOutOfRangeError": "errors", "EmptySentenceError": "errors",
+    "CountMismatchError": "errors", "CollocationConflictError": "errors",
+    "NoOptimalTokenError": "errors", "AmbiguousOptimalTokenError": "errors",
+    "OrderCycleError": "errors", "OrderContradictionError": "errors",
+    "NonOrthonormalEmbeddingError": "errors", "FileFormatError": "errors", "ConfigError": "errors",
+    # model
+    "loss_and_grads": "model", "stage1_loss_and_grad": "model",
+    # max-margin
+    "w_ov_star": "maxmargin", "w_kq_star": "maxmargin", "stage2_floor": "maxmargin",
+    # training
+    "train_two_stage": "train", "train_joint": "train", "TrainConfig": "train",
+    # generalization
+    "predict": "generalize",
+}
+
+__all__ = sorted(_PUBLIC) + ["__version__"]
+
+
+def __getattr__(name):
+    try:
+        module = _PUBLIC[name]
+    except KeyError:
+        raise AttributeError(f"module 'refimpl' has no attribute {name!r}") from None
+    value = getattr(import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return __all__

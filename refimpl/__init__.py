@@ -17,7 +17,7 @@ _PUBLIC = {
     # datasets
     "RealizableDataset": "data", "validate": "data", "extended_order": "data",
     "transitive_closure": "data", "induced_relations": "data",
-    "generate": "generate",
+    "generate": "generator",
     "load_dataset": "io", "save_dataset": "io",
     # errors
     "DatasetError": "errors", "TokenOutOfRangeError": "errors", "EmptySentenceError": "errors",

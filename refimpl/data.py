@@ -284,7 +284,10 @@ def _sentence_relations(ds, optimal):
 
 
 def _find_cycle(M, q_arr, lo, up):
-    """If the relations (per query) have a cycle, return (q, cycle list), else None."""
+    """If the relations (per query) have a cycle, return (q, cycle list), else None.
+
+    The cycle lists tokens in order with the first repeated at the end, so
+    consecutive entries are relations ``cycle[j] < cycle[j+1]``."""
     if len(lo) == 0:
         return None
     src, dst = q_arr * M + lo, q_arr * M + up
@@ -366,9 +369,14 @@ def validate(ds):
     cyc = _find_cycle(ds.vocab_size, q_arr, lo, up)
     if cyc is not None:
         q, c = cyc
+        M = ds.vocab_size
+        key = (q_arr * M + lo) * M + up
+        by_key = dict(zip(key.tolist(), sent_idx.tolist()))
+        sents = [by_key[(q * M + a) * M + b] for a, b in zip(c[:-1], c[1:])]
         raise OrderCycleError(
-            f"the sentences of query {q} induce a cycle {' < '.join(map(str, c))} in its order",
-            query=q, tokens=c, cycle=c)
+            f"the sentences {sorted(set(sents))} of query {q} induce a cycle "
+            f"{' < '.join(map(str, c))} in its order",
+            sentence=max(sents), query=q, tokens=c, cycle=c, sentences=sents)
     ds._valid = True
     ds.__dict__["optimal"] = optimal
 

@@ -1,0 +1,215 @@
+"""Command line: ``refimpl <command> ...`` (also ``python -m refimpl``).
+
+Data goes to stdout (or files), messages to stderr. Exit codes: 0 success,
+1 a certified claim failed (audit), 2 bad input (a one-line message naming
+what was wrong; nothing is written).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import ConfigError, DatasetError
+
+EXIT_OK, EXIT_CLAIM_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+
+
+class UsageError(Exception):
+    """Bad command-line input detected after argument parsing (exit 2)."""
+
+
+def _out_dir(path):
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise UsageError(f"--out {p}: exists and is not a directory")
+    return p
+
+
+def _out_file(path):
+    p = Path(path)
+    if p.is_dir():
+        raise UsageError(f"--out {p}: is a directory, expected a file path")
+    if not p.parent.exists():
+        raise UsageError(f"--out {p}: folder {p.parent} does not exist")
+    return p
+
+
+def _progress(args):
+    return False if args.quiet else None
+
+
+# ------------------------------------------------------------------ commands
+def cmd_generate(args):
+    from .generator import generate
+    from .io import dataset_to_dict, save_dataset
+    out = None if args.out == "-" else _out_file(args.out)
+    ds = generate(args.vocab_size, args.sentences, args.min_len, args.max_len, args.seed,
+                  n_colloc=args.n_colloc, order_dim=args.order_dim, store_orders=args.store_orders)
+    if out is None:
+        json.dump(dataset_to_dict(ds), sys.stdout)
+        sys.stdout.write("\n")
+    else:
+        save_dataset(ds, out)
+        if not args.quiet:
+            print(f"wrote {out}: M={ds.vocab_size} N={ds.n_sentences} lengths "
+                  f"{ds.lengths.min()}..{ds.lengths.max()}", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_validate(args):
+    from .io import load_dataset
+    ds = load_dataset(args.file)
+    if not args.quiet:
+        print(f"{args.file}: realizable (M={ds.vocab_size}, N={ds.n_sentences}, |C|={len(ds.colloc_tokens)}, "
+              f"orders {'induced' if ds.orders is None else 'supplied'})", file=sys.stderr)
+    return EXIT_OK
+
+
+def _train_overrides(args):
+    keys = ("eta0", "eta", "T0", "T", "init", "seed")
+    return {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
+
+
+def cmd_reproduce(args):
+    from .reproduce import ReproduceConfig, run_reproduce
+    out = _out_dir(args.out)
+    config = ReproduceConfig(**_train_overrides(args))
+    summary = run_reproduce(config, out, progress=_progress(args))
+    json.dump(summary, sys.stdout, indent=1, default=float)
+    sys.stdout.write("\n")
+    return EXIT_OK
+
+
+def cmd_train(args):
+    from .io import load_dataset
+    from .reproduce import ReproduceConfig, run_train
+    out = _out_dir(args.out)
+    ds = load_dataset(args.file)
+    config = ReproduceConfig(**_train_overrides(args))
+    summary = run_train(ds, config, out, progress=_progress(args))
+    json.dump(summary, sys.stdout, indent=1, default=float)
+    sys.stdout.write("\n")
+    return EXIT_OK
+
+
+def cmd_audit(args):
+    from .audit import AuditConfig, format_table, run_audit
+    from .io import load_dataset
+    ds = load_dataset(args.file)
+    config = AuditConfig(**_train_overrides(args))
+    report = run_audit(ds, config, progress=_progress(args))
+    if args.json:
+        json.dump(report, sys.stdout, indent=1, default=float)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write(format_table(report))
+    if report["certified_failures"]:
+        print(f"refimpl audit: certified claim(s) failed: {', '.join(report['certified_failures'])} "
+              f"(a bug or a finding; see the table)", file=sys.stderr)
+        return EXIT_CLAIM_FAILED
+    return EXIT_OK
+
+
+def cmd_generalize(args):
+    from .generalize import run_generalize
+    from .io import load_dataset
+    out = None if args.out is None else _out_dir(args.out)
+    ds = load_dataset(args.file)
+    summary = run_generalize(ds, out_dir=out, **_train_overrides(args))
+    json.dump(summary, sys.stdout, indent=1, default=float)
+    sys.stdout.write("\n")
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------ parser
+def _add_train_args(p):
+    g = p.add_argument_group("training (defaults: the built-in configuration)")
+    g.add_argument("--eta0", type=float, help="stage-1 step size (default 0.2/sqrt(d))")
+    g.add_argument("--eta", type=float, help="stage-2 step size (default 0.05/sqrt(d))")
+    g.add_argument("--T0", type=int, help="stage-1 steps")
+    g.add_argument("--T", type=int, help="stage-2 steps")
+    g.add_argument("--init", choices=("zero", "random"), help="initialization (default zero)")
+    g.add_argument("--seed", type=int, help="seed of a random initialization")
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="refimpl",
+        description="Reference implementation of training a one-layer transformer for next-token "
+                    "prediction (Huang, Liang & Yang, NeurIPS 2024).")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars or messages on stderr")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("reproduce", help="the paper's experiment (Figure 2) on the built-in default",
+                       description="Run Algorithm 1 on the built-in default dataset and write figure.png, "
+                                   "stage1.csv, stage2.csv, summary.json and config.json. Prints the summary.")
+    p.add_argument("--out", default="reproduce_out", help="output folder (default: reproduce_out)")
+    _add_train_args(p)
+    p.set_defaults(func=cmd_reproduce)
+
+    p = sub.add_parser("generate", help="write a random realizable dataset",
+                       description="Write a seeded random realizable dataset in the refimpl JSON format.")
+    p.add_argument("--vocab-size", "-M", type=int, default=20, help="M (default 20)")
+    p.add_argument("--sentences", "-N", type=int, default=200, help="N (default 200)")
+    p.add_argument("--min-len", type=int, default=2, help="shortest sentence (default 2)")
+    p.add_argument("--max-len", type=int, default=6, help="longest sentence (default 6)")
+    p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    p.add_argument("--n-colloc", type=int, default=None, help="|C| (default M: a permutation)")
+    p.add_argument("--order-dim", type=int, default=2, help="rankings intersected per query (default 2)")
+    p.add_argument("--store-orders", action="store_true", help="write the generating orders (M <= 200)")
+    p.add_argument("--out", required=True, help="output file, or - for stdout")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("validate", help="check that a dataset file is realizable",
+                       description="Exit 0 if FILE is a realizable dataset; otherwise print one line "
+                                   "naming the problem on stderr and exit 2.")
+    p.add_argument("file")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("train", help="Algorithm 1 on a dataset file",
+                       description="Run Algorithm 1 on FILE and write the same outputs as reproduce.")
+    p.add_argument("file")
+    p.add_argument("--out", default="train_out", help="output folder (default: train_out)")
+    _add_train_args(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("audit", help="check every claim C1-C11 on a dataset file",
+                       description="Train on FILE and evaluate every claim: PASS / FAIL / NOT APPLICABLE with "
+                                   "measured numbers and bounds. Exit 0 if every certified claim holds, 1 if "
+                                   "one fails, 2 on bad input.")
+    p.add_argument("file")
+    p.add_argument("--json", action="store_true", help="print the report as JSON (schema in docs/audit.md)")
+    _add_train_args(p)
+    p.set_defaults(func=cmd_audit)
+
+    p = sub.add_parser("generalize", help="accuracy on unseen sentences (SPEC C11)",
+                       description="Train on FILE and measure prediction on unseen sentences decided by the "
+                                   "extended orders, by the scores of K*, or undecided.")
+    p.add_argument("file")
+    p.add_argument("--out", default=None, help="folder for the figure and summary (optional)")
+    _add_train_args(p)
+    p.set_defaults(func=cmd_generalize)
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (DatasetError, ConfigError, UsageError) as exc:
+        print(f"refimpl {args.command}: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except OSError as exc:
+        print(f"refimpl {args.command}: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "),
+              file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print(f"refimpl {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,160 @@
+"""The registry of claims C1..C11 (SPEC section 6).
+
+Each claim is a frozen ``Claim``: its statement is a SymPy relation over the
+symbols of ``proofs.symbols`` and the closed forms of ``proofs.derivations``;
+``proof_steps`` name the ``derivations.ALL_CHECKS`` entries that check its
+algebra (``docs/theory.md`` gives the proof in words). ``reading`` names the
+SPEC "(our reading)" choices the claim depends on (keys of ``READINGS``).
+
+    from proofs import claims
+    c = claims.get("C4"); c.status      # 'certified'
+"""
+from dataclasses import dataclass
+
+import sympy as sp
+
+from proofs import derivations as dv
+from proofs.symbols import M, b, c1, eta0, k_chain, t
+
+STATUSES = (
+    "certified",                                        # proved bound, every run satisfies it
+    "measured",                                         # fitted and reported, not proved
+    "certified from zero init, measured otherwise",
+    "certified upper, measured slope",
+    "certified lower, measured rate",
+    "certified for K*, measured for trained weights",
+)
+
+READINGS = {
+    "R1-realizable": "SPEC 3: Assumption 1 read as unique optimal token x* in C with "
+                     "y = n(x*), and no other distinct token x' of the sentence with n(x') = y.",
+    "R2-fixed-Wov": "SPEC 4: stage 2 keeps W_ov exactly as stage 1 left it (no rescaling).",
+    "R3-floor": "SPEC 5: the stage-2 floor is the per-sentence convex relaxation "
+                "min over the attention simplex.",
+    "R4-training-relations": "C6/C11: the relations of <_q are the pairs (x', x*) of training "
+                             "sentences with query q (not supplied generating relations that "
+                             "no sentence uses); see 'Errata to SPEC' in docs/theory.md.",
+}
+
+# Quantities measured on a run (names only; the audit supplies their values).
+norm_sq_Ostar = sp.Symbol("||O*||^2", positive=True)
+L0_t = sp.Symbol("L0(O_t)", nonnegative=True)
+b_t = sp.Symbol("b_t", positive=True)
+dist_ov = sp.Symbol("||O_t-O_0||", nonnegative=True)
+proj_ov = sp.Symbol("<O_t-O_0,hatO*>", real=True)
+dist_kq = sp.Symbol("||K_t-K_0||", nonnegative=True)
+excess_t = sp.Symbol("L(O,K_t)-L_floor(O)", nonnegative=True)
+cos_gap_ov = sp.Function("one_minus_cos_O")
+cos_gap_kq = sp.Function("one_minus_cos_K")
+kstar_diff = sp.Symbol("K*[x,q]-K*[x',q]", real=True)
+kstar_first = sp.Symbol("K*[xhat,q]-max_{x'!=xhat}K*[x',q]", real=True)
+excess_limit = sp.Symbol("lim_t excess", nonnegative=True)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One claim of SPEC section 6."""
+    id: str                    # "C1" .. "C11"
+    title: str                 # short name
+    status: str                # one of STATUSES
+    spec_ref: str              # SPEC section
+    reading: tuple             # keys of READINGS the claim depends on
+    preconditions: tuple       # ((SymPy relation or str, reason), ...)
+    statement: object          # SymPy relation (or And of relations)
+    proof_steps: tuple         # names in derivations.ALL_CHECKS
+
+    def __post_init__(self):
+        assert self.status in STATUSES, f"{self.id}: unknown status {self.status!r}"
+        assert all(r in READINGS for r in self.reading), f"{self.id}: unknown reading"
+        unknown = [s for s in self.proof_steps if s not in dv.ALL_CHECKS]
+        assert not unknown, f"{self.id}: unknown proof steps {unknown}"
+
+
+_M2 = (sp.Ge(M, 2), "a one-token vocabulary has zero loss and no margin")
+_ORTHO = ("E^T E = I", "token coordinates equal embedding coordinates (SPEC 2)")
+_C4_STEP = (sp.Lt(eta0 * sp.exp(dv.SQRT2 * eta0), 1), "c1 > 0: descent beats curvature")
+
+_CLAIMS = (
+    Claim("C1", "closed form of W_ov*", "certified", "SPEC 6 C1, 5", ("R1-realizable",),
+          (_M2, _ORTHO),
+          sp.Eq(norm_sq_Ostar, dv.C1_NORM_SQ),
+          ("check_c1_closed_form",)),
+    Claim("C2", "exact stage-1 trajectory from zero", "certified", "SPEC 6 C2, 4",
+          ("R1-realizable",),
+          (_M2, _ORTHO, ("O_0 = 0", "the trajectory is a ray only from the origin")),
+          sp.Eq(L0_t, dv.C2_LOSS),
+          ("check_c2_trajectory", "check_c1_closed_form", "check_log_space_forms")),
+    Claim("C3", "stage-1 norm growth", "certified", "SPEC 6 C3", (),
+          (_M2, _ORTHO),
+          sp.And(sp.Le(dist_ov, dv.C3_NORM_UPPER), sp.Ge(proj_ov, dv.C3_PROJ_LOWER)),
+          ("check_inner_product_identity", "check_residual_norm_bound")),
+    Claim("C4", "stage-1 linear loss convergence, any init", "certified", "SPEC 6 C4", (),
+          (_M2, _ORTHO, _C4_STEP,
+           (sp.Lt(eta0 * dv.C4_C1, 1), "F increasing; implied by the previous one "
+                                       "(eta0 c1 <= sqrt(2)/4), kept explicit")),
+          sp.And(sp.Le(L0_t, b_t), sp.Ge(L0_t, dv.C4_LOWER),
+                 sp.Eq(sp.Symbol("b_{t+1}"), dv.C4_STEP.subs({b: b_t, c1: dv.C4_C1}))),
+          ("check_hessian_bound", "check_growth_factor", "check_residual_norm_bound",
+           "check_inner_product_identity", "check_subadditivity", "check_c4_descent_algebra",
+           "check_c4_recursion_monotone", "check_c4_linear_rate", "check_c4_lower_algebra",
+           "check_log_space_forms")),
+    Claim("C5", "stage-1 directional convergence",
+          "certified from zero init, measured otherwise", "SPEC 6 C5", (),
+          (_M2, ("random init", "from zero it is exact by C2: cos = 1 for t >= 1")),
+          sp.Eq(sp.Limit(cos_gap_ov(t), t, sp.oo), 0),
+          ("check_c2_trajectory",)),
+    Claim("C6", "W_kq* certificate and order consistency", "certified", "SPEC 6 C6, 5",
+          ("R1-realizable", "R4-training-relations"),
+          (("every link of the chain is a training relation with query q",
+            "supplied relations no sentence uses are not constraints (Errata)"),
+           ("KKT of the solver holds", "K* is the exact minimizer")),
+          sp.Ge(kstar_diff, k_chain),
+          ("check_c6_chain",)),
+    Claim("C7", "stage-2 norm growth", "certified upper, measured slope", "SPEC 6 C7",
+          ("R2-fixed-Wov",), (),
+          sp.Le(dist_kq, dv.C7_NORM_UPPER),
+          ()),
+    Claim("C8", "stage-2 linear loss convergence", "certified lower, measured rate",
+          "SPEC 6 C8, 5", ("R1-realizable", "R2-fixed-Wov", "R3-floor"),
+          (("Delta_i > 0 for every sentence i", "vertex x* strictly optimal in the floor; "
+            "holds for zero-init stage 1 with T0 >= 1 (check_c8_zero_init_gap)"),
+           ("c8 = (1/N) min_i Delta_i / L_i", "L_i = positions of sentence i")),
+          sp.Ge(excess_t, dv.C8_LOWER),
+          ("check_c8_vertex_gradient", "check_hessian_bound", "check_c8_lower_algebra",
+           "check_c8_zero_init_gap")),
+    Claim("C9", "stage-2 directional convergence", "measured", "SPEC 6 C9",
+          ("R2-fixed-Wov",), (("Delta_i > 0 for every sentence i", "as C8"),),
+          sp.Eq(sp.Limit(cos_gap_kq(t), t, sp.oo), 0),
+          ()),
+    Claim("C10", "precondition of stage 2 (weak stage 1)", "measured", "SPEC 6 C10",
+          ("R2-fixed-Wov", "R3-floor"),
+          (("small T0 or a user-supplied W_ov", "from zero-init stage 1 the floor "
+            "vertex is optimal for every T0 >= 1, so a positive excess is a dynamics effect"),),
+          sp.Gt(excess_limit, 0),
+          ("check_c8_zero_init_gap",)),
+    Claim("C11", "generalization via extended orders",
+          "certified for K*, measured for trained weights", "SPEC 6 C11",
+          ("R1-realizable", "R4-training-relations"),
+          (("the sentence's distinct tokens have a unique maximum xhat under the "
+            "closure of the training relations of q", "C6 then applies to each other token"),
+           ("xhat in C", "n(xhat) must exist; automatic when xhat is above some token")),
+          sp.Ge(kstar_first, 1),
+          ("check_c6_chain",)),
+)
+
+CLAIMS = {c.id: c for c in _CLAIMS}
+"""Claim id -> Claim, in SPEC order."""
+
+
+def get(claim_id):
+    """The Claim with id ``claim_id`` ("C1" .. "C11"); KeyError names the known ids."""
+    try:
+        return CLAIMS[claim_id]
+    except KeyError:
+        raise KeyError(f"unknown claim {claim_id!r}; known: {', '.join(CLAIMS)}") from None
+
+
+def check(claim_id):
+    """Run every derivation check listed for the claim; True iff all pass."""
+    return all(dv.ALL_CHECKS[name]() for name in get(claim_id).proof_steps)
+

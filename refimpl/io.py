@@ -22,6 +22,8 @@ from .data import RealizableDataset, validate
 from .errors import FileFormatError
 
 FORMAT_TAG = "refimpl/realizable-dataset@1"
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 __all__ = ["FORMAT_TAG", "load_dataset", "save_dataset", "dataset_to_dict", "dataset_from_dict",
            "atomic_write_text", "atomic_write_bytes"]
 
@@ -38,6 +40,7 @@ def atomic_write_bytes(path, data: bytes):
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual mode
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

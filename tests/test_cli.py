@@ -41,7 +41,8 @@ def run_cli(capsys, *argv):
 
 
 def test_every_malformed_file_is_listed():
-    on_disk = {p.name for p in DATA.glob("*.json") if not p.name.startswith("valid")}
+    on_disk = {p.name for p in DATA.glob("*.json")
+               if not p.name.startswith(("valid", "c10_", "regress_"))}  # those are realizable
     assert on_disk == set(MALFORMED) and len(MALFORMED) >= 12
 
 

@@ -1,0 +1,105 @@
+"""Figures: the six-panel layout of the paper's Figure 2 (SPEC section 4, "Experiment").
+
+Drawn with matplotlib's object API on an Agg canvas (no pyplot, no global
+backend switch), written as PNG atomically (temporary file in the same
+folder, then rename).
+
+Row 1, stage 1: log10 L0(O_t); 1 - cos(O_t, W_ov*) (log-log); ||O_t||_F.
+Row 2, stage 2: log10 L(O, K_t) and log10 of the excess over the floor;
+1 - cos(K_t, W_kq*) (log-log); ||K_t||_F.
+Losses are plotted as log10 values computed in log space, so they stay finite
+after the loss underflows float64.
+"""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from .io import atomic_write_bytes
+
+__all__ = ["figure_six_panels"]
+
+_FLOOR = 1e-33  # rounding level of 1 - cos (about eps^2 / 2 for unit matrices): smaller values,
+# exact zeros included, are drawn at this level on the log axis
+
+
+def _loglog_direction(ax, steps, omc, label, color):
+    """1 - cos on log-log axes; steps <= 0 and undefined (NaN) values are left out."""
+    keep = (steps > 0) & np.isfinite(omc)
+    s, v = steps[keep], omc[keep]
+    if len(s) == 0:
+        ax.text(0.5, 0.5, "undefined (zero matrix)", transform=ax.transAxes, ha="center")
+        return
+    ax.loglog(s, np.maximum(v, _FLOOR), color=color, label=label)
+    if np.all(v <= 1e-20):
+        ax.text(0.5, 0.5, f"1 - cos <= {max(v.max(), 0.0):.1e} at every step:\n"
+                "the direction is exact to rounding", transform=ax.transAxes, ha="center",
+                va="center", fontsize=9, bbox=dict(facecolor="white", alpha=0.8, lw=0))
+        ax.set_ylim(_FLOOR / 10, 1e-20)
+
+
+def _norm_panel(ax, traj, eta, label, color):
+    ax.plot(traj.step, traj.norm, color=color, label=label)
+    if len(traj):
+        ax.plot(traj.step, eta * traj.step, "k--", lw=0.8, label=f"step size x t = {eta:.4g} t")
+    ax.legend(fontsize=8, loc="upper left")
+
+
+def figure_six_panels(result, path, *, title=None):
+    """Write the 2 x 3 Figure-2 layout of a :class:`~refimpl.train.TrainResult` to ``path`` (PNG).
+
+    Panels: stage-1 loss, direction to W_ov*, norm; stage-2 loss and excess loss,
+    direction to W_kq*, norm. Returns ``path``.
+    """
+    s1, s2, cfg = result.stage1, result.stage2, result.config
+    fig = Figure(figsize=(15, 8.4), dpi=110)
+    fig.subplots_adjust(left=0.06, right=0.985, bottom=0.07, top=0.91, wspace=0.25, hspace=0.32)
+    FigureCanvasAgg(fig)
+    ax = fig.subplots(2, 3)
+    c1, c2 = "tab:blue", "tab:red"
+
+    a = ax[0, 0]
+    if len(s1):
+        a.plot(s1.step, s1.log10_loss, color=c1)
+    a.set(title="Stage 1: collocation loss", xlabel="step t", ylabel=r"$\log_{10} L_0(W_{ov}^{(t)})$")
+
+    a = ax[0, 1]
+    _loglog_direction(a, s1.step, s1.one_minus_cos, None, c1)
+    a.set(title=r"Stage 1: direction to $W_{ov}^*$", xlabel="step t",
+          ylabel=r"$1 - \cos(W_{ov}^{(t)}, W_{ov}^*)$")
+
+    a = ax[0, 2]
+    _norm_panel(a, s1, cfg.eta0, r"$\|W_{ov}^{(t)}\|_F$", c1)
+    a.set(title="Stage 1: norm", xlabel="step t", ylabel="Frobenius norm")
+
+    a = ax[1, 0]
+    a.plot(s2.step, s2.log10_loss, color=c2, label="loss")
+    finite = np.isfinite(s2.log10_excess)
+    a.plot(s2.step[finite], s2.log10_excess[finite], color="tab:purple", label="excess over floor")
+    a.axhline(result.log10_floor, color="k", ls=":", lw=0.9, label=f"floor = $10^{{{result.log10_floor:.1f}}}$")
+    a.legend(fontsize=8)
+    a.set(title="Stage 2: loss", xlabel="step t", ylabel=r"$\log_{10}$ of the loss")
+
+    a = ax[1, 1]
+    _loglog_direction(a, s2.step, s2.one_minus_cos, None, c2)
+    a.set(title=r"Stage 2: direction to $W_{kq}^*$", xlabel="step t",
+          ylabel=r"$1 - \cos(W_{kq}^{(t)}, W_{kq}^*)$")
+
+    a = ax[1, 2]
+    _norm_panel(a, s2, cfg.eta, r"$\|W_{kq}^{(t)}\|_F$", c2)
+    a.set(title="Stage 2: norm", xlabel="step t", ylabel="Frobenius norm")
+
+    for a in ax.flat:
+        a.grid(True, which="major", alpha=0.3)
+        if a.get_xscale() == "linear":
+            a.xaxis.set_major_locator(MaxNLocator(nbins=5, integer=True))
+    fig.suptitle(title or (f"Two-stage NGD: eta0 = {cfg.eta0:.4g}, eta = {cfg.eta:.4g}, "
+                           f"T0 = {cfg.T0}, T = {cfg.T}, init = {cfg.init}"))
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    atomic_write_bytes(path, buf.getvalue())
+    return path

@@ -1,0 +1,172 @@
+"""The paper's experiment (Figure 2) on the built-in default, and Algorithm 1 on a given dataset.
+
+:func:`run_reproduce` generates the built-in dataset (M = d = 20, N = 200,
+lengths 2..6, seed 0), runs Algorithm 1 with the paper's step sizes and writes
+into ``out_dir``:
+
+``figure.png``    the six panels of Figure 2 (:func:`refimpl.plots.figure_six_panels`)
+``stage1.csv``    the stage-1 trajectory (columns of :data:`refimpl.trajectory.STAGE1_COLUMNS`)
+``stage2.csv``    the stage-2 trajectory (columns of :data:`refimpl.trajectory.STAGE2_COLUMNS`)
+``summary.json``  final metrics, margins, stop reasons, runtime
+``config.json``   the resolved configuration
+
+:func:`run_train` does the same for a dataset the caller loaded. Both check
+every input (step sizes, step counts, the dataset, the output folder) before
+anything is written, write every file atomically, and are free of any
+command-line handling (the CLI in :mod:`refimpl.cli` calls them).
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from .data import validate
+from .errors import ConfigError
+from .generator import generate
+from .io import atomic_write_text
+from .plots import figure_six_panels
+from .train import TrainConfig, run_two_stage
+
+__all__ = ["ReproduceConfig", "run_reproduce", "run_train", "OUTPUT_FILES"]
+
+OUTPUT_FILES = ("figure.png", "stage1.csv", "stage2.csv", "summary.json", "config.json")
+
+
+@dataclass
+class ReproduceConfig:
+    """The built-in experiment: dataset generation plus Algorithm 1 (the paper's Figure 2 setting)."""
+
+    vocab_size: int = 20  # M = |V| (= d, E = I)
+    n_sentences: int = 200  # N
+    min_len: int = 2  # shortest sentence
+    max_len: int = 6  # longest sentence
+    data_seed: int = 0  # seed of the generated dataset
+    eta0: float | None = None  # stage-1 step size; None -> 0.2 / sqrt(d)
+    eta: float | None = None  # stage-2 step size; None -> 0.05 / sqrt(d)
+    T0: int = 2000  # stage-1 steps
+    T: int = 20_000  # stage-2 steps
+    init: str = "zero"  # "zero" or "random"
+    init_scale: float = 0.1  # standard deviation of each entry of a random initialization
+    seed: int = 0  # seed of a random initialization
+    record_points: int = 2000  # about this many recorded steps per stage (every step if <= 2000 steps)
+
+    def train_config(self):
+        """The :class:`~refimpl.train.TrainConfig` of this experiment (not yet resolved)."""
+        return TrainConfig(eta0=self.eta0, eta=self.eta, T0=self.T0, T=self.T, init=self.init,
+                           init_scale=self.init_scale, seed=self.seed,
+                           record_dense_limit=2000, record_points=self.record_points)
+
+    def dataset(self):
+        """The generated dataset (raises ConfigError for bad sizes)."""
+        return generate(self.vocab_size, self.n_sentences, self.min_len, self.max_len, self.data_seed)
+
+
+def _check_out_dir(out_dir):
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"out_dir {str(out)!r} exists and is not a directory")
+    return out
+
+
+def _json_value(v):
+    """JSON-safe scalar: NaN -> None, +-inf -> "inf" / "-inf" (JSON has no non-finite numbers)."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return None if math.isnan(v) else ("inf" if v > 0 else "-inf")
+    return v
+
+
+def _json_text(obj):
+    def clean(o):
+        if isinstance(o, dict):
+            return {k: clean(v) for k, v in o.items()}
+        if isinstance(o, (list, tuple)):
+            return [clean(v) for v in o]
+        if hasattr(o, "item"):
+            o = o.item()
+        return _json_value(o)
+    return json.dumps(clean(obj), indent=1) + "\n"
+
+
+def summarize(result, ds, runtime=None):
+    """The ``summary.json`` dict of a :class:`~refimpl.train.TrainResult`."""
+    s1, s2 = result.stage1.last(), result.stage2.last()
+    return {
+        "dataset": {"vocab_size": ds.vocab_size, "n_sentences": ds.n_sentences,
+                    "n_colloc": int(len(ds.colloc_tokens)), "max_len": ds.max_len},
+        "stage1": {
+            "steps": s1.get("step", 0), "loss": s1.get("loss"), "log10_loss": s1.get("log10_loss"),
+            "one_minus_cos_ov": s1.get("one_minus_cos"), "norm": s1.get("norm"),
+            "min_margin": s1.get("min_margin"), "accuracy": s1.get("accuracy"),
+        },
+        "stage2": {
+            "steps": s2.get("step"), "loss": s2.get("loss"), "log10_loss": s2.get("log10_loss"),
+            "floor": result.floor, "log10_floor": result.log10_floor,
+            "floor_is_perfect_attention": result.vertex_optimal,
+            "excess_loss": s2.get("excess_loss"), "log10_excess": s2.get("log10_excess"),
+            "one_minus_cos_kq": s2.get("one_minus_cos"), "norm": s2.get("norm"),
+            "attention_margin": s2.get("attention_margin"), "train_accuracy": s2.get("train_accuracy"),
+        },
+        "gamma_ov": result.gamma_ov,
+        "gamma_kq": result.gamma_kq,
+        "stop_reason": dict(result.stop_reason),
+        "runtime_seconds": {"stage1": result.runtime.get("stage1"), "stage2": result.runtime.get("stage2"),
+                            "total": runtime},
+    }
+
+
+def _run(ds, train_config, out_dir, progress, config_record):
+    """Shared body of run_reproduce / run_train: check, train, then write the five files."""
+    out = _check_out_dir(out_dir)
+    validate(ds)
+    resolved = train_config.resolved(ds.vocab_size)  # raises ConfigError before anything is written
+    start = time.perf_counter()
+    result = run_two_stage(ds, resolved, progress=progress)
+    summary = summarize(result, ds, None)
+    out.mkdir(parents=True, exist_ok=True)
+    result.stage1.to_csv(out / "stage1.csv")
+    result.stage2.to_csv(out / "stage2.csv")
+    figure_six_panels(result, out / "figure.png")
+    summary["runtime_seconds"]["total"] = time.perf_counter() - start
+    atomic_write_text(out / "config.json", _json_text({**config_record, "train": resolved.to_dict()}))
+    atomic_write_text(out / "summary.json", _json_text(summary))
+    return json.loads(_json_text(summary))
+
+
+def run_reproduce(config=None, out_dir="reproduce_out", progress=None):
+    """Run the built-in experiment (:class:`ReproduceConfig`) and write :data:`OUTPUT_FILES` to ``out_dir``.
+
+    Returns the summary dict (as written to ``summary.json``). Raises ConfigError
+    for a bad configuration or an ``out_dir`` that is an existing file, before
+    anything is written.
+    """
+    config = ReproduceConfig() if config is None else config
+    if not isinstance(config, ReproduceConfig):
+        raise ConfigError(f"config must be a ReproduceConfig, got {type(config).__name__}")
+    _check_out_dir(out_dir)
+    config.train_config().resolved(config.vocab_size)
+    ds = config.dataset()
+    record = {"command": "reproduce", "reproduce": asdict(config)}
+    return _run(ds, config.train_config(), out_dir, progress, record)
+
+
+def run_train(ds, config=None, out_dir="train_out", progress=None):
+    """Algorithm 1 on ``ds`` with the training fields of ``config``; writes :data:`OUTPUT_FILES`.
+
+    ``config`` is a :class:`ReproduceConfig` (its dataset fields are ignored) or a
+    :class:`~refimpl.train.TrainConfig`; None means the built-in training settings.
+    A non-realizable ``ds`` raises its DatasetError before anything is written.
+    """
+    config = ReproduceConfig() if config is None else config
+    if isinstance(config, ReproduceConfig):
+        train_config = config.train_config()
+    elif isinstance(config, TrainConfig):
+        train_config = config
+    else:
+        raise ConfigError(f"config must be a ReproduceConfig or TrainConfig, got {type(config).__name__}")
+    record = {"command": "train",
+              "dataset": {"vocab_size": ds.vocab_size, "n_sentences": ds.n_sentences}}
+    return _run(ds, train_config, out_dir, progress, record)
+

@@ -1,0 +1,407 @@
+"""Algorithm 1 (two-stage normalized gradient descent) and the joint baseline (SPEC section 4).
+
+Stage 1 trains the feed-forward layer on the collocation loss ``L0``:
+``O <- O - eta0 * G / ||G||_F`` for ``T0`` steps. Stage 2 fixes ``O`` at the
+stage-1 output (as it is, no rescaling) and trains attention on the whole
+dataset: ``K <- K - eta * G_K / ||G_K||_F`` for ``T`` steps. Both work in token
+coordinates ``O = E^T W_ov E``, ``K = E^T W_kq E`` (M x M) with ``E`` the first
+M columns of ``I_d``, so the returned weights are the embedding-space weights
+restricted to the span of ``E`` (the only part that ever receives a gradient).
+
+Losses and gradients come from :mod:`refimpl.kernels`, which return the
+gradient divided by a common positive factor (``G = exp(log_scale) * Gs``); the
+normalized direction ``Gs / ||Gs||`` is therefore exact even after the loss
+underflows float64, and training keeps moving for any number of steps. A
+gradient that is exactly zero ends the stage with the reason recorded in
+``stop_reason``; it never produces a NaN.
+
+The parameter update uses compensated (Kahan) summation: the iterate after t
+steps is the exactly rounded sum of the t steps instead of carrying up to
+``t * 2^-53`` relative rounding error, which is what makes the C2 check
+``O_t = eta0 t hat O*`` hold to ~1e-16 relative at ``t = 10^5`` (about 1e-12 without it).
+
+Metrics are computed only at the recorded steps (:func:`~refimpl.trajectory.record_steps`)
+and cost at most two extra kernel calls per recorded step.
+"""
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+
+import numpy as np
+
+from . import kernels
+from .data import validate
+from .errors import ConfigError
+from .maxmargin import stage2_floor, w_kq_star, w_ov_star
+from .trajectory import (JOINT_COLUMNS, STAGE1_COLUMNS, STAGE2_COLUMNS, ExcessLoss, Trajectory, accuracy,
+                         attention_constraints, attention_margin, direction_metrics, record_steps,
+                         stage1_metrics)
+
+__all__ = ["TrainConfig", "TrainResult", "JointResult", "train_two_stage", "train_joint",
+           "run_two_stage"]
+
+INITS = ("zero", "random", "given")
+
+
+# ============================================================== configuration
+@dataclass
+class TrainConfig:
+    """Configuration of Algorithm 1 (and of the joint baseline, which uses ``eta`` and ``T``)."""
+
+    eta0: float | None = None  # stage-1 step size; None -> 0.2 / sqrt(d)
+    eta: float | None = None  # stage-2 (and joint) step size; None -> 0.05 / sqrt(d)
+    T0: int = 1000  # number of stage-1 steps
+    T: int = 1000  # number of stage-2 (or joint) steps
+    d: int | None = None  # embedding width, E = first M columns of I_d; None -> M; sets the default steps
+    init: str = "zero"  # "zero", "random" (i.i.d. normal entries) or "given" (W_ov0 / W_kq0 passed)
+    init_scale: float = 0.1  # standard deviation of each entry of a random initialization
+    seed: int = 0  # seed of the random initialization
+    record_dense_limit: int = 2000  # record every step when a stage has at most this many steps
+    record_points: int = 2000  # otherwise about this many recorded steps (geometric + linear)
+
+    def resolved(self, M):
+        """A validated copy with ``d``, ``eta0`` and ``eta`` filled in for vocabulary size ``M``.
+
+        Raises ConfigError naming the field and its value.
+        """
+        d = M if self.d is None else _int_field("d", self.d, M)
+        eta0 = 0.2 / math.sqrt(d) if self.eta0 is None else _positive_field("eta0", self.eta0)
+        eta = 0.05 / math.sqrt(d) if self.eta is None else _positive_field("eta", self.eta)
+        _int_field("T0", self.T0, 0)
+        _int_field("T", self.T, 0)
+        if self.init not in INITS:
+            raise ConfigError(f"init must be one of {', '.join(INITS)}; got init={self.init!r}")
+        if not _is_real(self.init_scale) or not math.isfinite(self.init_scale) or self.init_scale < 0:
+            raise ConfigError(f"init_scale must be a finite number >= 0; got init_scale={self.init_scale!r}")
+        _int_field("seed", self.seed, 0)
+        _int_field("record_dense_limit", self.record_dense_limit, 0)
+        _int_field("record_points", self.record_points, 2)
+        return replace(self, d=int(d), eta0=float(eta0), eta=float(eta), T0=int(self.T0), T=int(self.T),
+                       seed=int(self.seed), init_scale=float(self.init_scale))
+
+    def to_dict(self):
+        """Plain-Python dict of the fields (JSON-serializable)."""
+        return asdict(self)
+
+
+def _is_real(v):
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+
+
+def _positive_field(name, v):
+    if not _is_real(v) or not math.isfinite(v) or v <= 0:
+        raise ConfigError(f"{name} must be a finite number > 0; got {name}={v!r}")
+    return float(v)
+
+
+def _int_field(name, v, lo):
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
+        raise ConfigError(f"{name} must be an integer >= {lo}; got {name}={v!r}")
+    return int(v)
+
+
+def _matrix(name, W, M):
+    W = np.asarray(W, dtype=np.float64)
+    if W.shape != (M, M) or not np.all(np.isfinite(W)):
+        raise ConfigError(f"{name} must be a finite {M} x {M} matrix (token coordinates); "
+                          f"got shape {W.shape}")
+    return np.array(W, dtype=np.float64, order="C")
+
+
+# ==================================================================== results
+@dataclass
+class TrainResult:
+    """Output of Algorithm 1. Matrices are in token coordinates, shape (M, M)."""
+
+    W_ov: np.ndarray  # O after stage 1 (or the user-fixed W_ov)
+    W_kq: np.ndarray  # K after stage 2
+    stage1: Trajectory  # stage-1 rows (no rows when stage 1 is skipped)
+    stage2: Trajectory  # stage-2 rows
+    stop_reason: dict  # {"stage1": ..., "stage2": ...}: "completed", "zero_gradient at step t", "skipped ..."
+    config: TrainConfig  # the resolved configuration
+    O_star: np.ndarray  # W_ov*, the max-margin solution of SPEC section 5
+    K_star: np.ndarray  # W_kq*
+    gamma_ov: float  # 1 / ||W_ov*||_F
+    gamma_kq: float  # 1 / ||W_kq*||_F (inf when there are no attention constraints)
+    floor: float  # L_floor(W_ov), the stage-2 floor
+    log10_floor: float  # log10 of the floor
+    vertex_optimal: bool  # whether the floor is the perfect-attention loss for every sentence
+    runtime: dict = field(default_factory=dict)  # seconds per stage
+
+
+@dataclass
+class JointResult:
+    """Output of the joint single-stage NGD baseline (token coordinates)."""
+
+    W_ov: np.ndarray  # O_T
+    W_kq: np.ndarray  # K_T
+    trajectory: Trajectory  # rows of JOINT_COLUMNS
+    stop_reason: str  # "completed" or "zero_gradient at step t"
+    config: TrainConfig  # the resolved configuration (eta, T used)
+    runtime: float  # seconds
+
+
+# ==================================================================== update
+def _unit(W):
+    n = float(np.linalg.norm(W))
+    return (W / n, n) if n > 0 else (None, 0.0)
+
+
+class _Compensated:
+    """``W <- W - step * D`` with Kahan compensation; ``W`` is always the current iterate."""
+
+    def __init__(self, W0):
+        self.W = np.array(W0, dtype=np.float64, order="C")
+        self._c = np.zeros_like(self.W)
+        self._y = np.empty_like(self.W)
+        self._t = np.empty_like(self.W)
+
+    def step(self, D, step):
+        y, t = self._y, self._t
+        np.multiply(D, -step, out=y)
+        y -= self._c
+        np.add(self.W, y, out=t)
+        np.subtract(t, self.W, out=self._c)
+        self._c -= y
+        self.W, self._t = t, self.W
+
+
+# ==================================================================== progress
+class _Progress:
+    """A tqdm bar on a terminal (stderr isatty), silent otherwise or with progress=False."""
+
+    def __init__(self, total, progress, desc):
+        show = sys.stderr.isatty() if progress is None else bool(progress)
+        self.bar = None
+        if show and total > 0:
+            from tqdm import tqdm
+            self.bar = tqdm(total=total, desc=desc, unit="step", leave=False, mininterval=0.2)
+        self.done = 0
+
+    def update(self, n):
+        if self.bar is not None and n > self.done:
+            self.bar.update(n - self.done)
+            self.done = n
+
+    def set_description(self, desc):
+        if self.bar is not None:
+            self.bar.set_description(desc)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+_PROGRESS_CHUNK = 512  # steps between progress-bar updates
+
+
+# ==================================================================== stages
+def _stage1(ds, cfg, O0, O_hat, bar, base):
+    xs, ys = ds.colloc_tokens, ds.colloc_next
+    sched = record_steps(cfg.T0, cfg.record_dense_limit, cfg.record_points)
+    traj = Trajectory(STAGE1_COLUMNS, len(sched) + 1)
+    it = _Compensated(O0)
+    reason, k, T0, eta0 = "completed", 0, cfg.T0, cfg.eta0
+    for t in range(T0 + 1):
+        O = it.W
+        Gs, _, loss, log10_loss = kernels.stage1_grad(O, xs, ys)
+        recorded = k < len(sched) and sched[k] == t
+        if recorded:
+            traj.append(step=t, loss=loss, log10_loss=log10_loss, **stage1_metrics(O, O0, O_hat, xs, ys))
+            k += 1
+        if t == T0:
+            break
+        D, nrm = kernels.normalize(Gs)
+        if nrm == 0.0:
+            reason = f"zero_gradient at step {t}"
+            if not recorded:
+                traj.append(step=t, loss=loss, log10_loss=log10_loss, **stage1_metrics(O, O0, O_hat, xs, ys))
+            break
+        it.step(D, eta0)
+        if t % _PROGRESS_CHUNK == 0:
+            bar.update(base + t)
+    return it.W, traj.finish(), reason
+
+
+def _stage2(ds, cfg, O, K0, K_hat, excess, bar, base):
+    tokens, lengths, y = ds.tokens, ds.lengths, ds.next_tokens
+    constraints = attention_constraints(ds)
+    sched = record_steps(cfg.T, cfg.record_dense_limit, cfg.record_points)
+    traj = Trajectory(STAGE2_COLUMNS, len(sched) + 1)
+    it = _Compensated(K0)
+    reason, k, T, eta = "completed", 0, cfg.T, cfg.eta
+
+    def row(t, K, loss, log10_loss):
+        cos, omc, dist = direction_metrics(K, K_hat)
+        z = kernels.logits(O, K, tokens, lengths)  # (N, M)
+        ex, log10_ex = excess(K, z)
+        traj.append(step=t, loss=loss, log10_loss=log10_loss, norm=np.linalg.norm(K),
+                    dist_from_init=np.linalg.norm(K - K0), cos_to_star=cos, one_minus_cos=omc,
+                    normalized_distance=dist, attention_margin=attention_margin(K, constraints),
+                    train_accuracy=accuracy(z, y), floor=excess.floor, excess_loss=ex,
+                    log10_excess=log10_ex)
+
+    for t in range(T + 1):
+        K = it.W
+        GKs, _, loss, log10_loss = kernels.stage2_grad(O, K, tokens, lengths, y)
+        recorded = k < len(sched) and sched[k] == t
+        if recorded:
+            row(t, K, loss, log10_loss)
+            k += 1
+        if t == T:
+            break
+        D, nrm = kernels.normalize(GKs)
+        if nrm == 0.0:
+            reason = f"zero_gradient at step {t}"
+            if not recorded:
+                row(t, K, loss, log10_loss)
+            break
+        it.step(D, eta)
+        if t % _PROGRESS_CHUNK == 0:
+            bar.update(base + t)
+    return it.W, traj.finish(), reason
+
+
+def _init_pair(cfg, M, W_ov0, W_kq0):
+    if cfg.init != "given" and (W_ov0 is not None or W_kq0 is not None):
+        raise ConfigError(f"W_ov0 / W_kq0 were passed but init={cfg.init!r}; use init='given'")
+    if cfg.init == "zero":
+        return np.zeros((M, M)), np.zeros((M, M))
+    if cfg.init == "random":
+        rng = np.random.default_rng(cfg.seed)
+        return cfg.init_scale * rng.standard_normal((M, M)), cfg.init_scale * rng.standard_normal((M, M))
+    if W_ov0 is None and W_kq0 is None:
+        raise ConfigError("init='given' needs W_ov0 and/or W_kq0 (a missing one starts at zero)")
+    O0 = np.zeros((M, M)) if W_ov0 is None else _matrix("W_ov0", W_ov0, M)
+    K0 = np.zeros((M, M)) if W_kq0 is None else _matrix("W_kq0", W_kq0, M)
+    return O0, K0
+
+
+def run_two_stage(ds, config, *, W_ov0=None, W_kq0=None, W_ov=None, progress=None):
+    """Algorithm 1 with a :class:`TrainConfig`; see :func:`train_two_stage`."""
+    validate(ds)
+    M = ds.vocab_size
+    cfg = config.resolved(M)
+    O0, K0 = _init_pair(cfg, M, W_ov0, W_kq0)
+    if W_ov is not None:
+        W_ov = _matrix("W_ov", W_ov, M)
+        if W_ov0 is not None:
+            raise ConfigError("pass either W_ov (a fixed stage-2 W_ov, skipping stage 1) or W_ov0, not both")
+    O_star, _ = w_ov_star(ds)
+    K_star, _ = w_kq_star(ds)
+    O_hat, n_ov = _unit(O_star)
+    K_hat, n_kq = _unit(K_star)
+    T0 = 0 if W_ov is not None else cfg.T0
+    bar = _Progress(T0 + cfg.T, progress, "stage 1")
+    runtime = {}
+    try:
+        t0 = time.perf_counter()
+        if W_ov is None:
+            O, traj1, reason1 = _stage1(ds, cfg, O0, O_hat, bar, 0)
+        else:
+            O, traj1, reason1 = W_ov, Trajectory(STAGE1_COLUMNS, 0).finish(), "skipped (W_ov given)"
+        runtime["stage1"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        floor, log10_floor, vertex, details = stage2_floor(O, ds, return_details=True)
+        excess = ExcessLoss(ds, O, floor, vertex, details["log_loss"])
+        bar.set_description("stage 2")
+        K, traj2, reason2 = _stage2(ds, cfg, O, K0, K_hat, excess, bar, T0)
+        runtime["stage2"] = time.perf_counter() - t0
+    finally:
+        bar.close()
+    return TrainResult(
+        W_ov=O, W_kq=K, stage1=traj1, stage2=traj2, stop_reason={"stage1": reason1, "stage2": reason2},
+        config=cfg, O_star=O_star, K_star=K_star, gamma_ov=1.0 / n_ov if n_ov > 0 else math.inf,
+        gamma_kq=1.0 / n_kq if n_kq > 0 else math.inf, floor=float(floor), log10_floor=float(log10_floor),
+        vertex_optimal=bool(np.all(vertex)), runtime=runtime)
+
+
+def train_two_stage(ds, eta0=None, eta=None, T0=1000, T=1000, init="zero", seed=0, *, init_scale=0.1,
+                    d=None, W_ov0=None, W_kq0=None, W_ov=None, progress=None, record_dense_limit=2000,
+                    record_points=2000):
+    """Algorithm 1 (SPEC section 4) on a realizable dataset.
+
+    Parameters
+    ----------
+    ds : RealizableDataset
+        Validated first; a non-realizable dataset raises its DatasetError.
+    eta0, eta : float > 0 or None
+        Step sizes of stage 1 and stage 2; None -> 0.2/sqrt(d) and 0.05/sqrt(d).
+    T0, T : int >= 0
+        Numbers of steps.
+    init : "zero" | "random" | "given"
+        Initialization of both matrices; "given" uses ``W_ov0`` / ``W_kq0`` (M x M,
+        token coordinates; a missing one is zero).
+    W_ov : (M, M) array or None
+        A user-fixed stage-2 W_ov; stage 1 is skipped.
+    progress : bool or None
+        tqdm bar; None shows it only when stderr is a terminal.
+
+    Returns
+    -------
+    TrainResult (``W_ov``, ``W_kq``, ``stage1``, ``stage2``, ``stop_reason``, ``config``, ...).
+    Raises ConfigError for a bad parameter, naming it.
+    """
+    cfg = TrainConfig(eta0=eta0, eta=eta, T0=T0, T=T, d=d, init=init, init_scale=init_scale, seed=seed,
+                      record_dense_limit=record_dense_limit, record_points=record_points)
+    return run_two_stage(ds, cfg, W_ov0=W_ov0, W_kq0=W_kq0, W_ov=W_ov, progress=progress)
+
+
+def train_joint(ds, eta=None, T=1000, init="zero", seed=0, *, init_scale=0.1, d=None, W_ov0=None,
+                W_kq0=None, progress=None, record_dense_limit=2000, record_points=2000):
+    """Joint single-stage NGD on (O, K), the baseline of SPEC section 4.
+
+    ``(O, K) <- (O, K) - eta * (G_O, G_K) / ||(G_O, G_K)||_F`` for T steps on the
+    full loss L (no collocation stage). Parameters as in :func:`train_two_stage`.
+    Returns a :class:`JointResult`.
+    """
+    validate(ds)
+    M = ds.vocab_size
+    cfg = TrainConfig(eta=eta, T0=0, T=T, d=d, init=init, init_scale=init_scale, seed=seed,
+                      record_dense_limit=record_dense_limit, record_points=record_points).resolved(M)
+    O0, K0 = _init_pair(cfg, M, W_ov0, W_kq0)
+    O_hat, _ = _unit(w_ov_star(ds)[0])
+    K_hat, _ = _unit(w_kq_star(ds)[0])
+    constraints = attention_constraints(ds)
+    tokens, lengths, y = ds.tokens, ds.lengths, ds.next_tokens
+    sched = record_steps(cfg.T, cfg.record_dense_limit, cfg.record_points)
+    traj = Trajectory(JOINT_COLUMNS, len(sched) + 1)
+    itO, itK = _Compensated(O0), _Compensated(K0)
+    reason, k = "completed", 0
+
+    def row(t, O, K, loss, log10_loss):
+        traj.append(step=t, loss=loss, log10_loss=log10_loss, norm_ov=np.linalg.norm(O),
+                    norm_kq=np.linalg.norm(K), one_minus_cos_ov=direction_metrics(O, O_hat)[1],
+                    one_minus_cos_kq=direction_metrics(K, K_hat)[1],
+                    attention_margin=attention_margin(K, constraints),
+                    train_accuracy=accuracy(kernels.logits(O, K, tokens, lengths), y))
+
+    bar = _Progress(cfg.T, progress, "joint")
+    start = time.perf_counter()
+    try:
+        for t in range(cfg.T + 1):
+            O, K = itO.W, itK.W
+            GOs, GKs, _, loss, log10_loss = kernels.joint_grad(O, K, tokens, lengths, y)
+            recorded = k < len(sched) and sched[k] == t
+            if recorded:
+                row(t, O, K, loss, log10_loss)
+                k += 1
+            if t == cfg.T:
+                break
+            DO, DK, nrm = kernels.normalize_pair(GOs, GKs)
+            if nrm == 0.0:
+                reason = f"zero_gradient at step {t}"
+                if not recorded:
+                    row(t, O, K, loss, log10_loss)
+                break
+            itO.step(DO, cfg.eta)
+            itK.step(DK, cfg.eta)
+            if t % _PROGRESS_CHUNK == 0:
+                bar.update(t)
+    finally:
+        bar.close()
+    return JointResult(W_ov=itO.W, W_kq=itK.W, trajectory=traj.finish(), stop_reason=reason, config=cfg,
+                       runtime=time.perf_counter() - start)

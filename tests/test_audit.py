@@ -1,0 +1,84 @@
+"""``refimpl audit``: verdicts, the JSON schema, exit codes (issue 5)."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import refimpl as ri
+from refimpl import audit
+from refimpl.cli import main
+from refimpl.rates import fit_exponential_rate, fit_linear_slope, fit_power_law
+
+DATA = Path(__file__).parent / "data"
+ROW_KEYS = {"id", "title", "status", "verdict", "measured", "bound", "detail"}
+TOP_KEYS = {"schema", "dataset", "config", "regime", "claims", "certified_failures", "runtime_seconds"}
+
+
+@pytest.fixture(scope="module")
+def default_report():
+    """The audit of the built-in default dataset, with a shorter stage 2 to keep the suite fast."""
+    cfg = audit.AuditConfig(T0=2000, T=20000, c5_T0=5000)
+    return audit.run_audit(ri.generate(), cfg, progress=False)
+
+
+def test_default_dataset_passes_every_certified_claim(default_report):
+    rep = default_report
+    assert set(rep) == TOP_KEYS and rep["schema"] == audit.SCHEMA
+    assert [r["id"] for r in rep["claims"]] == [f"C{i}" for i in range(1, 12)]
+    for r in rep["claims"]:
+        assert set(r) == ROW_KEYS
+        assert r["verdict"] in (audit.PASS, audit.FAIL, audit.NA)
+        if r["status"].startswith("certified") and r["id"] != "C5":
+            assert r["verdict"] == audit.PASS, r
+    assert rep["certified_failures"] == [] and rep["regime"] == "converging"
+    json.dumps(rep, default=float)  # JSON-ready
+
+
+def test_default_measured_rates_have_the_claimed_signs(default_report):
+    by_id = {r["id"]: r for r in default_report["claims"]}
+    assert by_id["C4"]["measured"]["fitted_rate_per_step"] < 0           # loss decays linearly
+    assert by_id["C8"]["measured"]["fitted_rate_per_step"] < 0           # excess decays
+    assert by_id["C9"]["measured"]["fitted_exponent_last_decade"] < 0    # direction converges
+    eta = default_report["config"]["eta"]
+    slope = by_id["C7"]["measured"]["fitted_norm_slope"]
+    # norm grows linearly at nearly the full step size once the direction settles
+    assert 0.9 * eta < slope <= eta * (1 + 1e-9)
+
+
+def test_table_has_one_line_per_claim(default_report):
+    lines = audit.format_table(default_report).splitlines()
+    assert len(lines) == 2 + 11 + 1
+    assert lines[-1] == "all certified claims hold"
+
+
+def test_cli_audit_json_exit_0(capsys):
+    code = main(["-q", "audit", str(DATA / "valid_small.json"), "--json", "--T0", "200", "--T", "500"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    rep = json.loads(out)
+    assert rep["schema"] == audit.SCHEMA and rep["certified_failures"] == []
+
+
+def test_cli_audit_exits_1_when_a_certified_bound_fails(capsys, monkeypatch):
+    """A bound made too tight on purpose (C3 upper halved) must turn into FAIL and exit 1."""
+    real = audit.bounds.c3_norm_upper
+    monkeypatch.setattr(audit.bounds, "c3_norm_upper", lambda eta0, t: 0.5 * real(eta0, t))
+    code = main(["-q", "audit", str(DATA / "valid_small.json"), "--T0", "50", "--T", "50"])
+    out, err = capsys.readouterr()
+    assert code == 1
+    assert "C3" in err and err.count("\n") == 1
+
+
+def test_cli_audit_bad_input_exit_2(capsys):
+    assert main(["-q", "audit", str(DATA / "cycle_2.json")]) == 2
+    assert main(["-q", "audit", str(DATA / "valid_small.json"), "--eta", "-1"]) == 2
+
+
+# ------------------------------------------------------------------ rate fits
+def test_fits_recover_known_rates():
+    t = np.unique(np.round(np.logspace(0, 4, 200)))
+    assert fit_power_law(t, 3.0 * t ** -1.5) == pytest.approx(-1.5, rel=1e-12)  # exact power law
+    assert fit_exponential_rate(t, -0.01 * t + 2.0) == pytest.approx(-0.01, rel=1e-12)
+    assert fit_linear_slope(t, 0.25 * t + 1.0) == pytest.approx(0.25, rel=1e-12)
+    assert fit_power_law(t[:2], t[:2]) is None  # too few points: no slope is invented

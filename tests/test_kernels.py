@@ -1,0 +1,228 @@
+"""Numba kernels (refimpl.kernels) against the dense reference, their NumPy twins and mpmath."""
+from __future__ import annotations
+
+import math
+
+import mpmath
+import numpy as np
+import pytest
+
+import refimpl as ri
+from refimpl import kernels as kn
+from refimpl.data import extended_order
+from refimpl.model import loss_and_grads, stage1_loss_and_grad, to_token_coords
+
+
+def _rel(a, b):
+    """max |a - b| / max |b|: error relative to the size of the reference array."""
+    return float(np.max(np.abs(np.asarray(a) - np.asarray(b))) / max(np.max(np.abs(b)), 1e-300))
+
+
+def _orthonormal(d, M, seed):
+    q, _ = np.linalg.qr(np.random.default_rng(seed).standard_normal((d, d)))
+    return q[:, :M]
+
+
+def _args(ds):
+    return ds.tokens, ds.lengths, ds.next_tokens
+
+
+# ===================================================================== dense reference
+@pytest.mark.parametrize("chunks", [1, 3], ids=["serial", "3 chunks"])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_kernels_match_dense_reference(seed, chunks):
+    """Token-coordinate reduction (SPEC section 2): with orthonormal E, O = E^T W_ov E,
+    K = E^T W_kq E and dL/dK = E^T (dL/dW_kq) E. 1e-12 relative: both are exact formulas
+    in float64; they differ only in summation order (~1e-15)."""
+    M, d = 9, 12
+    ds = ri.generate(M, 60, 1, 7, seed=seed)
+    E = _orthonormal(d, M, seed)
+    rng = np.random.default_rng(seed)
+    W_ov, W_kq = 2.0 * rng.standard_normal((2, d, d))
+    loss, g_ov, g_kq = loss_and_grads(W_ov, W_kq, ds, E)
+    O, K = to_token_coords(W_ov, E), to_token_coords(W_kq, E)
+
+    GK, ls, l2, l10 = kn.stage2_grad(O, K, *_args(ds), chunks=chunks)
+    assert _rel(math.exp(ls) * GK, to_token_coords(g_kq, E)) < 1e-12
+    assert l2 == pytest.approx(loss, rel=1e-12)
+    assert l10 == pytest.approx(math.log10(loss), rel=1e-12)
+    GO, GK2, ls2, l3, _ = kn.joint_grad(O, K, *_args(ds), chunks=chunks)
+    assert _rel(math.exp(ls2) * GO, to_token_coords(g_ov, E)) < 1e-12
+    assert _rel(math.exp(ls2) * GK2, to_token_coords(g_kq, E)) < 1e-12
+    assert kn.stage2_loss(O, K, *_args(ds), chunks=chunks)[0] == pytest.approx(loss, rel=1e-12)
+
+    l0, g0 = stage1_loss_and_grad(W_ov, ds, E)
+    G1, ls1, l1, l110 = kn.stage1_grad(O, ds.colloc_tokens, ds.colloc_next)
+    assert _rel(math.exp(ls1) * G1, to_token_coords(g0, E)) < 1e-12
+    assert l1 == pytest.approx(l0, rel=1e-12) and l110 == pytest.approx(math.log10(l0), rel=1e-12)
+
+
+# ===================================================================== NumPy twins
+def _scaled_problem(scale, seed=3):
+    ds = ri.generate(11, 80, 1, 8, seed=seed)
+    rng = np.random.default_rng(seed)
+    O, K = scale * rng.standard_normal((2, 11, 11))
+    return ds, O, K
+
+
+@pytest.mark.parametrize("scale", [0.0, 1.0, 5.0])
+def test_twins_match_kernels(scale):
+    """Each kernel equals its NumPy twin (a second route: global scale first, pair-form
+    attention gradient, log-sum-exp loss) to 1e-13 relative. scale 0: K = 0 ties every
+    score (the initialization of stage 2)."""
+    ds, O, K = _scaled_problem(scale)
+    a = _args(ds)
+    for fast, twin in [(kn.stage2_grad, kn.stage2_grad_np), (kn.joint_grad, kn.joint_grad_np),
+                       (kn.stage2_loss, kn.stage2_loss_np)]:
+        for chunks in (1, 4):
+            got, ref = fast(O, K, *a, chunks=chunks), twin(O, K, *a)
+            for x, y in zip(got, ref):
+                if np.ndim(x):
+                    assert _rel(x, y) < 1e-13, fast.__name__
+                else:
+                    assert x == pytest.approx(y, rel=1e-13, abs=1e-300), fast.__name__
+    for x, y in zip(kn.stage1_grad(O, ds.colloc_tokens, ds.colloc_next),
+                    kn.stage1_grad_np(O, ds.colloc_tokens, ds.colloc_next)):
+        assert np.allclose(x, y, rtol=1e-13, atol=1e-13 * np.max(np.abs(y)))
+    np.testing.assert_allclose(kn.attention(K, ds.tokens, ds.lengths),
+                               kn.attention_np(K, ds.tokens, ds.lengths), rtol=1e-13, atol=1e-16)
+    np.testing.assert_allclose(kn.logits(O, K, ds.tokens, ds.lengths),
+                               kn.logits_np(O, K, ds.tokens, ds.lengths), rtol=1e-13, atol=1e-13 * (1 + scale))
+    D, n = kn.normalize(O)
+    D2, n2 = kn.normalize_np(O)
+    assert n == pytest.approx(n2, rel=1e-14) and _rel(D, D2) < 1e-14
+    DO, DK, n = kn.normalize_pair(O, K)
+    DO2, DK2, n2 = kn.normalize_pair_np(O, K)
+    assert n == pytest.approx(n2, rel=1e-14) and _rel(DO, DO2) < 1e-14 and _rel(DK, DK2) < 1e-14
+
+
+def test_attention_and_logits_shapes():
+    ds, O, K = _scaled_problem(1.0)
+    phi = kn.attention(K, ds.tokens, ds.lengths)
+    assert phi.shape == ds.tokens.shape
+    np.testing.assert_allclose(phi.sum(axis=1), 1.0, rtol=1e-15 * 8)   # softmax rows sum to 1
+    assert np.all(phi[~ds.valid_mask] == 0.0)
+    assert kn.logits(O, K, ds.tokens, ds.lengths).shape == (ds.n_sentences, 11)
+
+
+def test_normalize_zero_gradient():
+    """A zero gradient gives a zero direction and norm 0.0, never NaN (SPEC section 4)."""
+    D, n = kn.normalize(np.zeros((3, 3)))
+    assert n == 0.0 and not np.any(D)
+    DO, DK, n = kn.normalize_pair(np.zeros((3, 3)), np.zeros((3, 3)))
+    assert n == 0.0 and not np.any(DO) and not np.any(DK)
+
+
+# ===================================================================== underflow vs mpmath
+def _mp_reference(O, K, sentences, ys):
+    """Exact (50 digits) loss, dL/dO, dL/dK in token coordinates for float O, K."""
+    mpmath.mp.dps = 50
+    M = O.shape[0]
+    Om = [[mpmath.mpf(float(O[a, b])) for b in range(M)] for a in range(M)]
+    Km = [[mpmath.mpf(float(K[a, b])) for b in range(M)] for a in range(M)]
+    GO = [[mpmath.mpf(0)] * M for _ in range(M)]
+    GK = [[mpmath.mpf(0)] * M for _ in range(M)]
+    total = mpmath.mpf(0)
+    margins = []
+    for x, y in zip(sentences, ys):
+        q = x[-1]
+        e = [mpmath.exp(Km[t][q]) for t in x]
+        phi = [v / sum(e) for v in e]
+        z = [sum(phi[l] * Om[v][t] for l, t in enumerate(x)) for v in range(M)]
+        margins.append(float(z[y] - max(z[v] for v in range(M) if v != y)))
+        ez = [mpmath.exp(v - z[y]) for v in z]
+        total += mpmath.log1p(sum(ez[v] for v in range(M) if v != y))   # log(1 + tiny) stays exact
+        p = [v / sum(ez) for v in ez]
+        r = [p[v] for v in range(M)]
+        r[y] = -sum(p[v] for v in range(M) if v != y)      # p_y - 1 would be 0 even at 50 digits
+        g = [sum(Om[v][t] * r[v] for v in range(M)) for t in x]
+        for l, t in enumerate(x):
+            for v in range(M):
+                GO[v][t] += phi[l] * r[v]
+            # pair form: g_l - gbar = sum_m phi_m (g_l - g_m) (with phi_* = 1 - 1e-391 the
+            # plain g_l - gbar cancels to nonsense even at 50 digits)
+            GK[t][q] += phi[l] * sum(phi[m] * (g[l] - g[m]) for m in range(len(x)))
+    n = len(ys)
+    return total / n, [[v / n for v in row] for row in GO], [[v / n for v in row] for row in GK], margins
+
+
+def _mp_direction(G):
+    norm = mpmath.sqrt(sum(v * v for row in G for v in row))
+    assert norm > 0
+    return np.array([[float(v / norm) for v in row] for row in G]), norm
+
+
+def _saturated(seed, logit_scale, att_scale):
+    """Small dataset; O = logit_scale (O* + noise) and K ranking the optimal token first."""
+    M = 4
+    ds = ri.generate(M, 6, 1, 3, seed=seed)
+    rng = np.random.default_rng(seed)
+    O = np.zeros((M, M))
+    for x, nx in zip(ds.colloc_tokens, ds.colloc_next):
+        O[:, x] = np.eye(M)[nx] - 1.0 / M                       # C1: O*
+    O = logit_scale * (O + 0.05 * rng.standard_normal((M, M)))
+    K = np.zeros((M, M))
+    for q in range(M):                                         # height in the extended order of q
+        K[:, q] = extended_order(ds, q).sum(axis=0)             # number of tokens below
+    K = att_scale * (K + 0.05 * rng.standard_normal((M, M)))
+    return ds, O, K
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("logit_scale, att_scale", [(1500.0, 2.0), (1500.0, 900.0)],
+                         ids=["logit margins > 800", "logit and attention margins > 800"])
+def test_underflow_directions_match_mpmath(seed, logit_scale, att_scale):
+    """Past float64 underflow of the loss (all logit margins > 800, so L < e^{-800}), the
+    normalized gradients match a 50-digit computation to 1e-12 (absolute, on unit-norm
+    directions: float64 logits of size ~1e3 carry ~1e-13 absolute rounding), and are
+    neither zero nor NaN; log10_loss matches to 1e-12 relative."""
+    ds, O, K = _saturated(seed, logit_scale, att_scale)
+    sentences, ys = ds.sentences(), ds.next_tokens.tolist()
+    loss, GO_mp, GK_mp, margins = _mp_reference(O, K, sentences, ys)
+    assert min(margins) > 800                                  # precondition of the test
+    log10 = float(mpmath.log10(loss))
+
+    GK, ls, l, l10 = kn.stage2_grad(O, K, *_args(ds))
+    DK, _ = kn.normalize(GK)
+    DK_mp, nK = _mp_direction(GK_mp)
+    assert l == 0.0 and np.isfinite(l10) and np.all(np.isfinite(GK)) and np.any(GK)
+    assert np.max(np.abs(DK - DK_mp)) < 1e-12
+    assert l10 == pytest.approx(log10, rel=1e-12)
+    assert float(mpmath.log(nK)) == pytest.approx(ls + math.log(np.linalg.norm(GK)), rel=1e-12)
+
+    GO, GK2, ls2, _, l10b = kn.joint_grad(O, K, *_args(ds))
+    DO, DK2, _ = kn.normalize_pair(GO, GK2)
+    both = mpmath.sqrt(sum(v * v for G in (GO_mp, GK_mp) for row in G for v in row))
+    DO_mp = np.array([[float(v / both) for v in row] for row in GO_mp])
+    DK2_mp = np.array([[float(v / both) for v in row] for row in GK_mp])
+    assert np.max(np.abs(DO - DO_mp)) < 1e-12 and np.max(np.abs(DK2 - DK2_mp)) < 1e-12
+    assert l10b == pytest.approx(log10, rel=1e-12)
+
+
+@pytest.mark.parametrize("t_scale", [900.0, 5000.0])
+def test_stage1_underflow_matches_mpmath(t_scale):
+    """Stage 1 along O* (C2 regime): margins t_scale, loss ~ e^{-t_scale}; direction and
+    log10 loss to 1e-12 against 50 digits."""
+    ds, O, _ = _saturated(0, t_scale, 0.0)
+    xs, ys = ds.colloc_tokens, ds.colloc_next
+    loss, GO_mp, _, margins = _mp_reference(O, np.zeros_like(O), [[x] for x in xs], ys.tolist())
+    assert min(margins) > 800
+    G, ls, l, l10 = kn.stage1_grad(O, xs, ys)
+    D, _ = kn.normalize(G)
+    assert l == 0.0 and np.all(np.isfinite(D)) and np.any(D)
+    assert np.max(np.abs(D - _mp_direction(GO_mp)[0])) < 1e-12
+    assert l10 == pytest.approx(float(mpmath.log10(loss)), rel=1e-12)
+
+
+# ===================================================================== determinism
+def test_parallel_runs_are_bit_identical():
+    """Fixed chunks, per-chunk accumulators, fixed-order reduction: identical bits run to run."""
+    M = 40
+    ds = ri.generate(M, 3000, 2, 10, seed=5)
+    assert kn.n_chunks(ds.n_sentences, ds.max_len, M) > 1     # the parallel path is taken
+    rng = np.random.default_rng(5)
+    O, K = rng.standard_normal((2, M, M))
+    for f in (kn.stage2_grad, kn.joint_grad, kn.stage2_loss):
+        first, second = f(O, K, *_args(ds)), f(O, K, *_args(ds))
+        for x, y in zip(first, second):
+            assert np.array_equal(x, y), f.__name__

@@ -226,7 +226,7 @@ def _stage1(ds, cfg, O0, O_hat, bar, base):
     return it.W, traj.finish(), reason
 
 
-def _stage2(ds, cfg, O, K0, K_hat, excess, bar, base):
+def _stage2(ds, cfg, O, K0, K_hat, excess, bar, base, callback=None):
     tokens, lengths, y = ds.tokens, ds.lengths, ds.next_tokens
     constraints = attention_constraints(ds)
     sched = record_steps(cfg.T, cfg.record_dense_limit, cfg.record_points)
@@ -246,6 +246,8 @@ def _stage2(ds, cfg, O, K0, K_hat, excess, bar, base):
 
     for t in range(T + 1):
         K = it.W
+        if callback is not None:
+            callback(t, K)
         GKs, _, loss, log10_loss = kernels.stage2_grad(O, K, tokens, lengths, y)
         recorded = k < len(sched) and sched[k] == t
         if recorded:
@@ -280,7 +282,7 @@ def _init_pair(cfg, M, W_ov0, W_kq0):
     return O0, K0
 
 
-def run_two_stage(ds, config, *, W_ov0=None, W_kq0=None, W_ov=None, progress=None):
+def run_two_stage(ds, config, *, W_ov0=None, W_kq0=None, W_ov=None, progress=None, stage2_callback=None):
     """Algorithm 1 with a :class:`TrainConfig`; see :func:`train_two_stage`."""
     validate(ds)
     M = ds.vocab_size
@@ -308,7 +310,7 @@ def run_two_stage(ds, config, *, W_ov0=None, W_kq0=None, W_ov=None, progress=Non
         floor, log10_floor, vertex, details = stage2_floor(O, ds, return_details=True)
         excess = ExcessLoss(ds, O, floor, vertex, details["log_loss"])
         bar.set_description("stage 2")
-        K, traj2, reason2 = _stage2(ds, cfg, O, K0, K_hat, excess, bar, T0)
+        K, traj2, reason2 = _stage2(ds, cfg, O, K0, K_hat, excess, bar, T0, stage2_callback)
         runtime["stage2"] = time.perf_counter() - t0
     finally:
         bar.close()
@@ -321,7 +323,7 @@ def run_two_stage(ds, config, *, W_ov0=None, W_kq0=None, W_ov=None, progress=Non
 
 def train_two_stage(ds, eta0=None, eta=None, T0=1000, T=1000, init="zero", seed=0, *, init_scale=0.1,
                     d=None, W_ov0=None, W_kq0=None, W_ov=None, progress=None, record_dense_limit=2000,
-                    record_points=2000):
+                    record_points=2000, stage2_callback=None):
     """Algorithm 1 (SPEC section 4) on a realizable dataset.
 
     Parameters
@@ -339,6 +341,9 @@ def train_two_stage(ds, eta0=None, eta=None, T0=1000, T=1000, init="zero", seed=
         A user-fixed stage-2 W_ov; stage 1 is skipped.
     progress : bool or None
         tqdm bar; None shows it only when stderr is a terminal.
+    stage2_callback : callable ``(t, K) -> None`` or None
+        Called with every stage-2 iterate ``K_t`` (t = 0..T, token coordinates) before
+        the step from it; ``K`` is the trainer's own buffer, so copy what you keep.
 
     Returns
     -------
@@ -347,7 +352,8 @@ def train_two_stage(ds, eta0=None, eta=None, T0=1000, T=1000, init="zero", seed=
     """
     cfg = TrainConfig(eta0=eta0, eta=eta, T0=T0, T=T, d=d, init=init, init_scale=init_scale, seed=seed,
                       record_dense_limit=record_dense_limit, record_points=record_points)
-    return run_two_stage(ds, cfg, W_ov0=W_ov0, W_kq0=W_kq0, W_ov=W_ov, progress=progress)
+    return run_two_stage(ds, cfg, W_ov0=W_ov0, W_kq0=W_kq0, W_ov=W_ov, progress=progress,
+                         stage2_callback=stage2_callback)
 
 
 def train_joint(ds, eta=None, T=1000, init="zero", seed=0, *, init_scale=0.1, d=None, W_ov0=None,

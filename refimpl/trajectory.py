@@ -232,11 +232,10 @@ class ExcessLoss:
         self.y, self.idx = ds.next_tokens, np.arange(N)
         self.vertex = np.asarray(vertex, dtype=bool)
         self.floor_i = np.exp(np.asarray(log_floor, dtype=np.float64))  # (N,) per-sentence floors
-        mask, xstar = ds.valid_mask, ds.optimal
-        safe = np.where(mask, ds.tokens, 0)
-        self.dcol = (O[:, safe] - O[:, xstar][:, :, None]).transpose(1, 2, 0)  # (N, Lmax, M)
-        self.dcol[~mask] = 0.0
-        zs = O[:, xstar].T  # (N, M): perfect-attention logits z*
+        self.OT = np.ascontiguousarray(O.T)  # (M, M): row u is the column O[:, u]
+        self.safe = np.where(ds.valid_mask, ds.tokens, 0)  # (N, Lmax); padding has phi = 0
+        zs = self.OT[ds.optimal]  # (N, M): perfect-attention logits z*
+        self.zs = zs
         b = zs - zs[self.idx, self.y][:, None]
         b[self.idx, self.y] = -np.inf
         c = np.maximum(b.max(axis=1), 0.0)  # (N,): keeps exp(b - c) <= 1
@@ -259,7 +258,9 @@ class ExcessLoss:
         """
         ds = self.ds
         phi = kernels.attention(K, ds.tokens, ds.lengths)  # (N, Lmax)
-        dz = np.einsum("nl,nlm->nm", phi, self.dcol)  # (N, M): z - z*
+        dz = np.zeros_like(self.zs)  # (N, M): z - z*, one position at a time (no N x L x M array)
+        for l in range(phi.shape[1]):
+            dz += phi[:, l, None] * (self.OT[self.safe[:, l]] - self.zs)
         delta = dz - dz[self.idx, self.y][:, None]
         stable = self.vertex & (delta.max(axis=1) <= self._DIRECT)
         ratio = (self.eb[stable] * np.expm1(delta[stable])).sum(axis=1) / self.denom[stable]

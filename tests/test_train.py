@@ -193,3 +193,14 @@ def test_trajectory_csv_roundtrip(tmp_path):
 def test_train_config_defaults():
     cfg = TrainConfig().resolved(20)
     assert cfg.d == 20 and cfg.eta0 == 0.2 / math.sqrt(20) and cfg.eta == 0.05 / math.sqrt(20)
+
+
+def test_stage2_callback_sees_every_iterate():
+    """The callback gets K_0..K_T in order; its last K is the returned W_kq and its first K_0."""
+    ds = ri.generate(vocab_size=6, n_sentences=20, seed=4)
+    seen = []
+    res = ri.train_two_stage(ds, T0=30, T=25, progress=False,
+                             stage2_callback=lambda t, K: seen.append((t, K.copy())))
+    assert [t for t, _ in seen] == list(range(26))
+    assert not seen[0][1].any()  # zero initialization
+    np.testing.assert_array_equal(seen[-1][1], res.W_kq)

@@ -199,30 +199,62 @@ _PROGRESS_CHUNK = 512  # steps between progress-bar updates
 
 
 # ==================================================================== stages
+def _ngd(iterates, eta, T, sched, evaluate, record, bar, base, callback=None):
+    """Normalized gradient descent on one or two matrices (both stages and the joint baseline).
+
+    iterates : list of _Compensated, updated in place, ``W <- W - eta * D``
+    evaluate : ``(*W) -> (loss, log10_loss, directions thunk)``; the thunk returns
+               ``(list of D, norm)`` with ``D = Gs / ||Gs||`` over all matrices jointly
+    record   : ``(t, *W, loss, log10_loss)`` appends a trajectory row at the steps in ``sched``
+    callback : ``(t, *W)`` called at every step t = 0..T before the step from it
+    Returns the stop reason: "completed", or "zero_gradient at step t" (that step is recorded).
+    """
+    k = 0
+    for t in range(T + 1):
+        Ws = [it.W for it in iterates]
+        if callback is not None:
+            callback(t, *Ws)
+        loss, log10_loss, directions = evaluate(*Ws)
+        recorded = k < len(sched) and sched[k] == t
+        if recorded:
+            record(t, *Ws, loss, log10_loss)
+            k += 1
+        if t == T:
+            break
+        Ds, nrm = directions()
+        if nrm == 0.0:
+            if not recorded:
+                record(t, *Ws, loss, log10_loss)
+            return f"zero_gradient at step {t}"
+        for it, D in zip(iterates, Ds):
+            it.step(D, eta)
+        if t % _PROGRESS_CHUNK == 0:
+            bar.update(base + t)
+    return "completed"
+
+
+def _single(Gs):
+    """Direction thunk of one scale-free gradient."""
+    def directions():
+        D, nrm = kernels.normalize(Gs)
+        return [D], nrm
+    return directions
+
+
 def _stage1(ds, cfg, O0, O_hat, bar, base):
     xs, ys = ds.colloc_tokens, ds.colloc_next
     sched = record_steps(cfg.T0, cfg.record_dense_limit, cfg.record_points)
     traj = Trajectory(STAGE1_COLUMNS, len(sched) + 1)
     it = _Compensated(O0)
-    reason, k, T0, eta0 = "completed", 0, cfg.T0, cfg.eta0
-    for t in range(T0 + 1):
-        O = it.W
+
+    def evaluate(O):
         Gs, _, loss, log10_loss = kernels.stage1_grad(O, xs, ys)
-        recorded = k < len(sched) and sched[k] == t
-        if recorded:
-            traj.append(step=t, loss=loss, log10_loss=log10_loss, **stage1_metrics(O, O0, O_hat, xs, ys))
-            k += 1
-        if t == T0:
-            break
-        D, nrm = kernels.normalize(Gs)
-        if nrm == 0.0:
-            reason = f"zero_gradient at step {t}"
-            if not recorded:
-                traj.append(step=t, loss=loss, log10_loss=log10_loss, **stage1_metrics(O, O0, O_hat, xs, ys))
-            break
-        it.step(D, eta0)
-        if t % _PROGRESS_CHUNK == 0:
-            bar.update(base + t)
+        return loss, log10_loss, _single(Gs)
+
+    def record(t, O, loss, log10_loss):
+        traj.append(step=t, loss=loss, log10_loss=log10_loss, **stage1_metrics(O, O0, O_hat, xs, ys))
+
+    reason = _ngd([it], cfg.eta0, cfg.T0, sched, evaluate, record, bar, base)
     return it.W, traj.finish(), reason
 
 
@@ -232,9 +264,12 @@ def _stage2(ds, cfg, O, K0, K_hat, excess, bar, base, callback=None):
     sched = record_steps(cfg.T, cfg.record_dense_limit, cfg.record_points)
     traj = Trajectory(STAGE2_COLUMNS, len(sched) + 1)
     it = _Compensated(K0)
-    reason, k, T, eta = "completed", 0, cfg.T, cfg.eta
 
-    def row(t, K, loss, log10_loss):
+    def evaluate(K):
+        GKs, _, loss, log10_loss = kernels.stage2_grad(O, K, tokens, lengths, y)
+        return loss, log10_loss, _single(GKs)
+
+    def record(t, K, loss, log10_loss):
         cos, omc, dist = direction_metrics(K, K_hat)
         z = kernels.logits(O, K, tokens, lengths)  # (N, M)
         ex, log10_ex = excess(K, z)
@@ -244,26 +279,7 @@ def _stage2(ds, cfg, O, K0, K_hat, excess, bar, base, callback=None):
                     train_accuracy=accuracy(z, y), floor=excess.floor, excess_loss=ex,
                     log10_excess=log10_ex)
 
-    for t in range(T + 1):
-        K = it.W
-        if callback is not None:
-            callback(t, K)
-        GKs, _, loss, log10_loss = kernels.stage2_grad(O, K, tokens, lengths, y)
-        recorded = k < len(sched) and sched[k] == t
-        if recorded:
-            row(t, K, loss, log10_loss)
-            k += 1
-        if t == T:
-            break
-        D, nrm = kernels.normalize(GKs)
-        if nrm == 0.0:
-            reason = f"zero_gradient at step {t}"
-            if not recorded:
-                row(t, K, loss, log10_loss)
-            break
-        it.step(D, eta)
-        if t % _PROGRESS_CHUNK == 0:
-            bar.update(base + t)
+    reason = _ngd([it], cfg.eta, cfg.T, sched, evaluate, record, bar, base, callback)
     return it.W, traj.finish(), reason
 
 
@@ -376,9 +392,16 @@ def train_joint(ds, eta=None, T=1000, init="zero", seed=0, *, init_scale=0.1, d=
     sched = record_steps(cfg.T, cfg.record_dense_limit, cfg.record_points)
     traj = Trajectory(JOINT_COLUMNS, len(sched) + 1)
     itO, itK = _Compensated(O0), _Compensated(K0)
-    reason, k = "completed", 0
 
-    def row(t, O, K, loss, log10_loss):
+    def evaluate(O, K):
+        GOs, GKs, _, loss, log10_loss = kernels.joint_grad(O, K, tokens, lengths, y)
+
+        def directions():
+            DO, DK, nrm = kernels.normalize_pair(GOs, GKs)
+            return [DO, DK], nrm
+        return loss, log10_loss, directions
+
+    def record(t, O, K, loss, log10_loss):
         traj.append(step=t, loss=loss, log10_loss=log10_loss, norm_ov=np.linalg.norm(O),
                     norm_kq=np.linalg.norm(K), one_minus_cos_ov=direction_metrics(O, O_hat)[1],
                     one_minus_cos_kq=direction_metrics(K, K_hat)[1],
@@ -388,25 +411,7 @@ def train_joint(ds, eta=None, T=1000, init="zero", seed=0, *, init_scale=0.1, d=
     bar = _Progress(cfg.T, progress, "joint")
     start = time.perf_counter()
     try:
-        for t in range(cfg.T + 1):
-            O, K = itO.W, itK.W
-            GOs, GKs, _, loss, log10_loss = kernels.joint_grad(O, K, tokens, lengths, y)
-            recorded = k < len(sched) and sched[k] == t
-            if recorded:
-                row(t, O, K, loss, log10_loss)
-                k += 1
-            if t == cfg.T:
-                break
-            DO, DK, nrm = kernels.normalize_pair(GOs, GKs)
-            if nrm == 0.0:
-                reason = f"zero_gradient at step {t}"
-                if not recorded:
-                    row(t, O, K, loss, log10_loss)
-                break
-            itO.step(DO, cfg.eta)
-            itK.step(DK, cfg.eta)
-            if t % _PROGRESS_CHUNK == 0:
-                bar.update(t)
+        reason = _ngd([itO, itK], cfg.eta, cfg.T, sched, evaluate, record, bar, 0)
     finally:
         bar.close()
     return JointResult(W_ov=itO.W, W_kq=itK.W, trajectory=traj.finish(), stop_reason=reason, config=cfg,

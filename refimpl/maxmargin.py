@@ -201,6 +201,11 @@ def least_distance(G, *, tol=KKT_TOL):
         else:                                        # dependent tight rows (a balanced cycle)
             k = np.linalg.lstsq(GT, np.ones(r), rcond=None)[0]
             alpha = _fit_alpha(G, k, alpha0)
+            if not kkt_residuals(G, k, alpha)["dual"] <= tol:
+                # the least-norm correction of alpha0 can leave the cone alpha >= 0 when the
+                # tight rows are dependent; multipliers are then not unique, and NNLS on the
+                # tight rows finds nonnegative ones whenever they exist (k optimal)
+                alpha = _fit_alpha(G, k)
     res = kkt_residuals(G, k, alpha)
     bad = [c for c in _CONDITIONS if not res[c] <= tol]
     if bad:

@@ -17,6 +17,7 @@ import pytest
 
 import refimpl as ri
 from proofs import numeric
+from refimpl.kernels import attention
 from refimpl.train import train_two_stage
 
 DATA = Path(__file__).parent / "data"
@@ -208,5 +209,5 @@ def test_c10_regression_weak_stage1():
     late = s2.step >= T_long / 10
     np.testing.assert_allclose(s2.excess_loss[late], C10_LIMIT_EXCESS, rtol=0.02)
     # Sentence 1 ([0, 3, 2], x* = 0) puts its largest attention on token 2, not on x*.
-    phi = ri.kernels.attention(res.W_kq, ds.tokens, ds.lengths)
+    phi = attention(res.W_kq, ds.tokens, ds.lengths)   # (N, Lmax)
     assert ds.tokens[1, np.argmax(phi[1, :ds.lengths[1]])] == 2 and ds.optimal[1] == 0

@@ -12,7 +12,8 @@ from refimpl.rates import fit_exponential_rate, fit_linear_slope, fit_power_law
 
 DATA = Path(__file__).parent / "data"
 ROW_KEYS = {"id", "title", "status", "verdict", "measured", "bound", "detail"}
-TOP_KEYS = {"schema", "dataset", "config", "regime", "claims", "certified_failures", "runtime_seconds"}
+TOP_KEYS = {"schema", "dataset", "config", "regime", "claims", "certified_failures", "generalization",
+            "runtime_seconds"}
 
 
 @pytest.fixture(scope="module")
@@ -82,3 +83,17 @@ def test_fits_recover_known_rates():
     assert fit_exponential_rate(t, -0.01 * t + 2.0) == pytest.approx(-0.01, rel=1e-12)
     assert fit_linear_slope(t, 0.25 * t + 1.0) == pytest.approx(0.25, rel=1e-12)
     assert fit_power_law(t[:2], t[:2]) is None  # too few points: no slope is invented
+
+
+def test_weak_stage1_run_is_reported_not_claimed():
+    """C10: on the regression example of docs/findings.md (stage 1 of 2 steps from a random
+    start) the audit reports the weak-stage-1 regime and claims no stage-2 convergence."""
+    ds = ri.load_dataset(DATA / "c10_weak_stage1.json")
+    cfg = audit.AuditConfig(T0=2, T=4000, init="random", init_scale=0.5, seed=1309607927, eta0=0.1,
+                            eta=0.025, c5_T0=2000)
+    rep = audit.run_audit(ds, cfg, progress=False)
+    by_id = {r["id"]: r for r in rep["claims"]}
+    assert rep["regime"] == "weak_stage1" and by_id["C10"]["verdict"] == audit.FAIL
+    assert by_id["C10"]["measured"]["min_vertex_gap"] < 0   # the certified criterion fires
+    assert by_id["C8"]["verdict"] == by_id["C9"]["verdict"] == audit.NA
+    assert rep["certified_failures"] == []                 # a finding, not a failed certified bound

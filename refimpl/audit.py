@@ -67,8 +67,10 @@ def _row(claim_id, verdict, measured, bound, detail):
             "measured": measured, "bound": bound, "detail": detail}
 
 
-def _is_certified(claim_id):
-    return registry.get(claim_id).status.startswith("certified")
+# Claims whose verdict in the audit is decided by a certified bound (C7: the upper bound, C8: the
+# lower bound, C11: the K* part). C5 is certified only from zero initialization, where C2 covers
+# it; the audit measures C5 from a random start, so its verdict is a measurement.
+CERTIFIED_VERDICTS = ("C1", "C2", "C3", "C4", "C6", "C7", "C8", "C11")
 
 
 # ------------------------------------------------------------------ stage 1
@@ -329,8 +331,7 @@ def run_audit(ds, config=None, progress=None):
         rows.append(row)
     else:
         rows.append(_row("C11", NA, {}, {}, "generalization disabled in the audit configuration"))
-    failures = [r["id"] for r in rows if r["verdict"] == FAIL and _is_certified(r["id"])
-                and r["id"] != "C10"]
+    failures = [r["id"] for r in rows if r["verdict"] == FAIL and r["id"] in CERTIFIED_VERDICTS]
     return {
         "schema": SCHEMA,
         "dataset": {"vocab_size": ds.vocab_size, "n_sentences": ds.n_sentences,

@@ -40,6 +40,12 @@ def _progress(args):
     return False if args.quiet else None
 
 
+def _note(args, message):
+    """One line on stderr unless --quiet."""
+    if not args.quiet:
+        print(f"refimpl {args.command}: {message}", file=sys.stderr)
+
+
 # ------------------------------------------------------------------ commands
 def cmd_generate(args):
     from .generator import generate
@@ -73,24 +79,26 @@ def _train_overrides(args):
 
 
 def cmd_reproduce(args):
-    from .reproduce import ReproduceConfig, run_reproduce
+    from .reproduce import OUTPUT_FILES, ReproduceConfig, run_reproduce
     out = _out_dir(args.out)
     config = ReproduceConfig(**_train_overrides(args))
     summary = run_reproduce(config, out, progress=_progress(args))
     json.dump(summary, sys.stdout, indent=1, default=float)
     sys.stdout.write("\n")
+    _note(args, f"wrote {', '.join(OUTPUT_FILES)} to {out}/")
     return EXIT_OK
 
 
 def cmd_train(args):
     from .io import load_dataset
-    from .reproduce import ReproduceConfig, run_train
+    from .reproduce import OUTPUT_FILES, ReproduceConfig, run_train
     out = _out_dir(args.out)
     ds = load_dataset(args.file)
     config = ReproduceConfig(**_train_overrides(args))
     summary = run_train(ds, config, out, progress=_progress(args))
     json.dump(summary, sys.stdout, indent=1, default=float)
     sys.stdout.write("\n")
+    _note(args, f"wrote {', '.join(OUTPUT_FILES)} to {out}/")
     return EXIT_OK
 
 

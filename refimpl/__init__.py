@@ -32,7 +32,7 @@ _PUBLIC = {
     # training
     "train_two_stage": "train", "train_joint": "train", "TrainConfig": "train",
     # generalization
-    "predict": "generalize",
+    "predict": "prediction",
 }
 
 __all__ = sorted(_PUBLIC) + ["__version__"]

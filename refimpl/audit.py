@@ -26,6 +26,7 @@ from .data import induced_relations, validate
 from .maxmargin import w_ov_star
 from .train import TrainConfig, run_two_stage
 from .rates import fit_exponential_rate, fit_linear_slope, fit_power_law
+from .shift import longest_chains
 
 __all__ = ["AuditConfig", "run_audit", "format_table", "SCHEMA"]
 
@@ -168,24 +169,6 @@ def _c5(ds, res, cfg):
 
 
 # ------------------------------------------------------------------ stage 2
-def _longest_chains(rel, M):
-    """Longest chain length (number of relations) between every pair, -1 where none: (M, M)."""
-    toks = np.unique(rel)
-    pos = {int(t): i for i, t in enumerate(toks)}
-    k = len(toks)
-    best = np.full((k, k), -1, dtype=np.int64)
-    for a, b in rel:
-        best[pos[int(a)], pos[int(b)]] = 1
-    for _ in range(k):  # max-plus relaxation; a DAG's longest path has < k edges
-        cand = np.where((best[:, :, None] > 0) & (best[None, :, :] > 0),
-                        best[:, :, None] + best[None, :, :], -1).max(axis=1)
-        nxt = np.maximum(best, cand)
-        if np.array_equal(nxt, best):
-            break
-        best = nxt
-    return toks, best
-
-
 def _c6(ds, res):
     from .maxmargin import w_kq_star
     _, cert = w_kq_star(ds)
@@ -197,9 +180,9 @@ def _c6(ds, res):
             worst = min(worst, float(np.min(gaps - 1.0)))
             checked += len(rel)
             continue
-        toks, chains = _longest_chains(rel, ds.vocab_size)
+        chains = longest_chains(rel, ds.vocab_size)  # (M, M), 0 where no chain
         i, j = np.nonzero(chains > 0)
-        gaps = K[toks[j], q] - K[toks[i], q] - chains[i, j]
+        gaps = K[j, q] - K[i, q] - chains[i, j]
         worst = min(worst, float(gaps.min()))
         checked += len(i)
     ok = cert.ok and worst >= -C6_TOL

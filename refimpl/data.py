@@ -319,7 +319,7 @@ def _find_cycle(M, q_arr, lo, up):
 
 def _check_supplied(ds, q_arr, lo, up, sent_idx):
     M = ds.vocab_size
-    keys, sq, slo, sup = [], [], [], []
+    sq, slo, sup = [], [], []
     for q, rel in ds.orders.items():
         sq.append(np.full(len(rel), q, dtype=np.int64))
         slo.append(rel[:, 0])

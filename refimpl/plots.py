@@ -21,7 +21,7 @@ from matplotlib.ticker import MaxNLocator
 
 from .io import atomic_write_bytes
 
-__all__ = ["figure_six_panels"]
+__all__ = ["figure_six_panels", "figure_generalization"]
 
 _FLOOR = 1e-33  # rounding level of 1 - cos (about eps^2 / 2 for unit matrices): smaller values,
 # exact zeros included, are drawn at this level on the log axis
@@ -99,6 +99,51 @@ def figure_six_panels(result, path, *, title=None):
             a.xaxis.set_major_locator(MaxNLocator(nbins=5, integer=True))
     fig.suptitle(title or (f"Two-stage NGD: eta0 = {cfg.eta0:.4g}, eta = {cfg.eta:.4g}, "
                            f"T0 = {cfg.T0}, T = {cfg.T}, init = {cfg.init}"))
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+def figure_generalization(report, path, *, title=None):
+    """Write accuracy on unseen sentences against stage-2 steps (PNG, atomically) to ``path``.
+
+    Left: accuracy on closure-decided and score-decided sentences and agreement with the
+    K*-limit model. Right: mean attention on the deciding token x_hat. Returns ``path``.
+    """
+    steps = np.array([np.nan if s is None else s for s in report["steps"]], dtype=np.float64)
+
+    def col(name):
+        return np.array([np.nan if v is None else v for v in report[name]], dtype=np.float64)
+
+    fig = Figure(figsize=(11, 4.2), dpi=110, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax1, ax2 = fig.subplots(1, 2)
+    n = report["counts"]
+    ax1.plot(steps, col("closure_accuracy"), color="tab:blue", label=f"closure-decided (n={n['closure']})")
+    ax1.plot(steps, col("score_accuracy"), color="tab:orange", label=f"score-decided (n={n['score']})")
+    ax1.plot(steps, col("agreement_with_kstar"), "k:", label="agreement with K*-limit model")
+    for kind, color in (("closure", "tab:blue"), ("score", "tab:orange")):
+        t = report[f"{kind}_100_from"]
+        if t is not None and t > 0:
+            ax1.axvline(t, color=color, lw=0.8, ls="--")
+            ax1.annotate(f"{kind}: 100% from t={t}", (t, 0.04 if kind == "closure" else 0.12),
+                         xycoords=("data", "axes fraction"), fontsize=8, color=color,
+                         xytext=(-4, 0), textcoords="offset points", ha="right")
+    ax1.set(xlabel="stage-2 step t", ylabel="accuracy on unseen sentences", ylim=(-0.02, 1.02),
+            title="prediction on unseen sentences")
+    ax1.legend(fontsize=8, loc="upper left")
+    ax2.plot(steps, col("closure_attention"), color="tab:blue", label="closure-decided")
+    ax2.plot(steps, col("score_attention"), color="tab:orange", label="score-decided")
+    ax2.set(xlabel="stage-2 step t", ylabel="mean attention on x_hat", ylim=(-0.02, 1.02),
+            title="attention on the deciding token")
+    if np.nanmax(steps, initial=0) > 1000:                           # many decades: log-like axis
+        for ax in (ax1, ax2):
+            ax.set_xscale("symlog", linthresh=10)
+            ax.set_xlim(left=0)
+    ax2.legend(fontsize=8, loc="upper left")
+    if title:
+        fig.suptitle(title)
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     atomic_write_bytes(path, buf.getvalue())

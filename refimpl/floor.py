@@ -1,0 +1,169 @@
+"""The stage-2 floor ``L_floor(O)`` (SPEC section 5): per sentence, the least loss over the
+attention simplex of its distinct tokens, with a vertex (perfect attention) fast path.
+"""
+from __future__ import annotations
+
+import numpy as np
+from scipy.special import logsumexp
+
+from .ldp import serial_blas as _serial_blas
+
+__all__ = ["log_loss", "stage2_floor"]
+
+_EPS = np.finfo(np.float64).eps
+_TINY = np.finfo(np.float64).tiny
+
+# ============================================================ stage-2 floor
+def log_loss(Z, y):
+    """log of the cross-entropy loss per row: Z float64 (n, M) logits, y int (n,) -> (n,).
+
+    With ``a = log sum_{v != y} exp(z_v - z_y)`` (a log-sum-exp, never overflows),
+    ``loss = log1p(e^a)`` (SPEC section 2), and ``log(loss) = a + log1p(-e^a/2)`` for
+    ``a < -20`` (error below e^{2a} < 1e-17), so it stays finite after the loss underflows.
+    """
+    Z = np.atleast_2d(np.asarray(Z, dtype=np.float64))
+    y = np.asarray(y, dtype=np.int64).reshape(-1)
+    idx = np.arange(len(y))
+    D = Z - Z[idx, y][:, None]
+    D[idx, y] = -np.inf
+    a = logsumexp(D, axis=1)
+    out = np.empty_like(a)
+    small = a < -20
+    t = np.exp(a[small])
+    out[small] = a[small] + np.log1p(-t / 2)
+    big = ~small
+    out[big] = np.log(np.logaddexp(0.0, a[big]))
+    return out
+
+
+def _direction(z, y):
+    """(p - e_y) / (1 - p_y) for logits z (n, M): softmax ratios off y, -1 at y; never underflows."""
+    idx = np.arange(len(y))
+    D = z.copy()
+    D[idx, y] = -np.inf
+    w = np.exp(D - D.max(axis=1, keepdims=True))
+    w /= w.sum(axis=1, keepdims=True)
+    w[idx, y] = -1.0
+    return w
+
+
+_VERTEX_RTOL = 1e-12   # rounding allowance in the vertex KKT test (floor error <= this, relative)
+_GAP_RTOL = 1e-10      # accepted Frank-Wolfe gap of a non-vertex sentence, relative to its loss
+
+
+def _simplex_objective(Z, y, scale):
+    """phi -> loss(Z phi; y)/scale, its gradient Z^T (p - e_y)/scale and, with ``hess``,
+    its Hessian Z^T (diag p - p p^T) Z/scale. Z : (M, u). loss = softplus(lse_{v != y}(z_v - z_y))."""
+
+    def fun(phi, hess=False):
+        z = Z @ phi                                   # (M,)
+        a = z - z[y]
+        a[y] = -np.inf
+        top = a.max()
+        e = np.exp(a - top)
+        loss = np.logaddexp(0.0, top + np.log(e.sum()))
+        p = np.exp(z - z.max())
+        p /= p.sum()
+        r = p.copy()
+        r[y] = -(p.sum() - p[y])                      # p - e_y without cancellation at y
+        if not hess:
+            return loss / scale, (Z.T @ r) / scale
+        Zp = Z.T @ p
+        return loss / scale, (Z.T @ r) / scale, ((Z.T * p) @ Z - np.outer(Zp, Zp)) / scale
+    return fun
+
+
+def _solve_simplex(Z, y, start):
+    """min_{phi in simplex} loss(Z phi; y) for Z (M, u); returns (phi (u,), log-loss, FW gap / loss).
+
+    Active-set Newton from ``start``: on the face S (support of phi plus the zero
+    coordinates whose gradient is below ``phi^T g``) solve the equality-constrained
+    Newton system ``[[H_S + mu I, 1], [1^T, 0]] [d; lam] = [-g_S; 0]`` (mu = 1e-12 of the
+    Hessian's scale keeps it nonsingular when columns coincide up to a constant). When
+    that step would push a zero coordinate with the lowest gradient negative, take the
+    pairwise Frank-Wolfe step ``e_j - e_k`` instead (j = argmin g, k = argmax of g on the
+    support), which always descends. Steps stop at the boundary; Armijo backtracking
+    with a rounding allowance of 8 eps of the loss. Stops when the Frank-Wolfe gap
+    ``phi^T g - min_u g_u`` is below 1e-13 of the loss; by convexity that gap bounds
+    ``loss(phi) - min``, so it certifies the result.
+    """
+    u = Z.shape[1]
+    scale = max(_simplex_objective(Z, y, 1.0)(start)[0], _TINY)
+    fun = _simplex_objective(Z, y, scale)
+    phi = start.astype(np.float64)
+    for _ in range(200):
+        f, g, H = fun(phi, hess=True)
+        if max(0.0, phi @ g - g.min()) <= 1e-3 * _GAP_RTOL * f:
+            break
+        S = (phi > 0) | (g < phi @ g)
+        s = int(S.sum())
+        KKT = np.zeros((s + 1, s + 1))
+        KKT[:s, :s] = H[np.ix_(S, S)] + 1e-12 * max(np.abs(np.diag(H)).max(), _TINY) * np.eye(s)
+        KKT[:s, s] = KKT[s, :s] = 1.0
+        d = np.zeros(u)
+        d[S] = np.linalg.solve(KKT, np.append(-g[S], 0.0))[:s]
+        if np.any((phi == 0) & (d < 0)):              # Newton leaves the simplex: pairwise step
+            j = int(np.argmin(g))
+            k = int(np.flatnonzero(phi > 0)[np.argmax(g[phi > 0])])
+            d = np.zeros(u)
+            d[j], d[k] = 1.0, -1.0
+            curv = H[j, j] + H[k, k] - 2 * H[j, k]
+            t_max, block = phi[k], k
+            t = min(t_max, -(g @ d) / curv) if curv > 0 else t_max
+        else:
+            shrink = np.flatnonzero(d < 0)
+            ratio = phi[shrink] / -d[shrink]
+            t_max = ratio.min() if len(shrink) else np.inf
+            block = shrink[np.argmin(ratio)] if len(shrink) else -1
+            t = min(1.0, t_max)
+        while t > 1e-14 and fun(np.clip(phi + t * d, 0.0, None))[0] > f + 1e-4 * t * (g @ d) + 8 * _EPS * f:
+            t /= 2
+        if t <= 1e-14:
+            break
+        new = np.clip(phi + t * d, 0.0, None)
+        if t == t_max:
+            new[block] = 0.0                          # the blocking coordinate leaves the face
+        phi = new / new.sum()
+    f, g = fun(phi)
+    return phi, np.log(f) + np.log(scale), max(0.0, phi @ g - g.min()) / f
+
+
+@_serial_blas
+def stage2_floor(O, ds, *, return_details=False):
+    """Stage-2 loss floor ``L_floor(O) = (1/N) sum_i min_{phi in simplex} loss(sum_l phi_l O[:, x_l]; y_i)``.
+
+    O : float64 (M, M), the fixed W_ov in token coordinates.
+    Returns ``(floor, log10_floor, vertex_optimal bool (N,))``; with ``return_details`` also a
+    dict with ``log_loss`` (N,) per-sentence log-floors and ``gap`` (N,) relative Frank-Wolfe gaps.
+
+    The minimum is over the sentence's distinct tokens (a repeated token only adds
+    weight on the same column). The vertex ``phi = e_{x*}`` is optimal iff for every distinct
+    token u: ``O[:, u]^T w >= O[:, x*]^T w`` with ``w = (p - e_y)/(1 - p_y)``, ``p = softmax(O[:, x*])``
+    (the gradient ``(1 - p_y) O^T w`` of the loss in phi); it is accepted up to a rounding allowance
+    ``1e-12 ||w||_1 max|O|``, which bounds its relative loss error by the same amount. Other sentences
+    are solved by SLSQP and accepted once their Frank-Wolfe gap is below 1e-10 of their loss.
+    """
+    O = np.asarray(O, dtype=np.float64)
+    N = ds.n_sentences
+    xs, ys = ds.optimal, ds.next_tokens
+    Zs = O[:, xs].T                                   # (N, M) logits at the vertex
+    w = _direction(Zs, ys)                            # (N, M)
+    A = w @ O                                         # (N, M): A[i, u] = O[:, u]^T w_i
+    safe = np.where(ds.valid_mask, ds.tokens, 0)
+    D = np.take_along_axis(A, safe, axis=1) - A[np.arange(N), xs][:, None]   # (N, Lmax)
+    allow = _VERTEX_RTOL * np.abs(w).sum(axis=1) * max(np.abs(O).max(), np.finfo(float).tiny)
+    vertex = np.all((D >= -allow[:, None]) | ~ds.valid_mask, axis=1)
+    logl = log_loss(Zs, ys)
+    gap = np.zeros(N)
+    for i in np.flatnonzero(~vertex):
+        toks = np.unique(ds.tokens[i, : ds.lengths[i]])
+        start = (toks == xs[i]).astype(np.float64)
+        _, logl[i], gap[i] = _solve_simplex(O[:, toks], int(ys[i]), start)
+        if not gap[i] <= _GAP_RTOL:
+            raise ArithmeticError(f"stage-2 floor: sentence {i} {toks.tolist()}: the simplex solve "
+                                  f"stopped with Frank-Wolfe gap {gap[i]:.2e} of its loss > {_GAP_RTOL}")
+    log_mean = logsumexp(logl) - np.log(N)
+    out = (float(np.exp(log_mean)), float(log_mean / np.log(10.0)), vertex)
+    if return_details:
+        return out + ({"log_loss": logl, "gap": gap},)
+    return out

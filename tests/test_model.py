@@ -144,6 +144,6 @@ def test_check_orthonormal_and_token_coords():
 
 def test_symbolic_gradient_formula():
     """The formulas the model and kernels implement equal SymPy's derivative (proofs/derivations.py)."""
-    derivations = pytest.importorskip("proofs.derivations")
+    from proofs import derivations
     assert derivations.check_gradient_formula(3, 2, [0, 1], 2)
     assert derivations.check_gradient_formula(4, 3, [1, 1, 2], 0)

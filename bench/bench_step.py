@@ -87,21 +87,31 @@ def main():
     print(f"cpus={os.cpu_count()} torch={'none' if torch is None else torch.__version__} "
           f"load={os.getloadavg()[0]:.2f}")
     print(f"{'size':4} {'impl':6} {'median ms':>10} {'x kernel':>9}  notes")
+    # Implementation-major order: every kernel and dense timing runs before PyTorch has
+    # started its thread pool, whose spinning workers otherwise steal the second core
+    # from the Numba threads (measured: the kernel step looked 2x slower after a torch call).
+    cases = {}
     for name in args.sizes:
         c = SIZES[name]
         M = c["M"]
         ds = ri.generate(M, c["N"], c["lo"], c["hi"], seed=0)
-        rng = np.random.default_rng(0)
-        O, K = rng.standard_normal((2, M, M))
-        impls = [("kernel", kernel_step, c["reps"][0]), ("dense", dense_step, c["reps"][1])]
-        if torch is not None:
-            impls.append(("torch", make_torch_step(ds, M), c["reps"][2]))
-        losses = {n: f(O, K, ds)[1] for n, f, _ in impls}
-        assert all(abs(v - losses["kernel"]) <= 1e-10 * losses["kernel"] for v in losses.values()), losses
-        t_kernel = None
-        for impl, step, reps in impls:
-            t = median_time(step, O, K, ds, reps)
-            t_kernel = t if t_kernel is None else t_kernel
+        O, K = np.random.default_rng(0).standard_normal((2, M, M))
+        cases[name] = (c, M, ds, O, K)
+    impls = [("kernel", lambda ds, M: kernel_step, 0), ("dense", lambda ds, M: dense_step, 1)]
+    if torch is not None:
+        impls.append(("torch", make_torch_step, 2))
+    times, losses = {}, {}
+    for impl, make, r in impls:
+        for name, (c, M, ds, O, K) in cases.items():
+            step = make(ds, M)
+            losses[name, impl] = step(O, K, ds)[1]
+            times[name, impl] = median_time(step, O, K, ds, c["reps"][r])
+    for name, (c, M, ds, O, K) in cases.items():
+        ref = losses[name, "kernel"]
+        assert all(abs(losses[name, i] - ref) <= 1e-10 * ref for i, _, _ in impls), losses
+        t_kernel = times[name, "kernel"]
+        for impl, _, _ in impls:
+            t = times[name, impl]
             note = ""
             if impl == "kernel":
                 madds = 2.0 * ds.lengths.sum() * M

@@ -40,6 +40,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
+from .kernels_math import dot2, dots4, exp_shifted, logits_into, max4, scaled, sum4, sumsq4
 from .kernels_np import (attention_np, joint_grad_np, logits_np, normalize_np,  # noqa: F401 (twins)
                          normalize_pair_np, stage1_grad_np, stage2_grad_np, stage2_loss_np)
 
@@ -55,116 +56,6 @@ _SCRATCH_BYTES = 1 << 28  # cap on chunks * M * M * 8 * (number of gradients)
 _OPTS = dict(cache=True, fastmath=False, nogil=True, boundscheck=False, error_model="numpy")
 
 
-# ===================================================================== exp and dot
-_LOG2E = 1.4426950408889634
-_LN2_HI = 6.93147180369123816490e-01      # fdlibm split of log(2): k * _LN2_HI is exact
-_LN2_LO = 1.90821492927058770002e-10
-_SHIFTER = 6755399441055744.0             # 1.5 * 2^52: x + _SHIFTER rounds x to an integer
-_EXP_MIN = -708.0                         # below: e^x < 3.3e-308, returned as 0
-_INV_FACT = tuple(1.0 / math.factorial(n) for n in range(14))
-
-
-@njit(**_OPTS)
-def _exp_shifted(z, zmax, w, t):
-    """w[v] = exp(z[v] - zmax) for z[v] <= zmax, as three SIMD-vectorizable loops (no libm call).
-
-    Cody-Waite reduction x = k log 2 + r, |r| <= log(2)/2, exp(r) by its Taylor
-    polynomial of degree 13 (truncation < 4e-18 relative), 2^k built in the
-    exponent bits. Error <= 2 ulp; arguments below -708 give 0 (never used
-    against a sum of order 1, so the omission is below 1e-300 relative);
-    exp(-inf) = 0. t : (M,) float scratch, reused as the int64 bits of 2^k.
-    """
-    M = z.shape[0]
-    tb = t.view(np.int64)
-    for v in range(M):
-        x = max(z[v] - zmax, _EXP_MIN)
-        tk = x * _LOG2E + _SHIFTER
-        k = tk - _SHIFTER
-        r = (x - k * _LN2_HI) - k * _LN2_LO
-        p = _INV_FACT[13]
-        p = p * r + _INV_FACT[12]
-        p = p * r + _INV_FACT[11]
-        p = p * r + _INV_FACT[10]
-        p = p * r + _INV_FACT[9]
-        p = p * r + _INV_FACT[8]
-        p = p * r + _INV_FACT[7]
-        p = p * r + _INV_FACT[6]
-        p = p * r + _INV_FACT[5]
-        p = p * r + _INV_FACT[4]
-        p = p * r + _INV_FACT[3]
-        p = p * r + _INV_FACT[2]
-        p = p * r + 1.0
-        w[v] = p * r + 1.0
-        t[v] = tk
-    for v in range(M):                    # bits of tk = bits(1.5 * 2^52) + k; shifting drops the offset
-        tb[v] = (tb[v] + 1023) << 52
-    for v in range(M):
-        w[v] = w[v] * t[v] if z[v] - zmax > _EXP_MIN else 0.0
-
-
-@njit(**_OPTS)
-def _dot(a, b):
-    """sum_v a[v] b[v] with four interleaved partial sums (fixed order: deterministic)."""
-    n = a.shape[0]
-    s0 = 0.0
-    s1 = 0.0
-    s2 = 0.0
-    s3 = 0.0
-    v = 0
-    while v + 4 <= n:
-        s0 += a[v] * b[v]
-        s1 += a[v + 1] * b[v + 1]
-        s2 += a[v + 2] * b[v + 2]
-        s3 += a[v + 3] * b[v + 3]
-        v += 4
-    while v < n:
-        s0 += a[v] * b[v]
-        v += 1
-    return (s0 + s1) + (s2 + s3)
-
-
-@njit(**_OPTS)
-def _sum(a):
-    """sum_v a[v] with four interleaved partial sums (fixed order)."""
-    n = a.shape[0]
-    s0 = 0.0
-    s1 = 0.0
-    s2 = 0.0
-    s3 = 0.0
-    v = 0
-    while v + 4 <= n:
-        s0 += a[v]
-        s1 += a[v + 1]
-        s2 += a[v + 2]
-        s3 += a[v + 3]
-        v += 4
-    while v < n:
-        s0 += a[v]
-        v += 1
-    return (s0 + s1) + (s2 + s3)
-
-
-@njit(**_OPTS)
-def _max(a):
-    """max_v a[v] with four interleaved partial maxima (exact in any order)."""
-    n = a.shape[0]
-    m0 = -np.inf
-    m1 = -np.inf
-    m2 = -np.inf
-    m3 = -np.inf
-    v = 0
-    while v + 4 <= n:
-        m0 = max(m0, a[v])
-        m1 = max(m1, a[v + 1])
-        m2 = max(m2, a[v + 2])
-        m3 = max(m3, a[v + 3])
-        v += 4
-    while v < n:
-        m0 = max(m0, a[v])
-        v += 1
-    return max(max(m0, m1), max(m2, m3))
-
-
 # ===================================================================== one chunk
 @njit(**_OPTS)
 def _chunk(OT, KT, tokens, lengths, ys, lo, hi, want_o, want_k, GOT, GKT, stats, z, w, t, s, u, ph, g):
@@ -176,6 +67,7 @@ def _chunk(OT, KT, tokens, lengths, ys, lo, hi, want_o, want_k, GOT, GKT, stats,
     z, w, t : (M,) and s, u, ph, g : (Lmax,) scratch.
     """
     M = OT.shape[0]
+    tb = t.view(np.int64)
     a_g = np.inf
     a_l = np.inf
     lam_min = np.inf
@@ -221,18 +113,12 @@ def _chunk(OT, KT, tokens, lengths, ys, lo, hi, want_o, want_k, GOT, GKT, stats,
         for l in range(L):
             ph[l] = (u[l] * rho if (gap and s[l] != smax) else u[l]) / U
         # ---- logits z = sum_l phi_l O[:, x_l]
-        for v in range(M):
-            z[v] = 0.0
-        for l in range(L):
-            row = OT[tokens[i, l]]
-            a = ph[l]
-            for v in range(M):
-                z[v] += a * row[v]
+        logits_into(z, OT, tokens, i, ph, L)
         zy = z[y]
         z[y] = -np.inf
-        zmax = _max(z)
-        _exp_shifted(z, zmax, w, t)               # one exp per logit; w_y = e^{-inf} = 0
-        sumw = _sum(w)
+        zmax = max4(z)
+        exp_shifted(z, zmax, w, t, tb)               # one exp per logit; w_y = e^{-inf} = 0
+        sumw = sum4(w)
         w[y] = -sumw                              # r_y = -(sum_{v != y} p_v), never p_y - 1
         m = zy - zmax
         if m >= 0.0:                              # p_v = e^{-m} w_v / (1 + S), S = e^{-m} sum w
@@ -253,7 +139,7 @@ def _chunk(OT, KT, tokens, lengths, ys, lo, hi, want_o, want_k, GOT, GKT, stats,
         if mpos < a_l - _SLACK:                   # rescale the loss accumulator (also first term)
             ls = ls * math.exp(mpos - a_l) if a_l < np.inf else 0.0
             a_l = mpos
-        ls += lhat * math.exp(a_l - mpos)
+        ls += lhat * math.exp(a_l - mpos) if mpos != a_l else lhat
         if not (want_o or want_k):
             continue
         if not want_o and not multi and ssec == -np.inf:
@@ -270,19 +156,23 @@ def _chunk(OT, KT, tokens, lengths, ys, lo, hi, want_o, want_k, GOT, GKT, stats,
                     for a2 in range(GKT.shape[1]):
                         GKT[a1, a2] *= f
             a_g = lam
-        cg = math.exp(a_g - lam) * cr             # e^{a_g} r = cg * w
+        cg = math.exp(a_g - lam) * cr if lam != a_g else cr   # e^{a_g} r = cg * w
         if want_o:
             for l in range(L):
-                row = GOT[tokens[i, l]]
+                xl = tokens[i, l]
                 a = cg * ph[l]
                 for v in range(M):
-                    row[v] += a * w[v]
+                    GOT[xl, v] += a * w[v]
         if not want_k:
             continue
         ck = cg * rho if want_o else cg           # joint: K terms carry e^{-delta} explicitly
-        for l in range(L):                        # g_l = O[:, x_l]^T r (in units of cr e^{-mpos})
-            g[l] = _dot(OT[tokens[i, l]], w)
-        krow = GKT[q]
+        l = 0                                     # g_l = O[:, x_l]^T r (in units of cr e^{-mpos})
+        while l + 4 <= L:
+            dots4(OT, tokens[i, l], tokens[i, l + 1], tokens[i, l + 2], tokens[i, l + 3], w, g, l)
+            l += 4
+        while l < L:
+            g[l] = dot2(OT, tokens[i, l], w)
+            l += 1
         if gap:
             gs = 0.0
             a1 = 0.0
@@ -297,16 +187,16 @@ def _chunk(OT, KT, tokens, lengths, ys, lo, hi, want_o, want_k, GOT, GKT, stats,
             U2 = U * U
             for l in range(L):
                 if s[l] == smax:
-                    krow[tokens[i, l]] += ck * a1 / U2
+                    GKT[q, tokens[i, l]] += ck * a1 / U2
                 else:
                     inner = ntop * (g[l] - gs) + rho * (g[l] * usum - a2)
-                    krow[tokens[i, l]] += ck * u[l] * inner / U2
+                    GKT[q, tokens[i, l]] += ck * u[l] * inner / U2
         else:
             gbar = 0.0
             for l in range(L):
                 gbar += ph[l] * g[l]
             for l in range(L):
-                krow[tokens[i, l]] += ck * ph[l] * (g[l] - gbar)
+                GKT[q, tokens[i, l]] += ck * ph[l] * (g[l] - gbar)
     stats[0] = a_g
     stats[1] = a_l
     stats[2] = lam_min
@@ -445,19 +335,27 @@ def stage2_loss(O, K, tokens, lengths, ys, *, chunks=None):
 
 
 def normalize(Gs):
-    """(D, norm): D = Gs / ||Gs||_F, or (zeros, 0.0) when Gs is exactly zero (never NaN)."""
-    norm = float(np.linalg.norm(Gs))
+    """(D, norm): D = Gs / ||Gs||_F, or (zeros, 0.0) when Gs is exactly zero (never NaN).
+
+    Computed in Numba with a fixed-order sum: np.linalg.norm would call a threaded BLAS
+    dot whose spinning pool then competes with the kernel threads (and whose sum order
+    depends on the BLAS thread count).
+    """
+    Gs = np.ascontiguousarray(Gs, dtype=np.float64)
+    norm = math.sqrt(sumsq4(Gs))
     if norm == 0.0:
         return np.zeros_like(Gs), 0.0
-    return Gs / norm, norm
+    return scaled(Gs, 1.0 / norm), norm
 
 
 def normalize_pair(GOs, GKs):
     """(DO, DK, norm): the pair divided by its joint Frobenius norm sqrt(||GO||^2 + ||GK||^2)."""
-    norm = float(math.hypot(np.linalg.norm(GOs), np.linalg.norm(GKs)))
+    GOs = np.ascontiguousarray(GOs, dtype=np.float64)
+    GKs = np.ascontiguousarray(GKs, dtype=np.float64)
+    norm = math.sqrt(sumsq4(GOs) + sumsq4(GKs))
     if norm == 0.0:
         return np.zeros_like(GOs), np.zeros_like(GKs), 0.0
-    return GOs / norm, GKs / norm, norm
+    return scaled(GOs, 1.0 / norm), scaled(GKs, 1.0 / norm), norm
 
 
 # ===================================================================== metrics helpers

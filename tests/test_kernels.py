@@ -226,3 +226,34 @@ def test_parallel_runs_are_bit_identical():
         first, second = f(O, K, *_args(ds)), f(O, K, *_args(ds))
         for x, y in zip(first, second):
             assert np.array_equal(x, y), f.__name__
+
+
+# ===================================================================== building blocks
+def test_exp_fma_and_dots_building_blocks():
+    """kernels_math: the polynomial exp within 2 ulp of 50-digit mpmath (0 below -708, and
+    for -inf), fma rounds once, dots4 lanes equal dot2 bit for bit, sumsq4 is the square norm."""
+    from refimpl import kernels_math as km
+    rng = np.random.default_rng(3)
+    z = np.concatenate([-np.linspace(0.0, 40.0, 401), -rng.uniform(0.0, 708.0, 400),
+                        [-708.5, -1e4, -np.inf]])
+    w, t = np.empty_like(z), np.empty_like(z)
+    km.exp_shifted(z, 0.0, w, t, t.view(np.int64))
+    exact = [mpmath.exp(mpmath.mpf(v)) for v in z[:-3]]
+    assert max(abs(float((mpmath.mpf(a) - e) / e)) for a, e in zip(w, exact)) < 2.0 ** -51
+    assert np.all(w[-3:] == 0.0)
+
+    @__import__("numba").njit
+    def fma_of(a, b, c):
+        return km.fma(a, b, c)
+    e = 2.0 ** -30
+    assert fma_of(1.0 + e, 1.0 - e, -1.0) == -(e * e)        # a*b + c rounded once: exact here
+
+    A = rng.standard_normal((6, 203))
+    b = rng.standard_normal(203)
+    out = np.zeros(4)
+    km.dots4(A, 5, 0, 3, 3, b, out, 0)
+    assert [km.dot2(A, i, b) for i in (5, 0, 3, 3)] == out.tolist()
+    assert out == pytest.approx(A[[5, 0, 3, 3]] @ b, rel=1e-13)
+    assert km.sumsq4(A) == pytest.approx(float(np.sum(A * A)), rel=1e-14)
+    D, n = kn.normalize(A)
+    assert n == pytest.approx(np.linalg.norm(A), rel=1e-14) and np.allclose(D, A / n, rtol=1e-15, atol=0)

@@ -78,15 +78,19 @@ def _train_overrides(args):
     return {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
 
 
+def _emit_run(args, summary, out, files):
+    """Print a training summary as JSON on stdout and what was written on stderr."""
+    json.dump(summary, sys.stdout, indent=1, default=float)
+    sys.stdout.write("\n")
+    _note(args, f"wrote {', '.join(files)} to {out}/")
+    return EXIT_OK
+
+
 def cmd_reproduce(args):
     from .reproduce import OUTPUT_FILES, ReproduceConfig, run_reproduce
     out = _out_dir(args.out)
     config = ReproduceConfig(**_train_overrides(args))
-    summary = run_reproduce(config, out, progress=_progress(args))
-    json.dump(summary, sys.stdout, indent=1, default=float)
-    sys.stdout.write("\n")
-    _note(args, f"wrote {', '.join(OUTPUT_FILES)} to {out}/")
-    return EXIT_OK
+    return _emit_run(args, run_reproduce(config, out, progress=_progress(args)), out, OUTPUT_FILES)
 
 
 def cmd_train(args):
@@ -95,11 +99,7 @@ def cmd_train(args):
     out = _out_dir(args.out)
     ds = load_dataset(args.file)
     config = ReproduceConfig(**_train_overrides(args))
-    summary = run_train(ds, config, out, progress=_progress(args))
-    json.dump(summary, sys.stdout, indent=1, default=float)
-    sys.stdout.write("\n")
-    _note(args, f"wrote {', '.join(OUTPUT_FILES)} to {out}/")
-    return EXIT_OK
+    return _emit_run(args, run_train(ds, config, out, progress=_progress(args)), out, OUTPUT_FILES)
 
 
 def cmd_audit(args):

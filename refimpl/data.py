@@ -428,9 +428,8 @@ def induced_relations(ds, q=None):
 
 def extended_order(ds, q):
     """Extended order of query q (SPEC C11): bool (M, M), ``less[a, b]`` iff a <_q b in the
-    transitive closure of the training relations of q (induced by the sentences, plus the
-    supplied relations of q when orders are supplied)."""
-    rel = induced_relations(ds, q)
-    if ds.orders is not None and int(q) in ds.orders:
-        rel = np.concatenate([rel, ds.orders[int(q)]])
-    return transitive_closure(rel, ds.vocab_size)
+    transitive closure of the training relations of q, the pairs ``x' <_q x*`` of the
+    sentences with query q. Supplied generating relations that no sentence uses are not
+    included: they are no constraint of W_kq*, so C6 and C11 say nothing about them
+    (docs/theory.md, Errata to SPEC, item 1)."""
+    return transitive_closure(induced_relations(ds, q), ds.vocab_size)

@@ -166,3 +166,12 @@ def test_large_generation_is_valid():
     ds = ri.generate(5000, 20000, 2, 16, seed=1)
     ri.validate(ds)
     assert ds.tokens.shape == (20000, 16)
+
+
+def test_extended_order_ignores_supplied_relations_no_sentence_uses():
+    """C11 / theory.md erratum 1: the extended order closes the training relations only.
+    Supplied 0 < 4 < 1 < 2 on query 4 is not training data: 0 < 4 stays out of the closure."""
+    ds = small_dataset(orders={4: [[0, 4], [4, 1], [1, 2]]})
+    ri.validate(ds)
+    less = ri.extended_order(ds, 4)
+    assert not less[0, 4] and less[0, 2]

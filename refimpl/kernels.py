@@ -240,15 +240,23 @@ def _scratch(nc, M, Lmax, want_o, want_k):
 
 
 @njit(**_OPTS)
+def _run_chunk(OT, KT, tokens, lengths, ys, want_o, want_k, nc, c, GOT, GKT, stats):
+    """Chunk c of nc (sentences c N / nc .. (c+1) N / nc) into its own scratch slices."""
+    N, Lmax = tokens.shape
+    M = OT.shape[0]
+    _chunk(OT, KT, tokens, lengths, ys, c * N // nc, (c + 1) * N // nc, want_o, want_k,
+           GOT[c], GKT[c], stats[c], np.empty(M), np.empty(M), np.empty(M), np.empty(Lmax),
+           np.empty(Lmax), np.empty(Lmax), np.empty(Lmax))
+
+
+@njit(**_OPTS)
 def _drive_serial(OT, KT, tokens, lengths, ys, want_o, want_k, nc):
     """All chunks in order on one thread (used when nc == 1)."""
     N, Lmax = tokens.shape
     M = OT.shape[0]
     GOT, GKT, stats = _scratch(nc, M, Lmax, want_o, want_k)
     for c in range(nc):
-        _chunk(OT, KT, tokens, lengths, ys, c * N // nc, (c + 1) * N // nc, want_o, want_k,
-               GOT[c], GKT[c], stats[c], np.empty(M), np.empty(M), np.empty(M), np.empty(Lmax),
-               np.empty(Lmax), np.empty(Lmax), np.empty(Lmax))
+        _run_chunk(OT, KT, tokens, lengths, ys, want_o, want_k, nc, c, GOT, GKT, stats)
     return _reduce(GOT, GKT, stats, N)
 
 
@@ -259,9 +267,7 @@ def _drive_parallel(OT, KT, tokens, lengths, ys, want_o, want_k, nc):
     M = OT.shape[0]
     GOT, GKT, stats = _scratch(nc, M, Lmax, want_o, want_k)
     for c in prange(nc):
-        _chunk(OT, KT, tokens, lengths, ys, c * N // nc, (c + 1) * N // nc, want_o, want_k,
-               GOT[c], GKT[c], stats[c], np.empty(M), np.empty(M), np.empty(M), np.empty(Lmax),
-               np.empty(Lmax), np.empty(Lmax), np.empty(Lmax))
+        _run_chunk(OT, KT, tokens, lengths, ys, want_o, want_k, nc, c, GOT, GKT, stats)
     return _reduce(GOT, GKT, stats, N)
 
 

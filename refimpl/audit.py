@@ -335,16 +335,17 @@ def _fmt(v):
 
 
 def format_table(report):
-    """The report as a fixed-width text table (one claim per line) plus a verdict line."""
-    lines = [f"refimpl audit: M={report['dataset']['vocab_size']} N={report['dataset']['n_sentences']} "
-             f"eta0={report['config']['eta0']:.4g} eta={report['config']['eta']:.4g} "
-             f"T0={report['config']['T0']} T={report['config']['T']} regime={report['regime']}",
-             f"{'claim':<5} {'status':<15} {'verdict':<15} {'measured':<48} bound"]
+    """The report as text: a header line, one line per claim (id, status, verdict, the first
+    measured numbers, then the bounds they were compared with after ``|``), a verdict line."""
+    d, c = report["dataset"], report["config"]
+    lines = [f"refimpl audit: M={d['vocab_size']} N={d['n_sentences']} eta0={c['eta0']:.4g} "
+             f"eta={c['eta']:.4g} T0={c['T0']} T={c['T']} regime={report['regime']}",
+             f"{'claim':<5} {'status':<32} {'verdict':<14} measured | bound"]
     for r in report["claims"]:
-        meas = ", ".join(f"{k}={_fmt(v)}" for k, v in list(r["measured"].items())[:2])
+        meas = ", ".join(f"{k}={_fmt(v)}" for k, v in list(r["measured"].items())[:3]
+                         if not isinstance(v, dict))
         bnd = ", ".join(f"{k}={_fmt(v)}" for k, v in list(r["bound"].items())[:2])
-        status = r["status"].split(",")[0][:15]
-        lines.append(f"{r['id']:<5} {status:<15} {r['verdict']:<15} {meas[:48]:<48} {bnd}")
+        lines.append(f"{r['id']:<5} {r['status'][:32]:<32} {r['verdict']:<14} {meas or '-'} | {bnd or '-'}")
     fails = report["certified_failures"]
     lines.append("all certified claims hold" if not fails else f"certified claims FAILED: {', '.join(fails)}")
     return "\n".join(lines) + "\n"

@@ -40,7 +40,7 @@ from .errors import (
     TokenOutOfRangeError,
 )
 
-__all__ = ["RealizableDataset", "validate", "transitive_closure", "induced_relations",
+__all__ = ["RealizableDataset", "validate", "transitive_closure", "training_relations", "induced_relations",
            "extended_order", "pad_sentences"]
 
 
@@ -409,13 +409,22 @@ def transitive_closure(relations, M):
     return less
 
 
+def training_relations(ds):
+    """All training relations, deduplicated: int64 arrays ``(q, lower, upper)`` of equal length R,
+    one entry per distinct ``lower <_q upper`` induced by a sentence with query q (its other
+    distinct token ``lower``, its optimal token ``upper``). These are exactly the constraints
+    ``K[upper, q] - K[lower, q] >= 1`` of W_kq* (SPEC section 5). Requires a valid dataset."""
+    q_arr, lo, up, _ = _sentence_relations(ds, ds.optimal)
+    return q_arr, lo, up
+
+
 def induced_relations(ds, q=None):
     """Training relations ``(lower, upper)`` induced by the sentences: each sentence with
     query q and optimal token x* gives ``x' <_q x*`` for its other distinct tokens x'.
 
     Returns int64 (R, 2) for query ``q``, or a dict ``q -> (R, 2)`` when ``q`` is None.
     """
-    q_arr, lo, up, _ = _sentence_relations(ds, ds.optimal)
+    q_arr, lo, up = training_relations(ds)
     if q is not None:
         sel = q_arr == int(q)
         return np.stack([lo[sel], up[sel]], axis=1)

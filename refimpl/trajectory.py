@@ -22,6 +22,7 @@ import math
 import numpy as np
 
 from . import kernels
+from .data import training_relations
 from .io import atomic_write_text
 from .maxmargin import log_loss
 
@@ -192,13 +193,10 @@ def stage1_metrics(O, O0, O_hat, xs, ys):
 
 
 def attention_constraints(ds):
-    """Deduplicated training constraints (x*, x', q) of W_kq*: three int64 arrays, or None if none."""
-    sel = ds.valid_mask & (ds.tokens != ds.optimal[:, None])
-    rows = np.nonzero(sel)[0]
-    if len(rows) == 0:
-        return None
-    triples = np.unique(np.stack([ds.optimal[rows], ds.tokens[sel], ds.queries[rows]], axis=1), axis=0)
-    return triples[:, 0], triples[:, 1], triples[:, 2]
+    """The training constraints of W_kq* as three int64 arrays ``(x*, x', q)``, or None if none
+    (:func:`refimpl.data.training_relations`, reordered for :func:`attention_margin`)."""
+    q, lower, upper = training_relations(ds)
+    return (upper, lower, q) if len(q) else None
 
 
 def attention_margin(K, constraints):

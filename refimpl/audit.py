@@ -76,8 +76,8 @@ CERTIFIED_VERDICTS = ("C1", "C2", "C3", "C4", "C6", "C7", "C8", "C11")
 
 # ------------------------------------------------------------------ stage 1
 def _c1(ds, res):
-    O_cf, cert = w_ov_star(ds)
-    O_solve, cert2 = w_ov_star(ds, method="solve")
+    O_cf, cert = res.O_star, res.certificates["W_ov*"]      # the closed form the trainer used
+    O_solve, cert2 = w_ov_star(ds, method="solve")         # independent: least-distance solver
     n_c, M = len(ds.colloc_tokens), ds.vocab_size
     norm_sq = float(np.sum(O_cf ** 2))
     diff = float(np.max(np.abs(O_cf - O_solve)))
@@ -170,8 +170,7 @@ def _c5(ds, res, cfg):
 
 # ------------------------------------------------------------------ stage 2
 def _c6(ds, res):
-    from .maxmargin import w_kq_star
-    _, cert = w_kq_star(ds)
+    cert = res.certificates["W_kq*"]  # checked by the solver before training started
     K = res.K_star
     worst, checked = math.inf, 0
     for q, rel in induced_relations(ds).items():
@@ -276,7 +275,7 @@ def _c10(ds, res, gaps):
 def _c11(ds, res):
     """C11 on unseen sentences; returns (row, generalization summary without per-step series)."""
     from .generalize import SERIES, generalization_report
-    rep = generalization_report(ds, res)
+    rep = generalization_report(ds, res, K_star=res.K_star)
     summary = {k: v for k, v in rep.items() if k not in SERIES and k != "steps"}
     cert, final = rep["certified"], rep["final"]
     measured = {"closure_decided": cert["closure_sentences"],

@@ -129,6 +129,7 @@ class TrainResult:
     floor: float  # L_floor(W_ov), the stage-2 floor
     log10_floor: float  # log10 of the floor
     vertex_optimal: bool  # whether the floor is the perfect-attention loss for every sentence
+    certificates: dict = field(default_factory=dict)  # {"W_ov*": Certificate, "W_kq*": Certificate} (checked)
     runtime: dict = field(default_factory=dict)  # seconds per stage
 
 
@@ -308,8 +309,8 @@ def run_two_stage(ds, config, *, W_ov0=None, W_kq0=None, W_ov=None, progress=Non
         W_ov = _matrix("W_ov", W_ov, M)
         if W_ov0 is not None:
             raise ConfigError("pass either W_ov (a fixed stage-2 W_ov, skipping stage 1) or W_ov0, not both")
-    O_star, _ = w_ov_star(ds)
-    K_star, _ = w_kq_star(ds)
+    O_star, ov_cert = w_ov_star(ds)
+    K_star, kq_cert = w_kq_star(ds)
     O_hat, n_ov = _unit(O_star)
     K_hat, n_kq = _unit(K_star)
     T0 = 0 if W_ov is not None else cfg.T0
@@ -334,7 +335,8 @@ def run_two_stage(ds, config, *, W_ov0=None, W_kq0=None, W_ov=None, progress=Non
         W_ov=O, W_kq=K, stage1=traj1, stage2=traj2, stop_reason={"stage1": reason1, "stage2": reason2},
         config=cfg, O_star=O_star, K_star=K_star, gamma_ov=1.0 / n_ov if n_ov > 0 else math.inf,
         gamma_kq=1.0 / n_kq if n_kq > 0 else math.inf, floor=float(floor), log10_floor=float(log10_floor),
-        vertex_optimal=bool(np.all(vertex)), runtime=runtime)
+        vertex_optimal=bool(np.all(vertex)), certificates={"W_ov*": ov_cert, "W_kq*": kq_cert},
+        runtime=runtime)
 
 
 def train_two_stage(ds, eta0=None, eta=None, T0=1000, T=1000, init="zero", seed=0, *, init_scale=0.1,

@@ -12,19 +12,13 @@ import sys
 from pathlib import Path
 
 from .errors import ConfigError, DatasetError
+from .io import check_out_dir
 
 EXIT_OK, EXIT_CLAIM_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
 
 class UsageError(Exception):
     """Bad command-line input detected after argument parsing (exit 2)."""
-
-
-def _out_dir(path):
-    p = Path(path)
-    if p.exists() and not p.is_dir():
-        raise UsageError(f"--out {p}: exists and is not a directory")
-    return p
 
 
 def _out_file(path):
@@ -88,7 +82,7 @@ def _emit_run(args, summary, out, files):
 
 def cmd_reproduce(args):
     from .reproduce import OUTPUT_FILES, ReproduceConfig, run_reproduce
-    out = _out_dir(args.out)
+    out = check_out_dir(args.out)
     config = ReproduceConfig(**_train_overrides(args))
     return _emit_run(args, run_reproduce(config, out, progress=_progress(args)), out, OUTPUT_FILES)
 
@@ -96,7 +90,7 @@ def cmd_reproduce(args):
 def cmd_train(args):
     from .io import load_dataset
     from .reproduce import OUTPUT_FILES, ReproduceConfig, run_train
-    out = _out_dir(args.out)
+    out = check_out_dir(args.out)
     ds = load_dataset(args.file)
     config = ReproduceConfig(**_train_overrides(args))
     return _emit_run(args, run_train(ds, config, out, progress=_progress(args)), out, OUTPUT_FILES)
@@ -123,7 +117,7 @@ def cmd_audit(args):
 def cmd_generalize(args):
     from .generalize import run_generalize
     from .io import load_dataset
-    out = None if args.out is None else _out_dir(args.out)
+    out = None if args.out is None else check_out_dir(args.out)
     ds = load_dataset(args.file)
     summary = run_generalize(ds, out_dir=out, **_train_overrides(args))
     json.dump(summary, sys.stdout, indent=1, default=float)

@@ -30,7 +30,6 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -265,8 +264,9 @@ def run_generalize(ds, out_dir=None, **config):
     summary dict (JSON-serializable): the report without the per-checkpoint lists, plus the
     resolved configuration.
     """
-    from .io import atomic_write_text
+    from .io import atomic_write_text, check_out_dir
     from .train import TrainConfig
+    out = None if out_dir is None else check_out_dir(out_dir)   # before training: fail fast
     cfg = GeneralizeConfig.from_kwargs(**config)
     train_cfg = TrainConfig(T=cfg.T, **_train_kwargs(cfg)).resolved(ds.vocab_size)   # validates, fills steps
     cfg = dataclasses.replace(cfg, eta0=train_cfg.eta0, eta=train_cfg.eta)
@@ -274,8 +274,7 @@ def run_generalize(ds, out_dir=None, **config):
     summary = {k: v for k, v in report.items() if k not in SERIES and k != "steps"}
     summary["n_checkpoints"] = len(report["steps"])
     summary["config"] = dataclasses.asdict(cfg)
-    if out_dir is not None:
-        out = Path(out_dir)
+    if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         figure_generalization(report, out / "generalization.png")
         atomic_write_text(out / "generalization.json", json.dumps(report, indent=1) + "\n")

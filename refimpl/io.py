@@ -19,13 +19,13 @@ from pathlib import Path
 import numpy as np
 
 from .data import RealizableDataset, validate
-from .errors import FileFormatError
+from .errors import ConfigError, FileFormatError
 
 FORMAT_TAG = "refimpl/realizable-dataset@1"
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 __all__ = ["FORMAT_TAG", "load_dataset", "save_dataset", "dataset_to_dict", "dataset_from_dict",
-           "atomic_write_text", "atomic_write_bytes"]
+           "atomic_write_text", "atomic_write_bytes", "check_out_dir"]
 
 
 def atomic_write_bytes(path, data: bytes):
@@ -46,6 +46,18 @@ def atomic_write_bytes(path, data: bytes):
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def check_out_dir(out_dir):
+    """``Path(out_dir)``, after checking it can be an output folder (absent, or a directory).
+
+    Called before any work starts, so a bad folder fails fast and nothing is written.
+    Raises ConfigError naming the path.
+    """
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"output folder {str(out)!r} exists and is not a directory")
+    return out
 
 
 def atomic_write_text(path, text: str):

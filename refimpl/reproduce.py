@@ -21,12 +21,11 @@ import json
 import math
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 from .data import validate
 from .errors import ConfigError
 from .generator import generate
-from .io import atomic_write_text
+from .io import atomic_write_text, check_out_dir
 from .plots import figure_six_panels
 from .train import TrainConfig, run_two_stage
 
@@ -62,13 +61,6 @@ class ReproduceConfig:
     def dataset(self):
         """The generated dataset (raises ConfigError for bad sizes)."""
         return generate(self.vocab_size, self.n_sentences, self.min_len, self.max_len, self.data_seed)
-
-
-def _check_out_dir(out_dir):
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"out_dir {str(out)!r} exists and is not a directory")
-    return out
 
 
 def _json_value(v):
@@ -119,7 +111,7 @@ def summarize(result, ds, runtime=None):
 
 def _run(ds, train_config, out_dir, progress, config_record):
     """Shared body of run_reproduce / run_train: check, train, then write the five files."""
-    out = _check_out_dir(out_dir)
+    out = check_out_dir(out_dir)
     validate(ds)
     resolved = train_config.resolved(ds.vocab_size)  # raises ConfigError before anything is written
     start = time.perf_counter()
@@ -145,7 +137,7 @@ def run_reproduce(config=None, out_dir="reproduce_out", progress=None):
     config = ReproduceConfig() if config is None else config
     if not isinstance(config, ReproduceConfig):
         raise ConfigError(f"config must be a ReproduceConfig, got {type(config).__name__}")
-    _check_out_dir(out_dir)
+    check_out_dir(out_dir)
     config.train_config().resolved(config.vocab_size)
     ds = config.dataset()
     record = {"command": "reproduce", "reproduce": asdict(config)}

@@ -72,3 +72,10 @@ def test_generalize_on_a_file(tmp_path, capsys):
     summary = json.loads(out)
     assert summary["certified"]["violations"] == 0
     assert (tmp_path / "g" / "generalization.png").exists()
+
+
+def test_generalize_into_a_file_fails_before_training(tmp_path, capsys):
+    target = tmp_path / "file"
+    target.write_text("keep me")
+    code, _, err = run(capsys, "generalize", str(DATA / "valid_small.json"), "--out", str(target))
+    assert code == 2 and "not a directory" in err and target.read_text() == "keep me"

@@ -180,11 +180,7 @@ def stage1_metrics(O, O0, O_hat, xs, ys):
     """
     cos, omc, dist = direction_metrics(O, O_hat)
     n_c = len(xs)
-    cols = O[:, xs]  # (M, n_c): the logits of the one-token sentences [x], x in C
-    top = cols[ys, np.arange(n_c)]
-    others = cols.copy()
-    others[ys, np.arange(n_c)] = -np.inf
-    margins = top - others.max(axis=0)  # (n_c,): O[n(x), x] - max_{v != n(x)} O[v, x]
+    margins = logit_margins(O[:, xs].T, ys)  # (n_c,): O[n(x), x] - max_{v != n(x)} O[v, x]
     return dict(norm=np.linalg.norm(O), dist_from_init=np.linalg.norm(O - O0), cos_to_star=cos,
                 one_minus_cos=omc, normalized_distance=dist,
                 proj_on_star=np.vdot(O - O0, O_hat) if O_hat is not None else 0.0,
@@ -207,13 +203,17 @@ def attention_margin(K, constraints):
     return float(np.min(K[star, q] - K[other, q]))
 
 
+def logit_margins(z, y):
+    """z_y - max_{v != y} z_v per row. z : (N, M) logits; y : int (N,). +inf when M = 1."""
+    rows = np.arange(len(y))
+    other = z.copy()
+    other[rows, y] = -np.inf
+    return z[rows, y] - other.max(axis=1)
+
+
 def accuracy(z, y):
     """Fraction of rows whose logit y is strictly the largest. z : (N, M); y : int (N,)."""
-    N = len(y)
-    zy = z[np.arange(N), y]
-    other = z.copy()
-    other[np.arange(N), y] = -np.inf
-    return float(np.mean(zy > other.max(axis=1)))
+    return float(np.mean(logit_margins(z, y) > 0))
 
 
 class ExcessLoss:

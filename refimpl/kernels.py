@@ -309,7 +309,10 @@ def stage1_grad(O, xs, ys):
     """
     xs = np.ascontiguousarray(xs, dtype=np.int64)
     ones = np.ones(len(xs), dtype=np.int64)
-    K = np.zeros((1, 1)) if len(O) == 1 else np.zeros_like(np.asarray(O, dtype=np.float64))
+    # one-token sentences read only K[x, x] (attention is 1): a zero K whose transpose is
+    # already C-contiguous, so _run makes no M x M copy of it on this per-step path
+    M = len(O)
+    K = np.zeros((M, M), order="F")
     GO, _, log_scale, loss, log10_loss = _run(O, K, xs[:, None], ones, ys, True, False, 1)
     return GO, log_scale, loss, log10_loss
 

@@ -1,16 +1,24 @@
 """Time one full stage-2 NGD step: loss, dL/dK, K <- K - eta * G / ||G||.
 
 Implementations (same model, float64, E = I so d = M):
-  kernel  refimpl.kernels.stage2_grad + normalize (token coordinates, Numba)
+  kernel  refimpl.kernels.Stage2Direction + compensated_step: the trainer's stage-2 step
+          (token coordinates, Numba; O^T and the int64 sentence arrays prepared once)
   dense   refimpl.model.loss_and_grads (embedding-space NumPy reference)
-  torch   PyTorch autograd on a padded batch (only when torch is installed)
+  torch   PyTorch autograd on a padded batch (only when torch is installed; its index
+          tensors are likewise built once)
 
 Sizes: S (M=20, N=200, lengths 2..6) and L (M=200, N=10^4, lengths 2..16).
-Prints medians, ratios to the kernel and the kernel throughput in token-column
-multiply-adds per second (2 * sum_i L_i * M per step: the logits and the
-g_l = O[:, x_l]^T r products each touch every position's column once).
 
-    python bench/bench_step.py [--sizes S L] [--threads 2]
+Timing is interleaved: each round runs a short block of every implementation in turn
+(with a pause before each block so a thread pool left spinning by the previous one has
+gone idle), and medians are taken over all rounds. This machine's speed drifts by up to
+2x over tenths of a second; timing each implementation in one contiguous stretch let
+that drift, not the code, decide the ratio. Prints medians, ratios to the kernel, the
+range of the per-round ratios, and the kernel throughput in token-column multiply-adds
+per second (2 * sum_i L_i * M per step: the logits and the g_l = O[:, x_l]^T r products
+each touch every position's column once).
+
+    python bench/bench_step.py [--sizes S L] [--threads 2] [--rounds R]
 """
 from __future__ import annotations
 
@@ -25,22 +33,33 @@ from refimpl import kernels
 from refimpl.model import loss_and_grads
 
 ETA = 0.05 / np.sqrt(20)
-SIZES = {"S": dict(M=20, N=200, lo=2, hi=6, reps=(300, 30, 100)),
-         "L": dict(M=200, N=10_000, lo=2, hi=16, reps=(30, 3, 7))}   # reps: kernel, dense, torch
+# block: steps per implementation per round (about 5 ms each at S; one step per block at L)
+SIZES = {"S": dict(M=20, N=200, lo=2, hi=6, rounds=40, block=dict(kernel=100, dense=10, torch=5)),
+         "L": dict(M=200, N=10_000, lo=2, hi=16, rounds=9, block=dict(kernel=3, dense=1, torch=1))}
+PAUSE = 0.02   # seconds before each block (libgomp's default spin is well under this)
 
 
-def kernel_step(O, K, ds):
-    GK, _, loss, _ = kernels.stage2_grad(O, K, ds.tokens, ds.lengths, ds.next_tokens)
-    D, _ = kernels.normalize(GK)
-    return K - ETA * D, loss
+def make_kernel_step(ds, M, O):
+    """The trainer's stage-2 step: Stage2Direction (prepared once, as O is fixed) and the
+    Kahan-compensated update, written into a second buffer as the trainer does."""
+    direction = kernels.Stage2Direction(O, ds.tokens, ds.lengths, ds.next_tokens).direction
+    c, out = np.zeros((M, M)), np.empty((M, M))
+
+    def step(O, K, _ds):
+        D, _, _, loss, _ = direction(K)
+        kernels.compensated_step(K, c, D, ETA, out)
+        return out, loss
+    return step
 
 
-def dense_step(O, K, ds):
-    loss, _, g = loss_and_grads(O, K, ds)
-    return K - ETA * g / np.linalg.norm(g), loss
+def make_dense_step(ds, M, O):
+    def step(O, K, ds):
+        loss, _, g = loss_and_grads(O, K, ds)
+        return K - ETA * g / np.linalg.norm(g), loss
+    return step
 
 
-def make_torch_step(ds, M):
+def make_torch_step(ds, M, O):
     import torch
     tok = torch.tensor(np.where(ds.valid_mask, ds.tokens, 0))
     mask = torch.tensor(ds.valid_mask)
@@ -64,20 +83,30 @@ def make_torch_step(ds, M):
     return step
 
 
-def median_time(step, O, K, ds, reps):
-    step(O, K, ds)                                              # warm-up (and Numba compile)
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        step(O, K, ds)
-        times.append(time.perf_counter() - t)
-    return float(np.median(times))
+def interleaved_times(steps, O, K, ds, rounds, block):
+    """{impl: (all step times, per-round block medians)} from ``rounds`` rounds of blocks."""
+    for step in steps.values():
+        step(O, K, ds)                                          # warm-up (and Numba compile)
+    times = {impl: [] for impl in steps}
+    per_round = {impl: [] for impl in steps}
+    for _ in range(rounds):
+        for impl, step in steps.items():
+            time.sleep(PAUSE)
+            ts = []
+            for _ in range(block[impl]):
+                t = time.perf_counter()
+                step(O, K, ds)
+                ts.append(time.perf_counter() - t)
+            times[impl] += ts
+            per_round[impl].append(np.median(ts))
+    return {impl: (np.array(times[impl]), np.array(per_round[impl])) for impl in steps}
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", nargs="+", default=["S", "L"], choices=sorted(SIZES))
     ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--rounds", type=int, default=None, help="rounds per size (default: S 40, L 9)")
     args = ap.parse_args()
     try:
         import torch
@@ -86,38 +115,32 @@ def main():
         torch = None
     print(f"cpus={os.cpu_count()} torch={'none' if torch is None else torch.__version__} "
           f"load={os.getloadavg()[0]:.2f}")
-    print(f"{'size':4} {'impl':6} {'median ms':>10} {'x kernel':>9}  notes")
-    # Implementation-major order: every kernel and dense timing runs before PyTorch has
-    # started its thread pool, whose spinning workers otherwise steal the second core
-    # from the Numba threads (measured: the kernel step looked 2x slower after a torch call).
-    cases = {}
+    print(f"{'size':4} {'impl':6} {'median ms':>10} {'x kernel':>9} {'rounds':>13}  notes")
+    makers = {"kernel": make_kernel_step, "dense": make_dense_step}
+    if torch is not None:
+        makers["torch"] = make_torch_step
     for name in args.sizes:
         c = SIZES[name]
         M = c["M"]
         ds = ri.generate(M, c["N"], c["lo"], c["hi"], seed=0)
         O, K = np.random.default_rng(0).standard_normal((2, M, M))
-        cases[name] = (c, M, ds, O, K)
-    impls = [("kernel", lambda ds, M: kernel_step, 0), ("dense", lambda ds, M: dense_step, 1)]
-    if torch is not None:
-        impls.append(("torch", make_torch_step, 2))
-    times, losses = {}, {}
-    for impl, make, r in impls:
-        for name, (c, M, ds, O, K) in cases.items():
-            step = make(ds, M)
-            losses[name, impl] = step(O, K, ds)[1]
-            times[name, impl] = median_time(step, O, K, ds, c["reps"][r])
-    for name, (c, M, ds, O, K) in cases.items():
-        ref = losses[name, "kernel"]
-        assert all(abs(losses[name, i] - ref) <= 1e-10 * ref for i, _, _ in impls), losses
-        t_kernel = times[name, "kernel"]
-        for impl, _, _ in impls:
-            t = times[name, impl]
+        steps = {impl: make(ds, M, O) for impl, make in makers.items()}
+        losses = {impl: step(O, K, ds)[1] for impl, step in steps.items()}
+        ref = losses["kernel"]
+        assert all(abs(v - ref) <= 1e-10 * ref for v in losses.values()), losses
+        res = interleaved_times(steps, O, K, ds, args.rounds or c["rounds"], c["block"])
+        t_kernel = np.median(res["kernel"][0])
+        for impl, (ts, rounds) in res.items():
+            t = np.median(ts)
+            ratios = rounds / res["kernel"][1]
+            span = f"{ratios.min():5.1f}-{ratios.max():5.1f}" if impl != "kernel" else ""
             note = ""
             if impl == "kernel":
                 madds = 2.0 * ds.lengths.sum() * M
                 note = (f"{madds / t / 1e9:.2f} G token-column multiply-adds/s, "
                         f"chunks={kernels.n_chunks(ds.n_sentences, ds.max_len, M)}")
-            print(f"{name:4} {impl:6} {t * 1e3:10.3f} {t / t_kernel:9.1f}  {note}")
+            print(f"{name:4} {impl:6} {t * 1e3:10.3f} {t / t_kernel:9.1f} {span:>13}  {note}",
+                  flush=True)
 
 
 if __name__ == "__main__":

@@ -40,11 +40,12 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from .kernels_math import dot2, dots4, exp_shifted, logits_into, max4, scaled, sum4, sumsq4
+from .kernels_math import (dot2, dots4, exp_scalar, exp_shifted, fma, max4, scale_inplace, scaled,
+                           sum4, sumsq4)
 from .kernels_np import (attention_np, joint_grad_np, logits_np, normalize_np,  # noqa: F401 (twins)
                          normalize_pair_np, stage1_grad_np, stage2_grad_np, stage2_loss_np)
 
-__all__ = ["stage1_grad", "stage2_grad", "joint_grad", "stage2_loss", "normalize", "normalize_pair",
+__all__ = ["Stage2Direction", "compensated_step", "stage1_grad", "stage2_grad", "joint_grad", "stage2_loss", "normalize", "normalize_pair",
            "attention", "logits", "n_chunks"] + [n + "_np" for n in (
                "stage1_grad", "stage2_grad", "joint_grad", "stage2_loss", "normalize",
                "normalize_pair", "attention", "logits")]
@@ -57,17 +58,20 @@ _OPTS = dict(cache=True, fastmath=False, nogil=True, boundscheck=False, error_mo
 
 
 # ===================================================================== one chunk
-@njit(**_OPTS)
-def _chunk(OT, KT, tokens, lengths, ys, lo, hi, want_o, want_k, GOT, GKT, stats, z, w, t, s, u, ph, g):
-    """Accumulate sentences lo..hi-1 into GOT (M, M) = (dL/dO)^T and GKT (M, M) = (dL/dK)^T.
+# _nrt=False: _chunk allocates nothing, so it needs no reference counting; with it, every
+# inlined helper taking an array incremented and decremented that array's count once per
+# sentence (measured: ~12% of a size-S step in NRT_incref/NRT_decref).
+@njit(_nrt=False, **_OPTS)
+def _chunk(OT, K, tokens, lengths, ys, lo, hi, want_o, want_k, GOT, GK, stats, z, w, s, u, ph, g):
+    """Accumulate sentences lo..hi-1 into GOT (M, M) = (dL/dO)^T and GK (M, M) = dL/dK.
 
-    OT = O^T and KT = K^T (C-contiguous, so a column of O is a row of OT).
+    OT = O^T (C-contiguous, so a column of O is a row of OT); K is read as K[x_l, q].
     stats (6,) receives [a_g, a_l, lam_min, mpos_min, scaled loss sum, float64 loss sum]:
-    GOT, GKT hold sum_i G_i e^{a_g}; stats[4] holds sum_i loss_i e^{a_l}.
-    z, w, t : (M,) and s, u, ph, g : (Lmax,) scratch.
+    GOT, GK hold sum_i G_i e^{a_g}; stats[4] holds sum_i loss_i e^{a_l}.
+    z, w : (M,) and s, u, ph, g : (Lmax,) scratch. Scalar exponentials use
+    :func:`exp_scalar` (no libm call in the normal range).
     """
     M = OT.shape[0]
-    tb = t.view(np.int64)
     a_g = np.inf
     a_l = np.inf
     lam_min = np.inf
@@ -78,58 +82,73 @@ def _chunk(OT, KT, tokens, lengths, ys, lo, hi, want_o, want_k, GOT, GKT, stats,
         L = lengths[i]
         q = tokens[i, L - 1]
         y = ys[i]
-        # ---- attention: scores, top token, gap delta, phi
+        # ---- attention: scores, top token, gap delta, phi (selects, not branches: which
+        # positions hold the top score is data-dependent and would mispredict)
         smax = -np.inf
+        ltop = 0                                  # first position holding the top score
         for l in range(L):
-            s[l] = KT[q, tokens[i, l]]
-            smax = max(smax, s[l])
-        top = -1
-        multi = False
-        ssec = -np.inf
+            sl = K[tokens[i, l], q]
+            s[l] = sl
+            ltop = l if sl > smax else ltop
+            smax = sl if sl > smax else smax
+        top = tokens[i, ltop]
+        multi = False                             # another token ties the top score
+        ssec = -np.inf                            # best score below the top
         for l in range(L):
-            if s[l] == smax:
-                if top < 0:
-                    top = tokens[i, l]
-                elif tokens[i, l] != top:
-                    multi = True
-            else:
-                ssec = max(ssec, s[l])
+            is_top = s[l] == smax
+            multi = multi | (is_top & (tokens[i, l] != top))
+            ssec = max(ssec, -np.inf if is_top else s[l])
         gap = not multi and ssec > -np.inf        # branch A: one top token, some other score
         delta = smax - ssec if gap else 0.0
-        rho = math.exp(-delta)
+        rho = exp_scalar(-delta) if gap else 1.0
+        ref = ssec if gap else smax
         ntop = 0
         usum = 0.0
         for l in range(L):
-            if s[l] == smax:
-                u[l] = 1.0
-                ntop += 1
-            elif gap:
-                u[l] = math.exp(s[l] - ssec)
-                usum += u[l]
-            else:
-                u[l] = math.exp(s[l] - smax)
-                usum += u[l]
-        U = ntop + rho * usum if gap else ntop + usum
+            is_top = s[l] == smax
+            e = exp_scalar(s[l] - ref)            # also on top positions, where it is discarded
+            u[l] = 1.0 if is_top else e
+            ntop += is_top
+            usum += 0.0 if is_top else e
+        U = ntop + rho * usum
         for l in range(L):
-            ph[l] = (u[l] * rho if (gap and s[l] != smax) else u[l]) / U
-        # ---- logits z = sum_l phi_l O[:, x_l]
-        logits_into(z, OT, tokens, i, ph, L)
+            ph[l] = (u[l] if s[l] == smax else u[l] * rho) / U
+        # ---- logits z = sum_l phi_l O[:, x_l], two rows per pass (fixed order l = 0, 1, ...)
+        x0 = tokens[i, 0]
+        a0 = ph[0]
+        for v in range(M):
+            z[v] = a0 * OT[x0, v]
+        l = 1
+        while l + 2 <= L:
+            x0 = tokens[i, l]
+            x1 = tokens[i, l + 1]
+            a0 = ph[l]
+            a1 = ph[l + 1]
+            for v in range(M):
+                z[v] = fma(a1, OT[x1, v], fma(a0, OT[x0, v], z[v]))
+            l += 2
+        if l < L:
+            x0 = tokens[i, l]
+            a0 = ph[l]
+            for v in range(M):
+                z[v] = fma(a0, OT[x0, v], z[v])
+        # ---- residual r = p - e_y in scaled form: w_v = e^{z_v - zmax} (v != y), w_y = -sum
         zy = z[y]
         z[y] = -np.inf
         zmax = max4(z)
-        exp_shifted(z, zmax, w, t, tb)               # one exp per logit; w_y = e^{-inf} = 0
+        exp_shifted(z, zmax, w)                   # one exp per logit; w_y = e^{-inf} = 0
         sumw = sum4(w)
         w[y] = -sumw                              # r_y = -(sum_{v != y} p_v), never p_y - 1
         m = zy - zmax
         if m >= 0.0:                              # p_v = e^{-m} w_v / (1 + S), S = e^{-m} sum w
-            S = math.exp(-m) * sumw
+            S = exp_scalar(-m) * sumw
             cr = 1.0 / (1.0 + S)
             loss_i = math.log1p(S)
             mpos = m
             ratio = loss_i / S if S > 1e-8 else 1.0 - 0.5 * S   # log1p(S)/S
             lhat = ratio * sumw                   # loss_i e^{m}
         else:                                     # p_v = w_v / (e^{m} + sum w)
-            den = math.exp(m) + sumw
+            den = exp_scalar(m) + sumw
             cr = 1.0 / den
             loss_i = -m + math.log(den)
             mpos = 0.0
@@ -137,9 +156,9 @@ def _chunk(OT, KT, tokens, lengths, ys, lo, hi, want_o, want_k, GOT, GKT, stats,
         lp += loss_i
         mp_min = min(mp_min, mpos)
         if mpos < a_l - _SLACK:                   # rescale the loss accumulator (also first term)
-            ls = ls * math.exp(mpos - a_l) if a_l < np.inf else 0.0
+            ls = ls * exp_scalar(mpos - a_l) if a_l < np.inf else 0.0
             a_l = mpos
-        ls += lhat * math.exp(a_l - mpos) if mpos != a_l else lhat
+        ls += lhat * exp_scalar(a_l - mpos) if mpos != a_l else lhat
         if not (want_o or want_k):
             continue
         if not want_o and not multi and ssec == -np.inf:
@@ -147,16 +166,16 @@ def _chunk(OT, KT, tokens, lengths, ys, lo, hi, want_o, want_k, GOT, GKT, stats,
         lam = mpos + (delta if not want_o else 0.0)
         lam_min = min(lam_min, lam)
         if lam < a_g - _SLACK:
-            f = math.exp(lam - a_g) if a_g < np.inf else 0.0
+            f = exp_scalar(lam - a_g) if a_g < np.inf else 0.0
             if a_g < np.inf:
                 for a1 in range(GOT.shape[0]):
                     for a2 in range(GOT.shape[1]):
                         GOT[a1, a2] *= f
-                for a1 in range(GKT.shape[0]):
-                    for a2 in range(GKT.shape[1]):
-                        GKT[a1, a2] *= f
+                for a1 in range(GK.shape[0]):
+                    for a2 in range(GK.shape[1]):
+                        GK[a1, a2] *= f
             a_g = lam
-        cg = math.exp(a_g - lam) * cr if lam != a_g else cr   # e^{a_g} r = cg * w
+        cg = exp_scalar(a_g - lam) * cr if lam != a_g else cr   # e^{a_g} r = cg * w
         if want_o:
             for l in range(L):
                 xl = tokens[i, l]
@@ -174,29 +193,23 @@ def _chunk(OT, KT, tokens, lengths, ys, lo, hi, want_o, want_k, GOT, GKT, stats,
             g[l] = dot2(OT, tokens[i, l], w)
             l += 1
         if gap:
-            gs = 0.0
+            gs = g[ltop]                          # g of the top token (all its positions agree)
             a1 = 0.0
             a2 = 0.0
-            for l in range(L):
-                if s[l] == smax:
-                    gs = g[l]
-            for l in range(L):
-                if s[l] != smax:
-                    a1 += u[l] * (gs - g[l])
-                    a2 += u[l] * g[l]
+            for l in range(L):                    # top positions add u (gs - g) = +0.0 to a1
+                is_top = s[l] == smax
+                a1 += u[l] * (gs - g[l])
+                a2 += 0.0 if is_top else u[l] * g[l]
             U2 = U * U
             for l in range(L):
-                if s[l] == smax:
-                    GKT[q, tokens[i, l]] += ck * a1 / U2
-                else:
-                    inner = ntop * (g[l] - gs) + rho * (g[l] * usum - a2)
-                    GKT[q, tokens[i, l]] += ck * u[l] * inner / U2
+                inner = ntop * (g[l] - gs) + rho * (g[l] * usum - a2)
+                GK[tokens[i, l], q] += (ck * a1 / U2 if s[l] == smax else ck * u[l] * inner / U2)
         else:
             gbar = 0.0
             for l in range(L):
                 gbar += ph[l] * g[l]
             for l in range(L):
-                GKT[q, tokens[i, l]] += ck * ph[l] * (g[l] - gbar)
+                GK[tokens[i, l], q] += ck * ph[l] * (g[l] - gbar)
     stats[0] = a_g
     stats[1] = a_l
     stats[2] = lam_min
@@ -206,16 +219,21 @@ def _chunk(OT, KT, tokens, lengths, ys, lo, hi, want_o, want_k, GOT, GKT, stats,
 
 
 @njit(**_OPTS)
-def _reduce(GOT, GKT, stats, N):
-    """Fixed-order reduction of the chunks: (GOT (M, M), GKT (M, M), log_scale, loss, log10_loss)."""
+def _reduce(GOT, GK, stats, N, unit, GO_out, GK_out):
+    """Fixed-order reduction of the chunks into GO_out (= (dL/dO)^T) and GK_out, (M, M) each
+    (or (0, 0) when not wanted). Returns (log_scale, loss, log10_loss, norm); with ``unit``
+    the pair is divided in place by its joint Frobenius norm (the products of
+    :func:`normalize`) and ``norm`` is that norm, else norm = -1. Outputs are passed in
+    rather than returned: boxing each returned array costs ~0.7 us per call.
+    """
     nc = stats.shape[0]
     lam_min = np.inf
     mp_min = np.inf
     for c in range(nc):
         lam_min = min(lam_min, stats[c, 2])
         mp_min = min(mp_min, stats[c, 3])
-    GO = np.zeros(GOT.shape[1:])
-    GK = np.zeros(GKT.shape[1:])
+    GO_out[:] = 0.0
+    GK_out[:] = 0.0
     ls = 0.0
     lp = 0.0
     for c in range(nc):
@@ -224,51 +242,57 @@ def _reduce(GOT, GKT, stats, N):
             ls += stats[c, 4] * math.exp(mp_min - stats[c, 1])
         if stats[c, 0] < np.inf:
             f = math.exp(lam_min - stats[c, 0]) / N
-            GO += f * GOT[c]
-            GK += f * GKT[c]
+            GO_out += f * GOT[c]
+            GK_out += f * GK[c]
     log10_loss = (math.log(ls) - mp_min - math.log(N)) / math.log(10.0)
     log_scale = -lam_min if lam_min < np.inf else 0.0
-    return GO, GK, log_scale, lp / N, log10_loss
+    norm = -1.0
+    if unit:
+        norm = math.sqrt(sumsq4(GO_out) + sumsq4(GK_out))
+        if norm > 0.0:
+            scale_inplace(GO_out, 1.0 / norm)
+            scale_inplace(GK_out, 1.0 / norm)
+    return log_scale, lp / N, log10_loss, norm
 
 
 @njit(**_OPTS)
 def _scratch(nc, M, Lmax, want_o, want_k):
-    """Per-chunk accumulators: GOT, GKT (nc, M, M) (or (nc, 0, 0) when not wanted) and stats (nc, 6)."""
+    """Per-chunk accumulators: GOT, GK (nc, M, M) (or (nc, 0, 0) when not wanted) and stats (nc, 6)."""
     mo = M if want_o else 0
     mk = M if want_k else 0
     return np.zeros((nc, mo, mo)), np.zeros((nc, mk, mk)), np.zeros((nc, 6))
 
 
 @njit(**_OPTS)
-def _run_chunk(OT, KT, tokens, lengths, ys, want_o, want_k, nc, c, GOT, GKT, stats):
+def _run_chunk(OT, K, tokens, lengths, ys, want_o, want_k, nc, c, GOT, GK, stats):
     """Chunk c of nc (sentences c N / nc .. (c+1) N / nc) into its own scratch slices."""
     N, Lmax = tokens.shape
     M = OT.shape[0]
-    _chunk(OT, KT, tokens, lengths, ys, c * N // nc, (c + 1) * N // nc, want_o, want_k,
-           GOT[c], GKT[c], stats[c], np.empty(M), np.empty(M), np.empty(M), np.empty(Lmax),
+    _chunk(OT, K, tokens, lengths, ys, c * N // nc, (c + 1) * N // nc, want_o, want_k,
+           GOT[c], GK[c], stats[c], np.empty(M), np.empty(M), np.empty(Lmax),
            np.empty(Lmax), np.empty(Lmax), np.empty(Lmax))
 
 
 @njit(**_OPTS)
-def _drive_serial(OT, KT, tokens, lengths, ys, want_o, want_k, nc):
+def _drive_serial(OT, K, tokens, lengths, ys, want_o, want_k, nc, unit, GO_out, GK_out):
     """All chunks in order on one thread (used when nc == 1)."""
     N, Lmax = tokens.shape
     M = OT.shape[0]
-    GOT, GKT, stats = _scratch(nc, M, Lmax, want_o, want_k)
+    GOT, GK, stats = _scratch(nc, M, Lmax, want_o, want_k)
     for c in range(nc):
-        _run_chunk(OT, KT, tokens, lengths, ys, want_o, want_k, nc, c, GOT, GKT, stats)
-    return _reduce(GOT, GKT, stats, N)
+        _run_chunk(OT, K, tokens, lengths, ys, want_o, want_k, nc, c, GOT, GK, stats)
+    return _reduce(GOT, GK, stats, N, unit, GO_out, GK_out)
 
 
 @njit(parallel=True, **_OPTS)
-def _drive_parallel(OT, KT, tokens, lengths, ys, want_o, want_k, nc):
+def _drive_parallel(OT, K, tokens, lengths, ys, want_o, want_k, nc, unit, GO_out, GK_out):
     """Chunks spread over threads; each writes only its own slices, then a fixed-order reduction."""
     N, Lmax = tokens.shape
     M = OT.shape[0]
-    GOT, GKT, stats = _scratch(nc, M, Lmax, want_o, want_k)
+    GOT, GK, stats = _scratch(nc, M, Lmax, want_o, want_k)
     for c in prange(nc):
-        _run_chunk(OT, KT, tokens, lengths, ys, want_o, want_k, nc, c, GOT, GKT, stats)
-    return _reduce(GOT, GKT, stats, N)
+        _run_chunk(OT, K, tokens, lengths, ys, want_o, want_k, nc, c, GOT, GK, stats)
+    return _reduce(GOT, GK, stats, N, unit, GO_out, GK_out)
 
 
 # ===================================================================== public wrappers
@@ -283,21 +307,40 @@ def n_chunks(N, Lmax, M, n_grads=1):
     return int(max(1, min(_MAX_CHUNKS, cap, N)))
 
 
+class _Prepared:
+    """O^T and the int64 sentence arrays, converted once; ``drive(K, want_o, want_k, unit)``."""
+
+    def __init__(self, O, tokens, lengths, ys, n_grads, chunks):
+        O = np.asarray(O, dtype=np.float64)
+        M = O.shape[0]
+        if O.ndim != 2 or O.shape != (M, M) or M < 2:
+            raise ValueError(f"O must be square with M >= 2, got shape {O.shape}")
+        self.M = M
+        self.OT = np.ascontiguousarray(O.T)
+        self.tokens = np.ascontiguousarray(tokens, dtype=np.int64)
+        self.lengths = np.ascontiguousarray(lengths, dtype=np.int64)
+        self.ys = np.ascontiguousarray(ys, dtype=np.int64)
+        N, Lmax = self.tokens.shape
+        self.nc = n_chunks(N, Lmax, M, n_grads) if chunks is None else int(chunks)
+        self._drive = _drive_serial if self.nc == 1 else _drive_parallel
+
+    def drive(self, K, want_o, want_k, unit):
+        """(GO (M, M) or None, GK (M, M) or None, log_scale, loss, log10_loss, norm)."""
+        K = np.ascontiguousarray(K, dtype=np.float64)
+        M = self.M
+        if K.shape != (M, M):
+            raise ValueError(f"K must have shape {(M, M)}, got {K.shape}")
+        GOT = np.empty((M, M) if want_o else (0, 0))
+        GK = np.empty((M, M) if want_k else (0, 0))
+        log_scale, loss, log10_loss, norm = self._drive(
+            self.OT, K, self.tokens, self.lengths, self.ys, want_o, want_k, self.nc, unit, GOT, GK)
+        return (GOT.T.copy() if want_o else None, GK if want_k else None, float(log_scale),
+                float(loss), float(log10_loss), float(norm))
+
+
 def _run(O, K, tokens, lengths, ys, want_o, want_k, chunks=None):
-    O = np.asarray(O, dtype=np.float64)
-    M = O.shape[0]
-    if O.shape != (M, M) or M < 2:
-        raise ValueError(f"O must be square with M >= 2, got shape {O.shape}")
-    OT = np.ascontiguousarray(O.T)
-    KT = np.ascontiguousarray(np.asarray(K, dtype=np.float64).T)
-    tokens = np.ascontiguousarray(tokens, dtype=np.int64)
-    lengths = np.ascontiguousarray(lengths, dtype=np.int64)
-    ys = np.ascontiguousarray(ys, dtype=np.int64)
-    N, Lmax = tokens.shape
-    nc = n_chunks(N, Lmax, M, int(want_o) + int(want_k)) if chunks is None else int(chunks)
-    drive = _drive_serial if nc == 1 else _drive_parallel
-    GOT, GKT, log_scale, loss, log10_loss = drive(OT, KT, tokens, lengths, ys, want_o, want_k, nc)
-    return GOT.T.copy(), GKT.T.copy(), float(log_scale), float(loss), float(log10_loss)
+    p = _Prepared(O, tokens, lengths, ys, int(want_o) + int(want_k), chunks)
+    return p.drive(K, want_o, want_k, False)[:5]
 
 
 def stage1_grad(O, xs, ys):
@@ -309,10 +352,9 @@ def stage1_grad(O, xs, ys):
     """
     xs = np.ascontiguousarray(xs, dtype=np.int64)
     ones = np.ones(len(xs), dtype=np.int64)
-    # one-token sentences read only K[x, x] (attention is 1): a zero K whose transpose is
-    # already C-contiguous, so _run makes no M x M copy of it on this per-step path
+    # one-token sentences read only K[x, x] (attention is 1): any K will do
     M = len(O)
-    K = np.zeros((M, M), order="F")
+    K = np.zeros((M, M))
     GO, _, log_scale, loss, log10_loss = _run(O, K, xs[:, None], ones, ys, True, False, 1)
     return GO, log_scale, loss, log10_loss
 
@@ -341,6 +383,40 @@ def stage2_loss(O, K, tokens, lengths, ys, *, chunks=None):
     """(loss, log10_loss) of the full dataset, no gradient."""
     _, _, _, loss, log10_loss = _run(O, K, tokens, lengths, ys, False, False, chunks)
     return loss, log10_loss
+
+
+class Stage2Direction:
+    """The stage-2 NGD direction with O fixed, one compiled call per step (SPEC section 4).
+
+    Prepared once from O : float64 (M, M), tokens : int64 (N, Lmax) padded with -1 and
+    lengths, ys : int64 (N,); O^T and the integer arrays are converted here, not per step.
+    ``direction(K)`` returns (D (M, M), norm, log_scale, loss, log10_loss) with
+    D = GKs / ||GKs||_F, GKs the scale-free dL/dK of :func:`stage2_grad` (same bits as
+    ``normalize(stage2_grad(...)[0])``), norm = ||GKs||_F; D is zero and norm 0.0 when the
+    gradient vanishes exactly. This is the per-step path of the trainer and of
+    ``bench/bench_step.py``.
+    """
+
+    def __init__(self, O, tokens, lengths, ys, *, chunks=None):
+        self._p = _Prepared(O, tokens, lengths, ys, 1, chunks)
+
+    def direction(self, K):
+        _, D, log_scale, loss, log10_loss, norm = self._p.drive(K, False, True, True)
+        return D, max(norm, 0.0), log_scale, loss, log10_loss
+
+
+@njit(**_OPTS)
+def compensated_step(W, c, D, eta, out):
+    """Kahan-compensated ``W - eta * D`` into ``out`` (all float64 (M, M), C-contiguous).
+
+    y = -eta D - c;  out = W + y;  c <- (out - W) - y   (c updated in place).
+    """
+    fw, fc, fd, fo = W.ravel(), c.ravel(), D.ravel(), out.ravel()
+    for v in range(fw.shape[0]):
+        y = fd[v] * -eta - fc[v]
+        t = fw[v] + y
+        fc[v] = (t - fw[v]) - y
+        fo[v] = t
 
 
 def normalize(Gs):

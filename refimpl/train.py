@@ -157,17 +157,11 @@ class _Compensated:
     def __init__(self, W0):
         self.W = np.array(W0, dtype=np.float64, order="C")
         self._c = np.zeros_like(self.W)
-        self._y = np.empty_like(self.W)
         self._t = np.empty_like(self.W)
 
     def step(self, D, step):
-        y, t = self._y, self._t
-        np.multiply(D, -step, out=y)
-        y -= self._c
-        np.add(self.W, y, out=t)
-        np.subtract(t, self.W, out=self._c)
-        self._c -= y
-        self.W, self._t = t, self.W
+        kernels.compensated_step(self.W, self._c, np.ascontiguousarray(D), float(step), self._t)
+        self.W, self._t = self._t, self.W
 
 
 # ==================================================================== progress
@@ -265,10 +259,11 @@ def _stage2(ds, cfg, O, K0, K_hat, excess, bar, base, callback=None):
     sched = record_steps(cfg.T, cfg.record_dense_limit, cfg.record_points)
     traj = Trajectory(STAGE2_COLUMNS, len(sched) + 1)
     it = _Compensated(K0)
+    step_direction = kernels.Stage2Direction(O, tokens, lengths, y)
 
     def evaluate(K):
-        GKs, _, loss, log10_loss = kernels.stage2_grad(O, K, tokens, lengths, y)
-        return loss, log10_loss, _single(GKs)
+        D, nrm, _, loss, log10_loss = step_direction.direction(K)
+        return loss, log10_loss, lambda: ([D], nrm)
 
     def record(t, K, loss, log10_loss):
         cos, omc, dist = direction_metrics(K, K_hat)

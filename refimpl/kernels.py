@@ -51,8 +51,13 @@ __all__ = ["Stage2Direction", "compensated_step", "stage1_grad", "stage2_grad", 
                "normalize_pair", "attention", "logits")]
 
 _SLACK = 300.0            # a chunk rescales its accumulator when a term exceeds it by e^300
-_MAX_CHUNKS = 8           # chunks for parallel runs (2 cores: 4 each, for balance)
-_SERIAL_WORK = 400_000    # N * Lmax * M below which one serial chunk is cheaper than threads
+# Chunk counts (n_chunks), measured on the 2-vCPU VM (its vCPUs share one physical core, so
+# two threads give ~1.4-1.6x, not 2x): threads pay off from ~6000 token-columns of work
+# (N * Lmax * M; ~25 us serial) as long as the work is >= 10 M^2 per chunk scratch (each
+# chunk zeroes and reduces its own M x M accumulator); 4 chunks beat 2 from 200 M^2 on.
+_PARALLEL_WORK = 6_000
+_MIN_WORK_PER_M2 = 10
+_FOUR_CHUNKS_PER_M2 = 200
 _SCRATCH_BYTES = 1 << 28  # cap on chunks * M * M * 8 * (number of gradients)
 _OPTS = dict(cache=True, fastmath=False, nogil=True, boundscheck=False, error_model="numpy")
 
@@ -297,14 +302,17 @@ def _drive_parallel(OT, K, tokens, lengths, ys, want_o, want_k, nc, unit, GO_out
 
 # ===================================================================== public wrappers
 def n_chunks(N, Lmax, M, n_grads=1):
-    """Number of chunks used for (N, Lmax, M): 1 (serial) for small work, else up to 8.
+    """Number of chunks used for (N, Lmax, M): 1 (serial), 2 or 4 (module constants above).
 
     A function of the sizes only, so results never depend on the thread count.
     """
-    if N * Lmax * M < _SERIAL_WORK:
+    work = N * Lmax * M
+    per_m2 = work / (M * M * max(n_grads, 1))
+    if work < _PARALLEL_WORK or per_m2 < _MIN_WORK_PER_M2:
         return 1
+    nc = 4 if per_m2 >= _FOUR_CHUNKS_PER_M2 else 2
     cap = max(1, _SCRATCH_BYTES // (8 * M * M * max(n_grads, 1)))
-    return int(max(1, min(_MAX_CHUNKS, cap, N)))
+    return int(max(1, min(nc, cap, N)))
 
 
 class _Prepared:

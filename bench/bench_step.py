@@ -9,11 +9,13 @@ Implementations (same model, float64, E = I so d = M):
 
 Sizes: S (M=20, N=200, lengths 2..6) and L (M=200, N=10^4, lengths 2..16).
 
-Timing is interleaved: each round runs a short block of every implementation in turn
-(with a pause before each block so a thread pool left spinning by the previous one has
-gone idle), and medians are taken over all rounds. This machine's speed drifts by up to
-2x over tenths of a second; timing each implementation in one contiguous stretch let
-that drift, not the code, decide the ratio. Prints medians, ratios to the kernel, the
+Timing is interleaved: each round runs a short block of every implementation in turn,
+and medians are taken over all rounds. Each block opens with 10 ms of the same
+implementation's untimed steps, so a thread pool the previous one left spinning has
+stopped and this one's pool is awake (a sleep instead would make PyTorch wake its pool
+in the timed steps: measured +15-30% on its S step). This machine's two vCPUs share a
+physical core and its speed drifts by up to 2x over tenths of a second; timing each
+implementation in one contiguous stretch let that drift, not the code, set the ratio. Prints medians, ratios to the kernel, the
 range of the per-round ratios, and the kernel throughput in token-column multiply-adds
 per second (2 * sum_i L_i * M per step: the logits and the g_l = O[:, x_l]^T r products
 each touch every position's column once).
@@ -36,7 +38,7 @@ ETA = 0.05 / np.sqrt(20)
 # block: steps per implementation per round (about 5 ms each at S; one step per block at L)
 SIZES = {"S": dict(M=20, N=200, lo=2, hi=6, rounds=40, block=dict(kernel=100, dense=10, torch=5)),
          "L": dict(M=200, N=10_000, lo=2, hi=16, rounds=9, block=dict(kernel=3, dense=1, torch=1))}
-PAUSE = 0.02   # seconds before each block (libgomp's default spin is well under this)
+WARM = 0.01    # seconds of untimed steps that open each block (the implementation's own)
 
 
 def make_kernel_step(ds, M, O):
@@ -91,7 +93,11 @@ def interleaved_times(steps, O, K, ds, rounds, block):
     per_round = {impl: [] for impl in steps}
     for _ in range(rounds):
         for impl, step in steps.items():
-            time.sleep(PAUSE)
+            t_end = time.perf_counter() + WARM
+            while True:                         # untimed: lets the previous implementation's
+                step(O, K, ds)                  # thread pool stop spinning and warms this one
+                if time.perf_counter() >= t_end:
+                    break
             ts = []
             for _ in range(block[impl]):
                 t = time.perf_counter()

@@ -40,8 +40,8 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from .kernels_math import (dot2, dots4, exp_scalar, exp_shifted, fma, max4, scale_inplace, scaled,
-                           sum4, sumsq4)
+from .kernels_math import (as_bits, dot2, dots4, exp_scalar, exp_shifted, fma, from_bits, max4,
+                           scale_inplace, scaled, sum4, sumsq4)
 from .kernels_np import (attention_np, joint_grad_np, logits_np, normalize_np,  # noqa: F401 (twins)
                          normalize_pair_np, stage1_grad_np, stage2_grad_np, stage2_loss_np)
 
@@ -51,6 +51,10 @@ __all__ = ["Stage2Direction", "compensated_step", "stage1_grad", "stage2_grad", 
                "normalize_pair", "attention", "logits")]
 
 _SLACK = 300.0            # a chunk rescales its accumulator when a term exceeds it by e^300
+_SERIES_S = 2.0 ** -8     # below: log1p(S)/S = sum_k (-S)^k/(k+1), k <= 6 (next term < 2e-18)
+_MANTISSA = (1 << 52) - 1
+_ONE_BITS = 1023 << 52
+_LN2 = 0.6931471805599453
 # Chunk counts (n_chunks), measured on the 2-vCPU VM (its vCPUs share one physical core, so
 # two threads give ~1.4-1.6x, not 2x): threads pay off from ~6000 token-columns of work
 # (N * Lmax * M; ~25 us serial) as long as the work is >= 10 M^2 per chunk scratch (each
@@ -83,6 +87,10 @@ def _chunk(OT, K, tokens, lengths, ys, lo, hi, want_o, want_k, GOT, GK, stats, z
     mp_min = np.inf
     ls = 0.0
     lp = 0.0
+    n_neg = 0                                     # sentences with m_i < 0 (mpos = 0):
+    neg_m = 0.0                                   # sum of their -m_i
+    prod = 1.0                                    # prod of their den_i = prod * 2^prod_exp
+    prod_exp = 0
     for i in range(lo, hi):
         L = lengths[i]
         q = tokens[i, L - 1]
@@ -110,11 +118,12 @@ def _chunk(OT, K, tokens, lengths, ys, lo, hi, want_o, want_k, GOT, GK, stats, z
         ntop = 0
         usum = 0.0
         for l in range(L):
-            is_top = s[l] == smax
-            e = exp_scalar(s[l] - ref)            # also on top positions, where it is discarded
-            u[l] = 1.0 if is_top else e
-            ntop += is_top
-            usum += 0.0 if is_top else e
+            if s[l] == smax:
+                u[l] = 1.0
+                ntop += 1
+            else:
+                u[l] = exp_scalar(s[l] - ref)
+                usum += u[l]
         U = ntop + rho * usum
         for l in range(L):
             ph[l] = (u[l] if s[l] == smax else u[l] * rho) / U
@@ -148,22 +157,31 @@ def _chunk(OT, K, tokens, lengths, ys, lo, hi, want_o, want_k, GOT, GK, stats, z
         if m >= 0.0:                              # p_v = e^{-m} w_v / (1 + S), S = e^{-m} sum w
             S = exp_scalar(-m) * sumw
             cr = 1.0 / (1.0 + S)
-            loss_i = math.log1p(S)
+            if S < _SERIES_S:                     # log1p(S)/S by its series, no libm call
+                ratio = fma(fma(fma(fma(fma(fma(1.0 / 7.0, S, -1.0 / 6.0), S, 0.2), S, -0.25),
+                                    S, 1.0 / 3.0), S, -0.5), S, 1.0)
+                loss_i = ratio * S
+            else:
+                loss_i = math.log1p(S)
+                ratio = loss_i / S
             mpos = m
-            ratio = loss_i / S if S > 1e-8 else 1.0 - 0.5 * S   # log1p(S)/S
-            lhat = ratio * sumw                   # loss_i e^{m}
+            lp += loss_i
         else:                                     # p_v = w_v / (e^{m} + sum w)
-            den = exp_scalar(m) + sumw
-            cr = 1.0 / den
-            loss_i = -m + math.log(den)
+            den = exp_scalar(m) + sumw            # in [1, M]: loss_i = -m + log(den), summed
+            cr = 1.0 / den                        # below as one log of a running product
+            n_neg += 1
+            neg_m += -m
+            pb = as_bits(prod * den)              # prod in [1, 2) times 2^prod_exp
+            prod_exp += (pb >> 52) - 1023
+            prod = from_bits((pb & _MANTISSA) | _ONE_BITS)
             mpos = 0.0
-            lhat = loss_i
-        lp += loss_i
         mp_min = min(mp_min, mpos)
         if mpos < a_l - _SLACK:                   # rescale the loss accumulator (also first term)
             ls = ls * exp_scalar(mpos - a_l) if a_l < np.inf else 0.0
             a_l = mpos
-        ls += lhat * exp_scalar(a_l - mpos) if mpos != a_l else lhat
+        if m >= 0.0:                              # ls += loss_i e^{a_l}, loss_i e^{m} = ratio sum w
+            lhat = ratio * sumw
+            ls += lhat * exp_scalar(a_l - mpos) if mpos != a_l else lhat
         if not (want_o or want_k):
             continue
         if not want_o and not multi and ssec == -np.inf:
@@ -215,6 +233,10 @@ def _chunk(OT, K, tokens, lengths, ys, lo, hi, want_o, want_k, GOT, GK, stats, z
                 gbar += ph[l] * g[l]
             for l in range(L):
                 GK[tokens[i, l], q] += ck * ph[l] * (g[l] - gbar)
+    if n_neg > 0:                                 # their losses: sum -m_i + log prod den_i
+        loss_neg = neg_m + (math.log(prod) + prod_exp * _LN2)
+        lp += loss_neg
+        ls += loss_neg * exp_scalar(a_l)          # a_l <= 0 + _SLACK: finite
     stats[0] = a_g
     stats[1] = a_l
     stats[2] = lam_min

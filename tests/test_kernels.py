@@ -228,6 +228,25 @@ def test_parallel_runs_are_bit_identical():
             assert np.array_equal(x, y), f.__name__
 
 
+def test_results_do_not_depend_on_the_thread_count():
+    """The chunking is a function of (N, Lmax, M) only: one thread and all threads give the
+    same bits (the sentences of a chunk never move to another chunk)."""
+    import numba
+    M = 20
+    ds = ri.generate(M, 200, 2, 6, seed=6)                    # size S: 2 chunks
+    assert kn.n_chunks(ds.n_sentences, ds.max_len, M) == 2
+    O, K = np.random.default_rng(6).standard_normal((2, M, M))
+    sd = kn.Stage2Direction(O, *_args(ds))
+    n = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        one = sd.direction(K)
+    finally:
+        numba.set_num_threads(n)
+    all_threads = sd.direction(K)
+    assert np.array_equal(one[0], all_threads[0]) and one[1:] == all_threads[1:]
+
+
 # ===================================================================== building blocks
 def test_exp_fma_and_dots_building_blocks():
     """kernels_math: the polynomial exp within 2 ulp of 50-digit mpmath (0 below -708, and

@@ -9,8 +9,8 @@ without fastmath), which halves the floating-point operations of the exp polynom
 the logits axpys and the dot products.
 
 Numba's on-disk cache keys each function on its own file only: after editing this
-module, touch ``kernels.py`` (or clear ``refimpl/__pycache__``) so the kernels that
-inline these helpers are recompiled.
+module, touch ``kernels_chunk.py`` and ``kernels.py`` (or clear ``refimpl/__pycache__``)
+so the kernels that inline these helpers are recompiled.
 """
 from __future__ import annotations
 

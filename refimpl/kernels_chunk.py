@@ -26,7 +26,7 @@ _OPTS = dict(cache=True, fastmath=False, nogil=True, boundscheck=False, error_mo
 # ===================================================================== one chunk
 # _nrt=False: _chunk allocates nothing, so it needs no reference counting; with it, every
 # inlined helper taking an array incremented and decremented that array's count once per
-# sentence (measured: ~12% of a size-S step in NRT_incref/NRT_decref).
+# sentence (measured: 10-12% of a size-S step in NRT_incref/NRT_decref).
 @njit(_nrt=False, **_OPTS)
 def _chunk(OT, K, tokens, lengths, ys, lo, hi, want_o, want_k, GOT, GK, stats, z, w, s, u, ph, g):
     """Accumulate sentences lo..hi-1 into GOT (M, M) = (dL/dO)^T and GK (M, M) = dL/dK.

@@ -171,7 +171,7 @@ class Stage2Direction:
 
     def direction(self, K):
         _, D, log_scale, loss, log10_loss, norm = self._p.drive(K, False, True, True)
-        return D, max(norm, 0.0), log_scale, loss, log10_loss
+        return D, norm, log_scale, loss, log10_loss   # norm >= 0 with unit=True
 
 
 @njit(**_OPTS)

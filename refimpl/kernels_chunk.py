@@ -12,8 +12,8 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from .kernels_math import (as_bits, dot2, dots4, exp_scalar, exp_shifted, fma, from_bits, max4,
-                           scale_inplace, sum4, sumsq4)
+from .kernels_math import (add_scaled, as_bits, dot2, dots4, exp_scalar, exp_shifted, fma,
+                           from_bits, max4, scale_inplace, sum4, sumsq4)
 
 _SLACK = 300.0            # a chunk rescales its accumulator when a term exceeds it by e^300
 _SERIES_S = 2.0 ** -8     # below: log1p(S)/S = sum_k (-S)^k/(k+1), k <= 6 (next term < 2e-18)
@@ -226,8 +226,8 @@ def _reduce(GOT, GK, stats, N, unit, GO_out, GK_out):
             ls += stats[c, 4] * math.exp(mp_min - stats[c, 1])
         if stats[c, 0] < np.inf:
             f = math.exp(lam_min - stats[c, 0]) / N
-            GO_out += f * GOT[c]
-            GK_out += f * GK[c]
+            add_scaled(GO_out, f, GOT[c])          # no M x M temporary per chunk
+            add_scaled(GK_out, f, GK[c])
     log10_loss = (math.log(ls) - mp_min - math.log(N)) / math.log(10.0)
     log_scale = -lam_min if lam_min < np.inf else 0.0
     norm = -1.0

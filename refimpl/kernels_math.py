@@ -257,6 +257,15 @@ def scale_inplace(a, c):
         fa[v] = fa[v] * c
 
 
+@njit(**_INLINE)
+def add_scaled(y, c, x):
+    """y += c * x in place, elementwise, no temporary (y, x : C-contiguous, same shape)."""
+    fy = y.ravel()
+    fx = x.ravel()
+    for v in range(fy.shape[0]):
+        fy[v] += c * fx[v]
+
+
 @njit(**_OPTS)
 def scaled(a, c):
     """a * c as a new C-contiguous array (a : C-contiguous, any shape)."""

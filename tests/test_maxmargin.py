@@ -197,14 +197,12 @@ def test_least_distance_degenerate_balanced_cycle():
 
 
 @pytest.mark.parametrize("M,N", [(20, 200), (200, 10_000)])
-def test_kq_speed(M, N):
-    """W_kq* at the sizes of the brief; a generous bound (measured ~0.04 s and ~1.5 s)."""
-    import time
+def test_kq_certified_at_benchmark_sizes(M, N):
+    """W_kq* at the sizes of the brief carries a passing KKT certificate (its time is
+    measured by bench/bench_maxmargin.py, not asserted here)."""
     ds = ri.generate(vocab_size=M, n_sentences=N, seed=0)
-    ds.optimal
-    t = time.perf_counter()
     _, cert = mm.w_kq_star(ds)
-    assert cert.ok and time.perf_counter() - t < 30
+    assert cert.ok
 
 
 def test_cosine_and_distance():

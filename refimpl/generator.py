@@ -51,11 +51,6 @@ def _above(ranks, x):
     return np.all(ranks > ranks[:, x: x + 1], axis=0)
 
 
-def _below(ranks, x):
-    """bool (M,): tokens a with a <_q x."""
-    return np.all(ranks < ranks[:, x: x + 1], axis=0)
-
-
 def generate(vocab_size=20, n_sentences=200, min_len=2, max_len=6, seed=0, *,
              n_colloc=None, order_dim=2, store_orders=False):
     """A random realizable dataset.
@@ -67,8 +62,8 @@ def generate(vocab_size=20, n_sentences=200, min_len=2, max_len=6, seed=0, *,
     n_sentences : int >= 1
         N.
     min_len, max_len : int, 1 <= min_len <= max_len
-        Sentence lengths are uniform in ``[min_len, max_len]``; a sentence whose
-        query is outside C gets length at least 2 (it must contain x*).
+        Sentence lengths are uniform in ``[min_len, max_len]``; a sentence of length 1
+        takes its query from C (it is its own optimal token).
     seed : int
         Everything is a deterministic function of the arguments.
     n_colloc : int or None
@@ -107,13 +102,15 @@ def generate(vocab_size=20, n_sentences=200, min_len=2, max_len=6, seed=0, *,
     if n_c < M:
         for q in np.flatnonzero(~in_C):
             can_query[q] = np.any(_above(_rankings(query_seeds[q], dim, M), q) & in_C)
-    queries_ok = np.flatnonzero(can_query)
-    if len(queries_ok) == 0:  # only possible if C is empty, excluded by n_colloc >= 1
-        raise ConfigError("no token can be a query")
+    queries_ok = np.flatnonzero(can_query)                # never empty: C is, n_colloc >= 1
 
     queries = rng.choice(queries_ok, size=N)
     lengths = rng.integers(lo_len, hi_len + 1, size=N).astype(np.int64)
-    lengths[(lengths < 2) & ~in_C[queries]] = 2
+    # a length-1 sentence is [q], its own optimal token, so q must be in C: redraw such
+    # queries from C (lengths stay in [min_len, max_len]; no extra draw when none is needed)
+    alone = (lengths == 1) & ~in_C[queries]
+    if alone.any():
+        queries[alone] = rng.choice(np.flatnonzero(in_C), size=int(alone.sum()))
     Lmax = int(lengths.max())
     tokens = np.full((N, Lmax), -1, dtype=np.int64)
     next_tokens = np.empty(N, dtype=np.int64)

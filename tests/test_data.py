@@ -161,6 +161,18 @@ def test_generation_has_partial_orders_and_lengths():
     assert incomparable.any()
 
 
+@pytest.mark.parametrize("lo,hi", [(1, 1), (1, 3)])
+def test_partial_collocation_keeps_lengths_in_range(lo, hi):
+    """SPEC 3: lengths lie in [min_len, max_len] even when C is partial; a length-1
+    sentence [q] needs q in C (it is its own optimal token), so its query comes from C."""
+    for seed in range(4):
+        ds = ri.generate(10, 300, lo, hi, seed=seed, n_colloc=3)
+        ri.validate(ds)
+        assert lo <= ds.lengths.min() and ds.lengths.max() <= hi
+        single = ds.lengths == 1
+        assert single.any() and np.all(ds.colloc[ds.tokens[single, 0]] >= 0)
+
+
 def test_large_generation_is_valid():
     """M=5000 fits (no M x M structure per query is stored)."""
     ds = ri.generate(5000, 20000, 2, 16, seed=1)

@@ -53,23 +53,28 @@ _GAP_RTOL = 1e-10      # accepted Frank-Wolfe gap of a non-vertex sentence, rela
 
 def _simplex_objective(Z, y, scale):
     """phi -> loss(Z phi; y)/scale, its gradient Z^T (p - e_y)/scale and, with ``hess``,
-    its Hessian Z^T (diag p - p p^T) Z/scale. Z : (M, u). loss = softplus(lse_{v != y}(z_v - z_y))."""
+    its Hessian Z^T (diag p - p p^T) Z/scale. Z : (M, u). loss = softplus(lse_{v != y}(z_v - z_y)).
+
+    Both are written with Zc = Z - Z[y] (rows relative to y's, so Zc[y] = 0) and the
+    probabilities off y: gradient Zc^T p, Hessian (Zc^T diag p) Zc - g g^T. Each term is
+    O(1 - p_y), so nothing cancels when the loss is tiny (Z^T (p - e_y) and Z^T diag(p) Z
+    - (Z^T p)(Z^T p)^T differ from them by O(1) terms that cancel to all digits).
+    """
+    Zc = Z - Z[y]                                     # (M, u)
 
     def fun(phi, hess=False):
-        z = Z @ phi                                   # (M,)
-        a = z - z[y]
+        a = Zc @ phi                                  # z - z_y, a[y] = 0
         a[y] = -np.inf
         top = a.max()
         e = np.exp(a - top)
         loss = np.logaddexp(0.0, top + np.log(e.sum()))
-        p = np.exp(z - z.max())
-        p /= p.sum()
-        r = p.copy()
-        r[y] = -(p.sum() - p[y])                      # p - e_y without cancellation at y
+        c = max(top, 0.0)                             # p_v = e^{a_v - c} / (e^{-c} + sum e^{a - c})
+        p = np.exp(a - c)                             # p[y] = 0: only the probabilities off y
+        p /= np.exp(-c) + p.sum()
+        g = Zc.T @ p
         if not hess:
-            return loss / scale, (Z.T @ r) / scale
-        Zp = Z.T @ p
-        return loss / scale, (Z.T @ r) / scale, ((Z.T * p) @ Z - np.outer(Zp, Zp)) / scale
+            return loss / scale, g / scale
+        return loss / scale, g / scale, ((Zc.T * p) @ Zc - np.outer(g, g)) / scale
     return fun
 
 

@@ -284,3 +284,22 @@ def test_nnls_regression_scipy_stall():
     assert np.all(u >= 0) and w.max() <= 1e-11 and np.abs(w[u > 0]).max() <= 1e-11  # tol ~1e-11 here
     k, alpha = mm.least_distance(G)
     assert max(mm.kkt_residuals(G, k, alpha).values()) <= 1e-10
+
+
+def test_floor_when_the_loss_is_tiny_matches_mpmath():
+    """Stage-2 floor with a loss near e^-40: the simplex objective's gradient and Hessian
+    must not cancel (they did: Frank-Wolfe gap 40 and an ArithmeticError). Sentence (1, 2)
+    mixes two columns, sentence (0,) is fixed; the floor against a 40-digit 1-D minimization.
+    1e-12: the float floor is exact to a few ulp of each sentence's loss."""
+    import mpmath
+    from refimpl.floor import stage2_floor
+    ds = ri.RealizableDataset(3, {1: 0, 2: 1, 0: 2}, [[1, 2], [0]], [0, 2])
+    O = np.zeros((3, 3))
+    O[:, 1], O[:, 2], O[:, 0] = (40, 0, -40), (40, -40, 0), (0, 0, 40)
+    floor, _, vertex = stage2_floor(O, ds)
+    mpmath.mp.dps = 40
+    f = lambda t: mpmath.log(1 + mpmath.exp(-40 - 40 * t) + mpmath.exp(-40 - 40 * (1 - t)))
+    t = mpmath.findroot(lambda t: mpmath.diff(f, t), 0.5)        # phi = (t, 1 - t) on (1, 2)
+    exact = (f(t) + mpmath.log(1 + 2 * mpmath.exp(-40))) / 2
+    assert float(abs(floor - exact) / exact) < 1e-12
+    assert not vertex[0]                                         # the mix beats either vertex

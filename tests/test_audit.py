@@ -97,3 +97,16 @@ def test_weak_stage1_run_is_reported_not_claimed():
     assert by_id["C10"]["measured"]["min_vertex_gap"] < 0   # the certified criterion fires
     assert by_id["C8"]["verdict"] == by_id["C9"]["verdict"] == audit.NA
     assert rep["certified_failures"] == []                 # a finding, not a failed certified bound
+
+
+def test_c8_check_fails_on_zero_or_nan_excess_against_a_representable_bound():
+    """C8's trajectory check: an excess of exactly 0 (log10 -inf) or NaN breaks a positive
+    certified lower bound (it passed before); 0 is accepted only when the bound itself is
+    below the smallest positive double (true underflow)."""
+    from refimpl.audit import _above_lower
+    lower = np.array([-5.0, -10.0, -20.0])
+    assert _above_lower(np.array([-4.0, -9.0, -19.0]), lower)
+    assert not _above_lower(np.array([-4.0, -11.0, -19.0]), lower)          # below the bound
+    assert not _above_lower(np.array([-4.0, -9.0, -np.inf]), lower)         # zero excess
+    assert not _above_lower(np.array([-4.0, -9.0, np.nan]), lower)          # NaN excess
+    assert _above_lower(np.array([-4.0, -np.inf]), np.array([-5.0, -400.0]))  # underflow

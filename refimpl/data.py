@@ -141,6 +141,15 @@ class RealizableDataset:
         self._require_valid()
         return _optimal_tokens(self)[0]
 
+    @cached_property
+    def _training_relations(self):
+        """(q, lower, upper) of :func:`training_relations`, computed once, sorted by
+        (q, lower, upper) and read-only."""
+        q, lo, up, _ = _sentence_relations(self, self.optimal)
+        for a in (q, lo, up):
+            a.flags.writeable = False
+        return q, lo, up
+
     @property
     def valid_mask(self):
         """bool (N, Lmax): position l < lengths[i]."""
@@ -413,26 +422,25 @@ def training_relations(ds):
     """All training relations, deduplicated: int64 arrays ``(q, lower, upper)`` of equal length R,
     one entry per distinct ``lower <_q upper`` induced by a sentence with query q (its other
     distinct token ``lower``, its optimal token ``upper``). These are exactly the constraints
-    ``K[upper, q] - K[lower, q] >= 1`` of W_kq* (SPEC section 5). Requires a valid dataset."""
-    q_arr, lo, up, _ = _sentence_relations(ds, ds.optimal)
-    return q_arr, lo, up
+    ``K[upper, q] - K[lower, q] >= 1`` of W_kq* (SPEC section 5). Requires a valid dataset.
+    Computed once per dataset; sorted by (q, lower, upper); the arrays are read-only."""
+    return ds._training_relations
 
 
 def induced_relations(ds, q=None):
     """Training relations ``(lower, upper)`` induced by the sentences: each sentence with
     query q and optimal token x* gives ``x' <_q x*`` for its other distinct tokens x'.
 
-    Returns int64 (R, 2) for query ``q``, or a dict ``q -> (R, 2)`` when ``q`` is None.
+    Returns int64 (R, 2) for query ``q``, or a dict ``q -> (R, 2)`` when ``q`` is None
+    (slices of the cached, q-sorted :func:`training_relations`: no pass over the sentences).
     """
     q_arr, lo, up = training_relations(ds)
     if q is not None:
-        sel = q_arr == int(q)
-        return np.stack([lo[sel], up[sel]], axis=1)
-    out = {}
-    for qq in np.unique(q_arr):
-        sel = q_arr == qq
-        out[int(qq)] = np.stack([lo[sel], up[sel]], axis=1)
-    return out
+        a, b = np.searchsorted(q_arr, [int(q), int(q) + 1])
+        return np.stack([lo[a:b], up[a:b]], axis=1)
+    qs, starts = np.unique(q_arr, return_index=True)
+    ends = np.append(starts[1:], len(q_arr))
+    return {int(qq): np.stack([lo[a:b], up[a:b]], axis=1) for qq, a, b in zip(qs, starts, ends)}
 
 
 def extended_order(ds, q):

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .data import induced_relations, pad_sentences
+from .data import extended_order, induced_relations, pad_sentences
 from .errors import ConfigError
 
 __all__ = ["KINDS", "longest_chains", "is_unseen", "unseen_sentences", "Classification", "classify",
@@ -104,7 +104,7 @@ def unseen_sentences(ds, n, min_len=2, max_len=6, seed=0, targeted=0.5, max_trie
     q_rows = {int(q): B[ds.queries == q] for q in train_q}
     tops, belows = {}, {}
     for q in train_q.tolist():
-        less = longest_chains(induced_relations(ds, q), M) > 0
+        less = extended_order(ds, q)
         top = np.append(np.flatnonzero(less[q]), q)            # x_hat = q or q < x_hat ...
         top = top[less[:, top].any(axis=0)]                    # ... with something below it
         tops[q] = top if len(top) else np.flatnonzero(less.any(axis=0))
@@ -247,6 +247,3 @@ def closure_gaps(cls, K_star):
     gap = K_star[x, q][:, None] - K_star[np.where(valid, tok, 0), q[:, None]]   # (R, L)
     out[rows] = np.where(valid, gap - cls.chain[rows], np.nan)
     return out
-
-
-# ================================================================== report

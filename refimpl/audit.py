@@ -8,7 +8,7 @@ SymPy becomes NumPy); measured claims are fitted as the protocols of
 
 Verdicts: ``PASS``, ``FAIL`` or ``NOT APPLICABLE`` (a precondition does not
 hold; the reason is given). The report is a JSON-ready dict whose schema is
-documented in ``docs/audit.md`` (``schema: "refimpl/audit@1"``). A FAIL of a
+documented in ``docs/audit.md`` (``schema: "refimpl/audit@2"``). A FAIL of a
 certified claim is a bug or a finding; the command exits 1 then.
 """
 from __future__ import annotations
@@ -30,7 +30,7 @@ from .shift import longest_chains
 
 __all__ = ["AuditConfig", "run_audit", "format_table", "SCHEMA"]
 
-SCHEMA = "refimpl/audit@1"
+SCHEMA = "refimpl/audit@2"   # @2: non-finite numbers as "inf" / "-inf" / null (standard JSON)
 PASS, FAIL, NA = "PASS", "FAIL", "NOT APPLICABLE"
 
 # Relative slack of certified comparisons. Each bound is compared with a quantity
@@ -305,7 +305,7 @@ def _c11(ds, res):
 
 # ------------------------------------------------------------------ driver
 def run_audit(ds, config=None, progress=None):
-    """Train on ``ds`` and evaluate C1-C11; returns the report dict (schema ``refimpl/audit@1``)."""
+    """Train on ``ds`` and evaluate C1-C11; returns the report dict (schema ``refimpl/audit@2``)."""
     cfg = AuditConfig() if config is None else config
     validate(ds)
     tc = cfg.train_config().resolved(ds.vocab_size)

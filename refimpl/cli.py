@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from .errors import ConfigError, DatasetError
-from .io import check_out_dir
+from .io import check_out_dir, json_text
 
 EXIT_OK, EXIT_CLAIM_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -74,8 +74,7 @@ def _train_overrides(args):
 
 def _emit_run(args, summary, out, files):
     """Print a training summary as JSON on stdout and what was written on stderr."""
-    json.dump(summary, sys.stdout, indent=1, default=float)
-    sys.stdout.write("\n")
+    sys.stdout.write(json_text(summary))
     _note(args, f"wrote {', '.join(files)} to {out}/")
     return EXIT_OK
 
@@ -103,8 +102,7 @@ def cmd_audit(args):
     config = AuditConfig(**_train_overrides(args))
     report = run_audit(ds, config, progress=_progress(args))
     if args.json:
-        json.dump(report, sys.stdout, indent=1, default=float)
-        sys.stdout.write("\n")
+        sys.stdout.write(json_text(report))
     else:
         sys.stdout.write(format_table(report))
     if report["certified_failures"]:
@@ -120,8 +118,7 @@ def cmd_generalize(args):
     out = None if args.out is None else check_out_dir(args.out)
     ds = load_dataset(args.file)
     summary = run_generalize(ds, out_dir=out, **_train_overrides(args))
-    json.dump(summary, sys.stdout, indent=1, default=float)
-    sys.stdout.write("\n")
+    sys.stdout.write(json_text(summary))
     return EXIT_OK
 
 

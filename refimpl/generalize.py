@@ -28,12 +28,12 @@ The trained model is compared with the expected next tokens and with the
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 
 import numpy as np
 
 from .errors import ConfigError
+from .io import json_safe
 from .plots import figure_generalization
 from .prediction import _attention, predict, predict_limit
 from .shift import (KINDS, Classification, accuracies, classify, closure_gaps, is_unseen,  # noqa: F401
@@ -130,12 +130,6 @@ def _resolve_run(ds, result_or_weights, cfg):
         prov["replay_max_abs_deviation"] = float(np.max(np.abs(Ks[-1] - result_or_weights.W_kq)))
     prov["eta"] = eta
     return start.W_ov, list(zip(steps, Ks)), eta, prov
-
-
-def _nan_to_none(x):
-    if isinstance(x, float) and not np.isfinite(x):
-        return None
-    return x
 
 
 SERIES = ("closure_accuracy", "score_accuracy", "labelled_accuracy", "agreement_with_kstar",
@@ -240,19 +234,7 @@ def generalization_report(ds, result_or_weights=None, *, sentences=None, K_star=
         **reach,
         "final": {"step": steps[-1], **{k: v[-1] for k, v in series.items()}},
     }
-    return _jsonable(report)
-
-
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        return _nan_to_none(float(obj))
-    return obj
+    return json_safe(report)
 
 
 def run_generalize(ds, out_dir=None, **config):
@@ -264,7 +246,7 @@ def run_generalize(ds, out_dir=None, **config):
     summary dict (JSON-serializable): the report without the per-checkpoint lists, plus the
     resolved configuration.
     """
-    from .io import atomic_write_text, check_out_dir
+    from .io import atomic_write_text, check_out_dir, json_text
     from .train import TrainConfig
     out = None if out_dir is None else check_out_dir(out_dir)   # before training: fail fast
     cfg = GeneralizeConfig.from_kwargs(**config)
@@ -277,7 +259,7 @@ def run_generalize(ds, out_dir=None, **config):
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         figure_generalization(report, out / "generalization.png")
-        atomic_write_text(out / "generalization.json", json.dumps(report, indent=1) + "\n")
-        atomic_write_text(out / "config.json", json.dumps(dataclasses.asdict(cfg), indent=1) + "\n")
+        atomic_write_text(out / "generalization.json", json_text(report))
+        atomic_write_text(out / "config.json", json_text(dataclasses.asdict(cfg)))
         summary["outputs"] = sorted(p.name for p in out.glob("generalization.*")) + ["config.json"]
     return summary

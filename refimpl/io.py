@@ -1,4 +1,5 @@
-"""JSON file format ``refimpl/realizable-dataset@1`` (SPEC section 3) and atomic writes.
+"""JSON file format ``refimpl/realizable-dataset@1`` (SPEC section 3), atomic writes and the
+one JSON encoding of reports (:func:`json_safe`, :func:`json_text`).
 
 ::
 
@@ -12,6 +13,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -24,7 +26,7 @@ from .errors import ConfigError, FileFormatError
 FORMAT_TAG = "refimpl/realizable-dataset@1"
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
-__all__ = ["FORMAT_TAG", "load_dataset", "save_dataset", "dataset_to_dict", "dataset_from_dict",
+__all__ = ["json_safe", "json_text", "FORMAT_TAG", "load_dataset", "save_dataset", "dataset_to_dict", "dataset_from_dict",
            "atomic_write_text", "atomic_write_bytes", "check_out_dir"]
 
 
@@ -58,6 +60,26 @@ def check_out_dir(out_dir):
     if out.exists() and not out.is_dir():
         raise ConfigError(f"output folder {str(out)!r} exists and is not a directory")
     return out
+
+
+def json_safe(obj):
+    """Plain-Python copy of a report for standard JSON: dicts, lists and tuples recursively,
+    NumPy scalars as Python numbers, NaN as None and +-inf as the strings "inf" / "-inf"
+    (JSON has no non-finite numbers; Python's ``Infinity`` is not JSON)."""
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None if math.isnan(obj) else ("inf" if obj > 0 else "-inf")
+    return obj
+
+
+def json_text(obj):
+    """``json_safe(obj)`` as indented standard JSON text ending in a newline (reports, stdout)."""
+    return json.dumps(json_safe(obj), indent=1, allow_nan=False) + "\n"
 
 
 def atomic_write_text(path, text: str):

@@ -17,15 +17,13 @@ command-line handling (the CLI in :mod:`refimpl.cli` calls them).
 """
 from __future__ import annotations
 
-import json
-import math
 import time
 from dataclasses import asdict, dataclass
 
 from .data import validate
 from .errors import ConfigError
 from .generator import generate
-from .io import atomic_write_text, check_out_dir
+from .io import atomic_write_text, check_out_dir, json_safe, json_text
 from .plots import figure_six_panels
 from .train import TrainConfig, run_two_stage
 
@@ -61,25 +59,6 @@ class ReproduceConfig:
     def dataset(self):
         """The generated dataset (raises ConfigError for bad sizes)."""
         return generate(self.vocab_size, self.n_sentences, self.min_len, self.max_len, self.data_seed)
-
-
-def _json_value(v):
-    """JSON-safe scalar: NaN -> None, +-inf -> "inf" / "-inf" (JSON has no non-finite numbers)."""
-    if isinstance(v, float) and not math.isfinite(v):
-        return None if math.isnan(v) else ("inf" if v > 0 else "-inf")
-    return v
-
-
-def _json_text(obj):
-    def clean(o):
-        if isinstance(o, dict):
-            return {k: clean(v) for k, v in o.items()}
-        if isinstance(o, (list, tuple)):
-            return [clean(v) for v in o]
-        if hasattr(o, "item"):
-            o = o.item()
-        return _json_value(o)
-    return json.dumps(clean(obj), indent=1) + "\n"
 
 
 def summarize(result, ds, runtime=None):
@@ -122,9 +101,9 @@ def _run(ds, train_config, out_dir, progress, config_record):
     result.stage2.to_csv(out / "stage2.csv")
     figure_six_panels(result, out / "figure.png")
     summary["runtime_seconds"]["total"] = time.perf_counter() - start
-    atomic_write_text(out / "config.json", _json_text({**config_record, "train": resolved.to_dict()}))
-    atomic_write_text(out / "summary.json", _json_text(summary))
-    return json.loads(_json_text(summary))
+    atomic_write_text(out / "config.json", json_text({**config_record, "train": resolved.to_dict()}))
+    atomic_write_text(out / "summary.json", json_text(summary))
+    return json_safe(summary)
 
 
 def run_reproduce(config=None, out_dir="reproduce_out", progress=None):

@@ -1,5 +1,6 @@
 """``refimpl audit``: verdicts, the JSON schema, exit codes (issue 5)."""
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -57,8 +58,18 @@ def test_cli_audit_json_exit_0(capsys):
     code = main(["-q", "audit", str(DATA / "valid_small.json"), "--json", "--T0", "200", "--T", "500"])
     out, err = capsys.readouterr()
     assert code == 0, err
-    rep = json.loads(out)
+    def reject(name):                              # Infinity / NaN are not JSON
+        raise ValueError(f"non-standard JSON constant {name}")
+    rep = json.loads(out, parse_constant=reject)
     assert rep["schema"] == audit.SCHEMA and rep["certified_failures"] == []
+
+
+def test_json_text_is_standard_json():
+    """io.json_text: NaN -> null, +-inf -> "inf"/"-inf", NumPy scalars -> numbers, nested."""
+    from refimpl.io import json_text
+    text = json_text({"a": [np.float64(np.inf), -math.inf, math.nan], "b": (np.int64(3), 0.5)})
+    assert json.loads(text) == {"a": ["inf", "-inf", None], "b": [3, 0.5]}
+    assert "Infinity" not in text and "NaN" not in text
 
 
 def test_cli_audit_exits_1_when_a_certified_bound_fails(capsys, monkeypatch):

@@ -141,9 +141,3 @@ def test_check_orthonormal_and_token_coords():
     with pytest.raises(NonOrthonormalEmbeddingError):
         check_orthonormal(np.ones((3, M)))                    # d < M cannot be orthonormal
 
-
-def test_symbolic_gradient_formula():
-    """The formulas the model and kernels implement equal SymPy's derivative (proofs/derivations.py)."""
-    from proofs import derivations
-    assert derivations.check_gradient_formula(3, 2, [0, 1], 2)
-    assert derivations.check_gradient_formula(4, 3, [1, 1, 2], 0)

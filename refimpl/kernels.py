@@ -48,7 +48,7 @@ from .kernels_np import (attention_np, joint_grad_np, logits_np, normalize_np,  
 
 _PUBLIC = ("stage1_grad", "stage2_grad", "joint_grad", "stage2_loss", "normalize", "normalize_pair",
            "attention", "logits")
-__all__ = ["Stage2Direction", "compensated_step", "n_chunks", *_PUBLIC, *(n + "_np" for n in _PUBLIC)]
+__all__ = ["Stage1Direction", "Stage2Direction", "compensated_step", "n_chunks", *_PUBLIC, *(n + "_np" for n in _PUBLIC)]
 
 # Chunk counts (n_chunks), measured on the 2-vCPU VM (its vCPUs share one physical core, so
 # two threads give ~1.4-1.6x, not 2x): threads pay off from ~6000 token-columns of work
@@ -76,16 +76,22 @@ def n_chunks(N, Lmax, M, n_grads=1):
     return int(max(1, min(nc, cap, N)))
 
 
+def _transposed(O, M=None):
+    """O^T as a C-contiguous float64 copy, after checking O is (M, M) with M >= 2."""
+    O = np.asarray(O, dtype=np.float64)
+    M = O.shape[0] if M is None else M
+    if O.ndim != 2 or O.shape != (M, M) or M < 2:
+        raise ValueError(f"O must be square {(M, M)} with M >= 2, got shape {O.shape}")
+    return np.ascontiguousarray(O.T)
+
+
 class _Prepared:
-    """O^T and the int64 sentence arrays, converted once; ``drive(K, want_o, want_k, unit)``."""
+    """O^T and the int64 sentence arrays, converted once; ``drive(K, want_o, want_k, unit)``.
+    ``OT`` may be replaced between calls (stage 1 moves O)."""
 
     def __init__(self, O, tokens, lengths, ys, n_grads, chunks):
-        O = np.asarray(O, dtype=np.float64)
-        M = O.shape[0]
-        if O.ndim != 2 or O.shape != (M, M) or M < 2:
-            raise ValueError(f"O must be square with M >= 2, got shape {O.shape}")
-        self.M = M
-        self.OT = np.ascontiguousarray(O.T)
+        self.OT = _transposed(O)
+        self.M = M = self.OT.shape[0]
         self.tokens = np.ascontiguousarray(tokens, dtype=np.int64)
         self.lengths = np.ascontiguousarray(lengths, dtype=np.int64)
         self.ys = np.ascontiguousarray(ys, dtype=np.int64)
@@ -112,6 +118,31 @@ def _run(O, K, tokens, lengths, ys, want_o, want_k, chunks=None):
     return p.drive(K, want_o, want_k, False)[:5]
 
 
+class Stage1Direction:
+    """The stage-1 NGD direction of the collocation loss L0 (SPEC section 4), one compiled
+    call per step.
+
+    Prepared once from xs, ys : int64 (n_c,) = colloc_tokens, colloc_next and M: the
+    one-token sentences, their int64 arrays and the K they read (only K[x, x], and the
+    attention over one token is 1 whatever it is). ``direction(O)`` returns
+    (D (M, M), norm, log_scale, loss, log10_loss) with D = GOs / ||GOs||_F, GOs the
+    scale-free dL0/dO of :func:`stage1_grad`; D is zero and norm 0.0 for a zero gradient.
+    """
+
+    def __init__(self, xs, ys, M):
+        xs = np.ascontiguousarray(xs, dtype=np.int64)
+        self._K = np.zeros((M, M))
+        self._p = _Prepared(self._K, xs[:, None], np.ones(len(xs), dtype=np.int64), ys, 1, 1)
+
+    def _drive(self, O, unit):
+        self._p.OT = _transposed(O, self._p.M)
+        GO, _, log_scale, loss, log10_loss, norm = self._p.drive(self._K, True, False, unit)
+        return GO, norm, log_scale, loss, log10_loss
+
+    def direction(self, O):
+        return self._drive(O, True)
+
+
 def stage1_grad(O, xs, ys):
     """Collocation loss L0 and its scale-free gradient (SPEC section 4).
 
@@ -119,12 +150,7 @@ def stage1_grad(O, xs, ys):
     Returns (Gs (M, M), log_scale, loss, log10_loss), dL0/dO = exp(log_scale) * Gs,
     log_scale = -max(min_x margin_x, 0).
     """
-    xs = np.ascontiguousarray(xs, dtype=np.int64)
-    ones = np.ones(len(xs), dtype=np.int64)
-    # one-token sentences read only K[x, x] (attention is 1): any K will do
-    M = len(O)
-    K = np.zeros((M, M))
-    GO, _, log_scale, loss, log10_loss = _run(O, K, xs[:, None], ones, ys, True, False, 1)
+    GO, _, log_scale, loss, log10_loss = Stage1Direction(xs, ys, len(O))._drive(O, False)
     return GO, log_scale, loss, log10_loss
 
 

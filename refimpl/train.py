@@ -228,23 +228,16 @@ def _ngd(iterates, eta, T, sched, evaluate, record, bar, base, callback=None):
     return "completed"
 
 
-def _single(Gs):
-    """Direction thunk of one scale-free gradient."""
-    def directions():
-        D, nrm = kernels.normalize(Gs)
-        return [D], nrm
-    return directions
-
-
 def _stage1(ds, cfg, O0, O_hat, bar, base):
     xs, ys = ds.colloc_tokens, ds.colloc_next
     sched = record_steps(cfg.T0, cfg.record_dense_limit, cfg.record_points)
     traj = Trajectory(STAGE1_COLUMNS, len(sched) + 1)
     it = _Compensated(O0)
+    step_direction = kernels.Stage1Direction(xs, ys, len(O0))
 
     def evaluate(O):
-        Gs, _, loss, log10_loss = kernels.stage1_grad(O, xs, ys)
-        return loss, log10_loss, _single(Gs)
+        D, nrm, _, loss, log10_loss = step_direction.direction(O)
+        return loss, log10_loss, lambda: ([D], nrm)
 
     def record(t, O, loss, log10_loss):
         traj.append(step=t, loss=loss, log10_loss=log10_loss, **stage1_metrics(O, O0, O_hat, xs, ys))

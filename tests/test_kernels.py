@@ -335,6 +335,24 @@ def test_stage2_direction_is_the_normalized_stage2_gradient(chunks):
         sd.direction(np.zeros((M, M + 1)))
 
 
+def test_stage1_direction_is_the_normalized_stage1_gradient():
+    """Stage1Direction.direction(O) = normalize(stage1_grad(O)) with the same loss; the norm
+    is summed over O^T's layout there, so the two agree to rounding (4 ulp), not bit for bit."""
+    M = 9
+    rng = np.random.default_rng(10)
+    xs, ys = np.arange(M), rng.permutation(M)
+    sd = kn.Stage1Direction(xs, ys, M)
+    for O in (rng.standard_normal((M, M)), 50.0 * rng.standard_normal((M, M))):
+        D, norm, log_scale, loss, log10_loss = sd.direction(O)
+        G, ls2, l2, l10 = kn.stage1_grad(O, xs, ys)
+        D2, n2 = kn.normalize(G)
+        np.testing.assert_allclose(D, D2, rtol=0, atol=4 * 2.0 ** -53)
+        assert norm == pytest.approx(n2, rel=4 * 2.0 ** -53)
+        assert (log_scale, loss, log10_loss) == (ls2, l2, l10)
+    with pytest.raises(ValueError, match="must be square"):
+        sd.direction(np.zeros((M, M - 1)))
+
+
 def test_compensated_step_is_the_kahan_update():
     """compensated_step: y = -eta D - c, W' = W + y, c' = (W' - W) - y, bit for bit against
     the same formula in NumPy (what the trainer did before this kernel)."""

@@ -62,7 +62,7 @@ def kkt_residuals(G, k, alpha):
         return dict(primal=0.0, dual=0.0, stationarity=float(np.linalg.norm(k)), slackness=0.0)
     slack = G @ k - 1.0
     Ga = G.T @ alpha
-    tiny = np.finfo(np.float64).tiny
+    tiny = _TINY
     return dict(
         primal=float(max(0.0, -slack.min())),
         dual=float(max(0.0, -alpha.min()) / max(np.abs(alpha).max(), tiny)),
@@ -102,7 +102,7 @@ def _nnls(A, b):
     passive set P, and x_P the (positive) least-squares solution on P.
     """
     p, m = A.shape
-    tol = 10 * np.finfo(np.float64).eps * np.abs(A).sum(axis=0).max() * max(p, m)
+    tol = 10 * _EPS * np.abs(A).sum(axis=0).max() * max(p, m)
     x = nnls(A, b, maxiter=50 * (p + m))[0]
     P = x > 0
     x[~P] = 0.0
@@ -159,7 +159,7 @@ def least_distance(G, *, tol=KKT_TOL):
     f[n] = 1.0
     u = _nnls(E, f)
     rr = 1.0 - u.sum()                       # = -r_{n+1} = ||r||^2 = 1 / (1 + ||k||^2)
-    if rr <= 64 * np.finfo(np.float64).eps:
+    if rr <= 64 * _EPS:
         raise InfeasibleError(
             f"G k >= 1 is infeasible ({m} rows): nonnegative weights u with G^T u = 0 and "
             f"sum(u) = 1 exist, on rows {np.flatnonzero(u > 1e-12).tolist()}", farkas=u / u.sum())

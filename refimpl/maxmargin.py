@@ -30,7 +30,7 @@ from .ldp import (KKT_TOL, CertificateError, InfeasibleError, _fit_alpha,  # noq
 __all__ = [
     "CertificateError", "InfeasibleError", "ColumnCertificate", "Certificate",
     "least_distance", "kkt_residuals", "certify",
-    "w_ov_star", "w_kq_star", "gamma_ov", "gamma_kq", "normalized_distance", "cosine",
+    "w_ov_star", "w_kq_star",
     "log_loss", "stage2_floor",
 ]
 
@@ -200,30 +200,3 @@ def w_kq_star(ds):
     cert = certify(K, rows, alphas, problem="W_kq*")
     cert.check()
     return K, cert
-
-
-def gamma_ov(ds):
-    """gamma_ov = 1 / ||W_ov*||_F = sqrt(M / (n_c (M - 1))) (C1)."""
-    return 1.0 / np.linalg.norm(w_ov_star(ds)[0])
-
-
-def gamma_kq(ds):
-    """gamma_kq = 1 / ||W_kq*||_F (inf if the dataset has no attention constraint)."""
-    norm = np.linalg.norm(w_kq_star(ds)[0])
-    return np.inf if norm == 0 else 1.0 / norm
-
-
-def cosine(W, W_star):
-    """<W, W*> / (||W|| ||W*||); NaN if either is zero (the direction is undefined)."""
-    a, b = np.linalg.norm(W), np.linalg.norm(W_star)
-    if a == 0 or b == 0:
-        return float("nan")
-    return float(np.vdot(W, W_star) / (a * b))
-
-
-def normalized_distance(W, W_star):
-    """|| W/||W|| - W*/||W*|| ||_F (= sqrt(2 - 2 cos)); NaN if either is zero."""
-    a, b = np.linalg.norm(W), np.linalg.norm(W_star)
-    if a == 0 or b == 0:
-        return float("nan")
-    return float(np.linalg.norm(np.asarray(W) / a - np.asarray(W_star) / b))

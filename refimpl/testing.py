@@ -74,11 +74,6 @@ def _rebuild(ds, *, vocab_size=None, collocation=None, sentences=None, next_toke
         ds.orders if orders == "keep" else orders)
 
 
-def _with_supplied_induced(ds):
-    """The same data with orders supplied as exactly the induced relations."""
-    return _rebuild(ds, orders=induced_relations(ds))
-
-
 def _fresh(ds, k):
     """k new token ids (M, M+1, ...) and the enlarged vocabulary size."""
     M = ds.vocab_size

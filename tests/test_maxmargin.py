@@ -71,7 +71,7 @@ def test_c1_closed_form_equals_solution(M, n_c, seed):
         assert np.abs(c_sv.alpha - 1.0 / M).max() <= 1e-12   # unique: the M-1 rows are independent
     nc = len(ds.colloc_tokens)
     assert np.sum(O_cf ** 2) == pytest.approx(nc * (M - 1) / M, rel=1e-14)   # a sum of nc*M squares
-    assert mm.gamma_ov(ds) == pytest.approx(np.sqrt(M / (nc * (M - 1))), rel=1e-14)
+    assert 1 / np.linalg.norm(O_cf) == pytest.approx(np.sqrt(M / (nc * (M - 1))), rel=1e-14)  # gamma_ov
 
 
 def test_c1_closed_form_multipliers_are_kkt():
@@ -214,14 +214,19 @@ def test_kq_certified_at_benchmark_sizes(M, N):
     assert cert.ok, cert.worst()
 
 
-def test_cosine_and_distance():
-    """||W/|W| - W*/|W*| ||^2 = 2 - 2 cos; scale-free; NaN for a zero matrix (no direction)."""
+def test_direction_metrics():
+    """trajectory.direction_metrics: ||W/|W| - W*/|W*| ||^2 = 2 - 2 cos = 2 (1 - cos) with
+    1 - cos from the distance; scale-free; NaN for a zero matrix (no direction)."""
+    from refimpl.trajectory import direction_metrics
     rng = np.random.default_rng(0)
     A, B = rng.normal(size=(5, 5)), rng.normal(size=(5, 5))
-    c, d = mm.cosine(A, B), mm.normalized_distance(A, B)
-    assert d ** 2 == pytest.approx(2 - 2 * c, rel=1e-12)
-    assert mm.normalized_distance(3 * A, A) <= 1e-15 and mm.cosine(3 * A, A) == pytest.approx(1, abs=1e-15)
-    assert np.isnan(mm.cosine(0 * A, B)) and np.isnan(mm.normalized_distance(0 * A, B))
+    B_hat = B / np.linalg.norm(B)
+    c, omc, d = direction_metrics(A, B_hat)
+    assert c == pytest.approx(np.sum(A * B) / (np.linalg.norm(A) * np.linalg.norm(B)), rel=1e-14)
+    assert d ** 2 == pytest.approx(2 - 2 * c, rel=1e-12) and omc == pytest.approx(1 - c, rel=1e-12)
+    c3, omc3, d3 = direction_metrics(3 * A, A / np.linalg.norm(A))
+    assert d3 <= 1e-15 and omc3 <= 1e-30 and c3 == pytest.approx(1, abs=1e-15)
+    assert all(np.isnan(v) for v in direction_metrics(0 * A, B_hat))
 
 
 # ------------------------------------------------------------------ floor

@@ -22,7 +22,7 @@ import numpy as np
 from proofs import claims as registry
 from proofs import numeric as bounds
 
-from .data import induced_relations, validate
+from .data import ensure_valid, induced_relations
 from .maxmargin import w_ov_star
 from .train import TrainConfig, run_two_stage
 from .rates import fit_exponential_rate, fit_linear_slope, fit_power_law
@@ -307,7 +307,7 @@ def _c11(ds, res):
 def run_audit(ds, config=None, progress=None):
     """Train on ``ds`` and evaluate C1-C11; returns the report dict (schema ``refimpl/audit@2``)."""
     cfg = AuditConfig() if config is None else config
-    validate(ds)
+    ensure_valid(ds)
     tc = cfg.train_config().resolved(ds.vocab_size)
     start = time.perf_counter()
     res = run_two_stage(ds, tc, progress=progress)

@@ -40,7 +40,7 @@ from .errors import (
     TokenOutOfRangeError,
 )
 
-__all__ = ["RealizableDataset", "validate", "transitive_closure", "training_relations", "induced_relations",
+__all__ = ["RealizableDataset", "validate", "ensure_valid", "transitive_closure", "training_relations", "induced_relations",
            "extended_order", "pad_sentences"]
 
 
@@ -110,8 +110,7 @@ class RealizableDataset:
 
     # ------------------------------------------------------- derived (valid)
     def _require_valid(self):
-        if not self._valid:
-            validate(self)
+        ensure_valid(self)
 
     @cached_property
     def colloc(self):
@@ -358,6 +357,13 @@ def _check_supplied(ds, q_arr, lo, up, sent_idx):
                 f"sentence {i} {sent.tolist()} (query {q}): optimal token {up[j]} (n = next token "
                 f"{ds.next_tokens[i]}) but the supplied order of query {q} does not have {lo[j]} < {up[j]}",
                 sentence=i, tokens=sent, query=q, relation=(int(lo[j]), int(up[j])))
+
+
+def ensure_valid(ds):
+    """:func:`validate` unless ``ds`` already passed it (a dataset validates once, however
+    many entry points it goes through: loading, training, the audit)."""
+    if not ds._valid:
+        validate(ds)
 
 
 def validate(ds):

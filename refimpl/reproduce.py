@@ -20,7 +20,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass
 
-from .data import validate
+from .data import ensure_valid
 from .errors import ConfigError
 from .generator import generate
 from .io import atomic_write_text, check_out_dir, json_safe, json_text
@@ -91,7 +91,7 @@ def summarize(result, ds, runtime=None):
 def _run(ds, train_config, out_dir, progress, config_record):
     """Shared body of run_reproduce / run_train: check, train, then write the five files."""
     out = check_out_dir(out_dir)
-    validate(ds)
+    ensure_valid(ds)
     resolved = train_config.resolved(ds.vocab_size)  # raises ConfigError before anything is written
     start = time.perf_counter()
     result = run_two_stage(ds, resolved, progress=progress)

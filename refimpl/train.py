@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass, field, replace
 import numpy as np
 
 from . import kernels
-from .data import validate
+from .data import ensure_valid
 from .errors import ConfigError
 from .maxmargin import stage2_floor, w_kq_star, w_ov_star
 from .trajectory import (JOINT_COLUMNS, STAGE1_COLUMNS, STAGE2_COLUMNS, ExcessLoss, Trajectory, accuracy,
@@ -289,7 +289,7 @@ def _init_pair(cfg, M, W_ov0, W_kq0):
 
 def run_two_stage(ds, config, *, W_ov0=None, W_kq0=None, W_ov=None, progress=None, stage2_callback=None):
     """Algorithm 1 with a :class:`TrainConfig`; see :func:`train_two_stage`."""
-    validate(ds)
+    ensure_valid(ds)
     M = ds.vocab_size
     cfg = config.resolved(M)
     O0, K0 = _init_pair(cfg, M, W_ov0, W_kq0)
@@ -370,7 +370,7 @@ def train_joint(ds, eta=None, T=1000, init="zero", seed=0, *, init_scale=0.1, d=
     full loss L (no collocation stage). Parameters as in :func:`train_two_stage`.
     Returns a :class:`JointResult`.
     """
-    validate(ds)
+    ensure_valid(ds)
     M = ds.vocab_size
     cfg = TrainConfig(eta=eta, T0=0, T=T, d=d, init=init, init_scale=init_scale, seed=seed,
                       record_dense_limit=record_dense_limit, record_points=record_points).resolved(M)

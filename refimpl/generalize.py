@@ -81,10 +81,10 @@ def _train_kwargs(cfg):
 def _stage2_path(ds, O, K0, eta, steps, t0=0):
     """K_t at each of the sorted ``steps`` (all >= t0) of stage 2 with W_ov = O fixed, K_{t0} = K0.
 
-    One stage-2 run from ``K_{t0}`` to the last step (NGD has no state besides the
-    iterate), keeping copies of the iterates at ``steps`` through the trainer's callback.
+    One stage-2 replay from ``K_{t0}`` to the last step (NGD has no state besides the
+    iterate), keeping copies of the iterates at ``steps``.
     """
-    from .train import train_two_stage
+    from .train import stage2_replay
     wanted = {int(s) - int(t0) for s in steps}
     kept = {}
 
@@ -92,11 +92,7 @@ def _stage2_path(ds, O, K0, eta, steps, t0=0):
         if t in wanted:
             kept[t] = K.copy()
 
-    last = max(wanted, default=0)
-    if last > 0:
-        train_two_stage(ds, eta=eta, T=last, init="given", W_kq0=np.asarray(K0, dtype=np.float64), W_ov=O,
-                        progress=False, record_dense_limit=0, record_points=2, stage2_callback=keep)
-    kept.setdefault(0, np.array(K0, dtype=np.float64))
+    stage2_replay(ds, O, np.asarray(K0, dtype=np.float64), eta, max(wanted, default=0), keep)
     return [kept[int(s) - int(t0)] for s in steps]
 
 
@@ -104,6 +100,7 @@ def _resolve_run(ds, result_or_weights, cfg):
     """The run to evaluate, for the forms accepted by :func:`generalization_report`:
     ``(O, checkpoints, eta, provenance)`` where ``checkpoints`` is a list of (step, K) and
     ``eta`` is the stage-2 step size to train further between checkpoints (None: fixed checkpoints)."""
+    from .train import _init_pair, train_two_stage
     from .trajectory import record_steps
     if isinstance(result_or_weights, tuple) and len(result_or_weights) == 2:
         O, Ks = result_or_weights
@@ -111,25 +108,24 @@ def _resolve_run(ds, result_or_weights, cfg):
             return np.asarray(O, dtype=np.float64), [(None, Ks)], None, {"source": "weights"}
         return (np.asarray(O, dtype=np.float64), [(int(s), np.asarray(K)) for s, K in Ks], None,
                 {"source": "checkpoints"})
-    from .train import train_two_stage
     if result_or_weights is None:
         start = train_two_stage(ds, T=0, progress=False, **_train_kwargs(cfg))
+        O, K0, eta = start.W_ov, start.W_kq, start.config.eta
         T, prov = cfg.T, {"source": "trained", "T0": cfg.T0, "T": cfg.T}
     else:
-        rc = result_or_weights.config
+        rc = result_or_weights.config                  # resolved: eta and d filled in
         if rc.init == "given":
             raise ConfigError("cannot replay stage 2 of a run with init='given'; pass "
                               "(W_ov, [(step, W_kq), ...]) checkpoints instead")
-        start = train_two_stage(ds, eta0=rc.eta0, eta=rc.eta, T0=rc.T0, T=0, init=rc.init, seed=rc.seed,
-                                init_scale=rc.init_scale, d=rc.d, progress=False)
+        # stage 1's output is in the result; K_0 is the seeded initialization
+        O, K0, eta = result_or_weights.W_ov, _init_pair(rc, ds.vocab_size, None, None)[1], rc.eta
         T, prov = rc.T, {"source": "replayed TrainResult", "T0": rc.T0, "T": rc.T}
-    eta = start.config.eta
     steps = record_steps(T, cfg.dense_limit, cfg.n_points).tolist()
-    Ks = _stage2_path(ds, start.W_ov, start.W_kq, eta, steps)
+    Ks = _stage2_path(ds, O, K0, eta, steps)
     if result_or_weights is not None:
         prov["replay_max_abs_deviation"] = float(np.max(np.abs(Ks[-1] - result_or_weights.W_kq)))
     prov["eta"] = eta
-    return start.W_ov, list(zip(steps, Ks)), eta, prov
+    return O, list(zip(steps, Ks)), eta, prov
 
 
 SERIES = ("closure_accuracy", "score_accuracy", "labelled_accuracy", "agreement_with_kstar",

@@ -272,6 +272,24 @@ def _stage2(ds, cfg, O, K0, K_hat, excess, bar, base, callback=None):
     return it.W, traj.finish(), reason
 
 
+def stage2_replay(ds, O, K0, eta, T, callback):
+    """Stage 2 of Algorithm 1 again, and nothing else: W_ov = O fixed, K from ``K0``, step
+    size ``eta``, calling ``callback(t, K_t)`` for t = 0..T (it stops after an exactly zero
+    gradient, as the trainer does). The same per-step path as :func:`train_two_stage`
+    (Stage2Direction, Kahan update), so the iterates are the trainer's bit for bit; no
+    max-margin solves, floor or metrics. ``ds`` must be valid; O, K0 : float64 (M, M)."""
+    direction = kernels.Stage2Direction(O, ds.tokens, ds.lengths, ds.next_tokens)
+    it = _Compensated(K0)
+    for t in range(T + 1):
+        callback(t, it.W)
+        if t == T:
+            return
+        D, nrm, _, _, _ = direction.direction(it.W)
+        if nrm == 0.0:
+            return
+        it.step(D, eta)
+
+
 def _init_pair(cfg, M, W_ov0, W_kq0):
     if cfg.init != "given" and (W_ov0 is not None or W_kq0 is not None):
         raise ConfigError(f"W_ov0 / W_kq0 were passed but init={cfg.init!r}; use init='given'")

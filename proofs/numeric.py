@@ -178,6 +178,15 @@ def c8_sentence_gap(O, tokens, y, x_star):
     return float(g.min() - O[:, x_star] @ r)
 
 
+def c8_sentence_gaps(O, tokens, lengths, ys, optimal):
+    """C8: :func:`c8_sentence_gap` of every sentence of a padded batch: float (N,).
+
+    tokens : ints (N, Lmax) padded; lengths, ys, optimal : ints (N,) (x* per sentence).
+    """
+    return np.array([c8_sentence_gap(O, tokens[i, :lengths[i]], int(ys[i]), int(optimal[i]))
+                     for i in range(len(lengths))])
+
+
 def c8_constant(gaps, lengths):
     """C8: ``c8 = (1/N) min_i Delta_i / L_i`` over sentences with a constraint.
 

@@ -214,11 +214,6 @@ def _c7(ds, res):
                 "||K_t - K_0|| <= eta t at every recorded t; growth slope fitted over the last half")
 
 
-def _gaps(ds, O):
-    return np.array([bounds.c8_sentence_gap(O, ds.tokens[i, :ds.lengths[i]], int(ds.next_tokens[i]),
-                                            int(ds.optimal[i])) for i in range(ds.n_sentences)])
-
-
 def _c8(ds, res, gaps, weak):
     s2, cfg = res.stage2, res.config
     c8 = bounds.c8_constant(gaps, ds.lengths)
@@ -311,7 +306,7 @@ def run_audit(ds, config=None, progress=None):
     tc = cfg.train_config().resolved(ds.vocab_size)
     start = time.perf_counter()
     res = run_two_stage(ds, tc, progress=progress)
-    gaps = _gaps(ds, res.W_ov)
+    gaps = bounds.c8_sentence_gaps(res.W_ov, ds.tokens, ds.lengths, ds.next_tokens, ds.optimal)
     rows = [_c1(ds, res), _c2(ds, res), _c3(ds, res), _c4(ds, res), _c5(ds, res, cfg), _c6(ds, res),
             _c7(ds, res)]
     c10, weak = _c10(ds, res, gaps)

@@ -56,8 +56,7 @@ def _stage1(ds, init, eta0, T0):
 
 def _sentence_gaps(ds, O):
     """numeric.c8_sentence_gap of every sentence: float (N,)."""
-    return np.array([numeric.c8_sentence_gap(O, ds.tokens[i, :ds.lengths[i]], ds.next_tokens[i],
-                                             ds.optimal[i]) for i in range(ds.n_sentences)])
+    return numeric.c8_sentence_gaps(O, ds.tokens, ds.lengths, ds.next_tokens, ds.optimal)
 
 
 # ------------------------------------------------------------------------------------ C2

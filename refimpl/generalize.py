@@ -34,8 +34,9 @@ import numpy as np
 
 from .errors import ConfigError
 from .io import json_safe
+from .kernels import attention
 from .plots import figure_generalization
-from .prediction import _attention, predict, predict_limit
+from .prediction import predict, predict_limit
 from .shift import (KINDS, Classification, accuracies, classify, closure_gaps, is_unseen,  # noqa: F401
                     longest_chains, unseen_sentences)
 
@@ -178,7 +179,7 @@ def generalization_report(ds, result_or_weights=None, *, sentences=None, K_star=
     def evaluate(K):
         pred, _ = predict(O, K, (cls.tokens, cls.lengths))
         acc = accuracies(cls, pred, ref)
-        phi, _ = _attention(np.asarray(K, dtype=np.float64), cls.tokens, cls.lengths)
+        phi = attention(K, cls.tokens, cls.lengths)
         mass = (phi * at_hat).sum(axis=1)                              # (N,)
         att = {k: float(mass[cls.kind == k].mean()) if np.any(cls.kind == k) else float("nan")
                for k in ("closure", "score")}

@@ -278,9 +278,13 @@ def attention(K, tokens, lengths):
                       np.ascontiguousarray(lengths, dtype=np.int64))
 
 
-def logits(O, K, tokens, lengths):
-    """z : float64 (N, M), z_i = sum_l phi_il O[:, x_il] (prediction = argmax over axis 1)."""
+def logits(O, K, tokens, lengths, phi=None):
+    """z : float64 (N, M), z_i = sum_l phi_il O[:, x_il] (prediction = argmax over axis 1).
+
+    phi : float64 (N, Lmax) attention to use instead of :func:`attention` of K (for
+    example the c -> infinity limit, or one already computed); K is then not read.
+    """
     tokens = np.ascontiguousarray(tokens, dtype=np.int64)
     lengths = np.ascontiguousarray(lengths, dtype=np.int64)
-    phi = attention(K, tokens, lengths)
+    phi = attention(K, tokens, lengths) if phi is None else np.ascontiguousarray(phi, dtype=np.float64)
     return _logits(np.ascontiguousarray(np.asarray(O, dtype=np.float64).T), phi, tokens, lengths)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import kernels
 from .data import pad_sentences
 from .errors import ConfigError
 
@@ -14,31 +15,19 @@ __all__ = ["predict", "predict_limit"]
 
 
 # ================================================================ prediction
-def _attention(K, tokens, lengths, limit_tol=None):
-    """Attention phi (N, L) on the positions (0 on padding) and the queries q (N,).
-
-    phi = softmax_l(K[x_l, q]) (SPEC section 2), shifted by the row maximum; with ``limit_tol``
-    instead the c -> infinity limit of softmax(c s): uniform over positions with
-    s_l >= max s - limit_tol.
-    """
+def _limit_attention(K, tokens, lengths, tol):
+    """The c -> infinity limit of softmax_l(c K[x_l, q]): uniform over the positions with
+    s_l >= max s - tol, 0 elsewhere and on padding. float64 (N, Lmax)."""
     N = tokens.shape[0]
     q = tokens[np.arange(N), lengths - 1]
     valid = np.arange(tokens.shape[1])[None, :] < lengths[:, None]
     s = np.where(valid, K[np.where(valid, tokens, 0), q[:, None]], -np.inf)   # (N, L)
-    if limit_tol is None:
-        phi = np.exp(s - s.max(axis=1, keepdims=True))                         # exp(-inf) = 0
-    else:
-        phi = (s >= s.max(axis=1, keepdims=True) - limit_tol).astype(np.float64)
-    return phi / phi.sum(axis=1, keepdims=True), q
+    phi = (s >= s.max(axis=1, keepdims=True) - tol).astype(np.float64)
+    return phi / phi.sum(axis=1, keepdims=True)
 
 
-def _output(O, phi, tokens):
-    """Prediction argmax_v z_v (N,) and softmax(z) (N, M) for z = sum_l phi[n, l] O[:, tokens[n, l]]."""
-    safe = np.where(tokens >= 0, tokens, 0)
-    OT = np.ascontiguousarray(O.T)                             # row u is the column O[:, u]
-    z = np.zeros((tokens.shape[0], O.shape[0]))                # (N, M), one position at a time
-    for l in range(tokens.shape[1]):
-        z += phi[:, l, None] * OT[safe[:, l]]
+def _output(z):
+    """Prediction argmax_v z_v (N,) and softmax(z) (N, M), shifted by the row maximum."""
     p = np.exp(z - z.max(axis=1, keepdims=True))
     p /= p.sum(axis=1, keepdims=True)
     return np.argmax(z, axis=1).astype(np.int64), p
@@ -70,8 +59,7 @@ def predict(W_ov, W_kq, sentences):
     probs : float64 (N, M), softmax(z) computed stably (shifted by the row maximum)
     """
     O, K, tokens, lengths = _as_pair(W_ov, W_kq, sentences)
-    phi, _ = _attention(K, tokens, lengths)
-    return _output(O, phi, tokens)
+    return _output(kernels.logits(O, K, tokens, lengths))
 
 
 def predict_limit(W_ov, W_kq, sentences, tol=1e-9):
@@ -81,5 +69,4 @@ def predict_limit(W_ov, W_kq, sentences, tol=1e-9):
     Same shapes and returns as :func:`predict`.
     """
     O, K, tokens, lengths = _as_pair(W_ov, W_kq, sentences)
-    phi, _ = _attention(K, tokens, lengths, limit_tol=tol)
-    return _output(O, phi, tokens)
+    return _output(kernels.logits(O, None, tokens, lengths, phi=_limit_attention(K, tokens, lengths, tol)))

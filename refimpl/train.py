@@ -260,8 +260,9 @@ def _stage2(ds, cfg, O, K0, K_hat, excess, bar, base, callback=None):
 
     def record(t, K, loss, log10_loss):
         cos, omc, dist = direction_metrics(K, K_hat)
-        z = kernels.logits(O, K, tokens, lengths)  # (N, M)
-        ex, log10_ex = excess(K, z)
+        phi = kernels.attention(K, tokens, lengths)  # (N, Lmax), once for both uses
+        z = kernels.logits(O, None, tokens, lengths, phi=phi)  # (N, M)
+        ex, log10_ex = excess(phi, z)
         traj.append(step=t, loss=loss, log10_loss=log10_loss, norm=np.linalg.norm(K),
                     dist_from_init=np.linalg.norm(K - K0), cos_to_star=cos, one_minus_cos=omc,
                     normalized_distance=dist, attention_margin=attention_margin(K, constraints),

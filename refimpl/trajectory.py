@@ -21,7 +21,6 @@ import math
 
 import numpy as np
 
-from . import kernels
 from .data import training_relations
 from .io import atomic_write_text
 from .maxmargin import log_loss
@@ -226,7 +225,7 @@ class ExcessLoss:
     def __init__(self, ds, O, floor, vertex, log_floor):
         """vertex : bool (N,), perfect attention is optimal; log_floor : (N,) per-sentence log-floors."""
         N = ds.n_sentences
-        self.ds, self.floor = ds, float(floor)
+        self.floor = float(floor)
         self.y, self.idx = ds.next_tokens, np.arange(N)
         self.vertex = np.asarray(vertex, dtype=bool)
         self.floor_i = np.exp(np.asarray(log_floor, dtype=np.float64))  # (N,) per-sentence floors
@@ -240,10 +239,10 @@ class ExcessLoss:
         self.eb = np.exp(b - c[:, None])  # (N, M): exp(z*_v - z*_y - c), 0 at v = y
         self.denom = np.exp(-c) + self.eb.sum(axis=1)  # (N,): (1 + S*) e^{-c}
 
-    def __call__(self, K, z):
+    def __call__(self, phi, z):
         """Excess loss ``L(O, K) - L_floor(O)`` and its log10, without cancellation.
 
-        z : float64 (N, M), the logits at K. For a sentence whose floor is the
+        phi : float64 (N, Lmax), the attention at K; z : float64 (N, M), the logits at K. For a sentence whose floor is the
         perfect-attention vertex, ``floor_i = log1p(S*_i)``,
         ``S*_i = sum_{v != y} exp(z*_v - z*_y)`` and ``loss_i = log1p(S_i)``. With
         ``z - z* = sum_l phi_l (O[:, x_l] - O[:, x*])`` (positions of x* add 0, so this
@@ -254,8 +253,6 @@ class ExcessLoss:
         (far from its floor, no cancellation) or whose floor is inside the simplex
         uses ``loss_i - floor_i`` directly.
         """
-        ds = self.ds
-        phi = kernels.attention(K, ds.tokens, ds.lengths)  # (N, Lmax)
         dz = np.zeros_like(self.zs)  # (N, M): z - z*, one position at a time (no N x L x M array)
         for l in range(phi.shape[1]):
             dz += phi[:, l, None] * (self.OT[self.safe[:, l]] - self.zs)

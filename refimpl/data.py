@@ -45,8 +45,12 @@ __all__ = ["RealizableDataset", "validate", "ensure_valid", "transitive_closure"
 
 
 def pad_sentences(sentences):
-    """Ragged sequences of ints -> (tokens int64 (N, Lmax) padded with -1, lengths int64 (N,))."""
-    if isinstance(sentences, tuple) and len(sentences) == 2 and isinstance(sentences[0], np.ndarray):
+    """Ragged sequences of ints -> (tokens int64 (N, Lmax) padded with -1, lengths int64 (N,)).
+
+    A tuple ``(tokens (N, Lmax), lengths (N,))`` of arrays is taken as already padded; a
+    tuple of two 1-D arrays is two sentences."""
+    if (isinstance(sentences, tuple) and len(sentences) == 2 and isinstance(sentences[0], np.ndarray)
+            and sentences[0].ndim == 2):
         tokens, lengths = sentences
         return np.ascontiguousarray(tokens, dtype=np.int64), np.ascontiguousarray(lengths, dtype=np.int64)
     seqs = [np.asarray(s, dtype=np.int64).ravel() for s in sentences]

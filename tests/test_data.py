@@ -8,7 +8,7 @@ from hypothesis import given, strategies as st
 
 import refimpl as ri
 from refimpl import errors
-from refimpl.data import RealizableDataset, induced_relations, transitive_closure
+from refimpl.data import RealizableDataset, induced_relations, pad_sentences, transitive_closure
 from refimpl.testing import CORRUPTION_KINDS, corrupted_datasets, realizable_datasets
 
 
@@ -171,6 +171,14 @@ def test_partial_collocation_keeps_lengths_in_range(lo, hi):
         assert lo <= ds.lengths.min() and ds.lengths.max() <= hi
         single = ds.lengths == 1
         assert single.any() and np.all(ds.colloc[ds.tokens[single, 0]] >= 0)
+
+
+def test_two_sentences_given_as_1d_arrays_are_not_taken_as_padded():
+    """pad_sentences: (array, array) of 1-D sentences is two sentences, (2-D, 1-D) is padded."""
+    tokens, lengths = pad_sentences((np.array([0, 1, 4]), np.array([1, 2])))
+    assert tokens.tolist() == [[0, 1, 4], [1, 2, -1]] and lengths.tolist() == [3, 2]
+    again = pad_sentences((tokens, lengths))
+    assert np.array_equal(again[0], tokens) and np.array_equal(again[1], lengths)
 
 
 def test_large_generation_is_valid():

@@ -27,6 +27,11 @@ __all__ = [
     "NonOrthonormalEmbeddingError",
     "FileFormatError",
     "ConfigError",
+    "ResourceError",
+    "InputError",
+    "ShapeError",
+    "NonFiniteError",
+    "SentenceInputError",
 ]
 
 
@@ -84,3 +89,38 @@ class FileFormatError(DatasetError):
 
 class ConfigError(ValueError):
     """A training or generation parameter is out of its domain (step size, step count, sizes)."""
+
+
+class ResourceError(ConfigError):
+    """A computation would need more memory than this machine allows.
+
+    Raised before the allocation, with the sizes and the estimate in the message;
+    ``needed_bytes`` and ``limit_bytes`` hold the two numbers."""
+
+    def __init__(self, message, *, needed_bytes=None, limit_bytes=None):
+        super().__init__(" ".join(str(message).split()))
+        self.needed_bytes = needed_bytes
+        self.limit_bytes = limit_bytes
+
+
+class InputError(ValueError):
+    """An argument of a public function (weights, sentences, lengths) is malformed.
+
+    Raised at the public boundary, before any compiled loop runs, so a bad argument
+    never reaches code that runs without bounds checks."""
+
+    def __init__(self, message):
+        super().__init__(" ".join(str(message).split()))  # always one line
+
+
+class ShapeError(InputError):
+    """An array has the wrong number of dimensions or the wrong shape."""
+
+
+class NonFiniteError(InputError):
+    """An input array holds NaN or +-inf where finite numbers are required."""
+
+
+class SentenceInputError(InputError):
+    """Sentences given to a public function are malformed: a token outside 0..M-1, a
+    length outside 1..width, or a flat list of ints where a list of sentences is expected."""

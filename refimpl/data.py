@@ -1,65 +1,125 @@
-"""Realizable datasets: collocation, query-dependent partial orders, sentences (SPEC section 3).
+"""Realizable datasets: collocation, query-dependent partial orders, sentences (docs/datasets.md).
 
-A :class:`RealizableDataset` stores its sentences as a padded integer array so
-that kernels can use them without copying:
+A :class:`RealizableDataset` stores its sentences ragged, so its memory follows the
+data, not the longest sentence:
 
-``tokens``       int64, shape (N, Lmax), padded with -1 after ``lengths[i]``
+``flat_tokens``  int64, shape (T,), the sentences one after another (T = sum of lengths)
+``offsets``      int64, shape (N + 1,), sentence i is ``flat_tokens[offsets[i]:offsets[i+1]]``
 ``lengths``      int64, shape (N,)
 ``next_tokens``  int64, shape (N,)
-``colloc``       int64, shape (M,), ``colloc[x] = n(x)`` or -1 when x is not in C
+``collocation_pairs`` int64, shape (P, 2), the pairs ``(x, n(x))`` as given
 ``orders``       ``None`` (orders are induced by the sentences) or a dict
                  ``q -> int64 array (R, 2)`` of supplied generating relations
                  ``(lower, upper)``, meaning ``lower <_q upper``
+
+``tokens`` (int64 (N, Lmax) padded with -1) and ``valid_mask`` are built on first use,
+after a memory estimate (:mod:`refimpl.budget`). ``colloc`` (int64 (M,)) is built on
+first use too; nothing of size M or M x M is allocated to load or validate a dataset.
 
 Construction only checks shapes; :func:`validate` (also run lazily by the
 properties that need a valid dataset, such as :attr:`RealizableDataset.optimal`)
 checks realizability and raises a :class:`~refimpl.errors.DatasetError`
 subclass naming the sentence, tokens and query.
 
-Validation is linear in the data size plus the order relations: the optimal
-token of every sentence is found with array operations, relations are
-deduplicated by sorting, and cycles are detected with strongly connected
-components of one sparse graph whose nodes are (query, token) pairs.
+Validation is near-linear in the data size plus the order relations: optimal tokens
+are found with array operations on the ragged tokens, relations are deduplicated by
+sorting structured triples (never packed into one integer), cycles are strongly
+connected components of a sparse graph, and containment in supplied orders is
+reachability on the sparse graph of each query (:mod:`refimpl.orders`).
 """
 from __future__ import annotations
 
+import itertools
+import json
 from functools import cached_property
 
 import numpy as np
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 
+from . import budget
 from .errors import (
     AmbiguousOptimalTokenError,
     CollocationConflictError,
     CountMismatchError,
+    EmptyDatasetError,
     EmptySentenceError,
+    FileFormatError,
     NoOptimalTokenError,
     OrderContradictionError,
     OrderCycleError,
     TokenOutOfRangeError,
+    VocabularySizeError,
 )
+from .orders import find_cycle, reachable_pairs, unique_relations
+from .orders import transitive_closure as _closure
 
-__all__ = ["RealizableDataset", "validate", "ensure_valid", "transitive_closure", "training_relations", "induced_relations",
-           "extended_order", "pad_sentences"]
+__all__ = ["RealizableDataset", "validate", "ensure_valid", "transitive_closure", "training_relations",
+           "induced_relations", "extended_order", "pad_sentences", "FORMAT_TAG"]
+
+FORMAT_TAG = "refimpl/realizable-dataset@1"
+_INT64 = (-(1 << 63), (1 << 63) - 1)
+
+
+def _sentence_ids(offsets):
+    """int64 (T,): the sentence index of every flat position."""
+    return np.repeat(np.arange(len(offsets) - 1, dtype=np.int64), np.diff(offsets))
+
+
+def _pad(flat, offsets, fill=-1, what="padded token array"):
+    """Padded int64 (N, max(Lmax, 1)) from ragged tokens, after a memory check."""
+    lengths = np.diff(offsets)
+    N = len(lengths)
+    lmax = max(int(lengths.max(initial=0)), 1)
+    budget.check_bytes(8 * N * lmax, f"a {what} of {N} sentences x {lmax} positions")
+    tokens = np.full((N, lmax), fill, dtype=np.int64)
+    if len(flat):
+        tokens[_sentence_ids(offsets), np.arange(len(flat)) - np.repeat(offsets[:-1], lengths)] = flat
+    return tokens
+
+
+def _ragged(sentences):
+    """(flat int64 (T,), offsets int64 (N + 1,)) from ragged sequences of ints or from a
+    padded pair ``(tokens (N, Lmax), lengths (N,))``."""
+    if (isinstance(sentences, tuple) and len(sentences) == 2 and isinstance(sentences[0], np.ndarray)
+            and sentences[0].ndim == 2):
+        tokens = np.asarray(sentences[0])
+        lengths = np.asarray(sentences[1]).astype(np.int64, casting="same_kind").ravel()
+        if tokens.dtype.kind not in "iu":
+            raise FileFormatError(f"padded tokens must be integers, got dtype {tokens.dtype}")
+        N, width = tokens.shape
+        if len(lengths) != N:
+            raise CountMismatchError(f"{N} padded rows but {len(lengths)} lengths",
+                                     n_sentences=N, n_lengths=len(lengths))
+        bad = np.flatnonzero((lengths < 0) | (lengths > width))
+        if len(bad):
+            raise CountMismatchError(f"sentence {bad[0]}: length {lengths[bad[0]]} is outside 0..{width}, "
+                                     f"the padded width", sentence=bad[0])
+        mask = np.arange(width)[None, :] < lengths[:, None]
+        flat = np.ascontiguousarray(tokens[mask], dtype=np.int64)
+        return flat, np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    seqs = sentences if isinstance(sentences, (list, tuple)) else list(sentences)
+    lengths = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    try:
+        flat = np.fromiter(itertools.chain.from_iterable(seqs), dtype=np.int64, count=int(offsets[-1]))
+    except OverflowError:
+        raise TokenOutOfRangeError("a token is outside the 64-bit integer range") from None
+    except (TypeError, ValueError):
+        raise FileFormatError("sentences must be sequences of integers") from None
+    return flat, offsets
 
 
 def pad_sentences(sentences):
     """Ragged sequences of ints -> (tokens int64 (N, Lmax) padded with -1, lengths int64 (N,)).
 
     A tuple ``(tokens (N, Lmax), lengths (N,))`` of arrays is taken as already padded; a
-    tuple of two 1-D arrays is two sentences."""
+    tuple of two 1-D arrays is two sentences. The padded array is allocated after a
+    memory check (:func:`refimpl.budget.check_bytes`)."""
     if (isinstance(sentences, tuple) and len(sentences) == 2 and isinstance(sentences[0], np.ndarray)
             and sentences[0].ndim == 2):
         tokens, lengths = sentences
         return np.ascontiguousarray(tokens, dtype=np.int64), np.ascontiguousarray(lengths, dtype=np.int64)
-    seqs = [np.asarray(s, dtype=np.int64).ravel() for s in sentences]
-    lengths = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
-    lmax = int(lengths.max()) if len(seqs) else 0
-    tokens = np.full((len(seqs), max(lmax, 1)), -1, dtype=np.int64)
-    for i, s in enumerate(seqs):
-        tokens[i, : len(s)] = s
-    return tokens, lengths
+    flat, offsets = _ragged(sentences)
+    return _pad(flat, offsets), np.diff(offsets)
 
 
 class RealizableDataset:
@@ -73,36 +133,56 @@ class RealizableDataset:
         Pairs are kept as given (``collocation_pairs``) so that a conflict can be
         reported by :func:`validate`.
     sentences : sequence of int sequences, or a tuple ``(tokens (N, Lmax), lengths (N,))``
+        Stored ragged (``flat_tokens``, ``offsets``); see also :meth:`from_flat`.
     next_tokens : int array-like, shape (N,)
     orders : mapping ``q -> pairs (R, 2)`` or ``None``
         Supplied generating relations ``(lower, upper)`` per query; ``None``
         means the orders are induced by the sentences.
+
+    Raises
+    ------
+    CountMismatchError
+        A padded pair whose lengths exceed its width.
+    TokenOutOfRangeError, FileFormatError
+        Values that are not 64-bit integers.
     """
 
-    def __init__(self, vocab_size, collocation, sentences, next_tokens, orders=None):
-        self.vocab_size = int(vocab_size)
+    def __init__(self, vocab_size, collocation, sentences, next_tokens, orders=None, *, _flat=None):
+        self.vocab_size = _as_int64(vocab_size, "vocab_size")
         if isinstance(collocation, dict):
             pairs = sorted((int(k), int(v)) for k, v in collocation.items())
         else:
             pairs = collocation
-        self.collocation_pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
-        self.tokens, self.lengths = pad_sentences(sentences)
-        self.next_tokens = np.ascontiguousarray(np.asarray(next_tokens, dtype=np.int64).ravel())
+        self.collocation_pairs = _int64_array(pairs, "collocation").reshape(-1, 2)
+        self.flat_tokens, self.offsets = _ragged(sentences) if _flat is None else _flat
+        self.lengths = np.diff(self.offsets)
+        self.next_tokens = np.ascontiguousarray(_int64_array(next_tokens, "next_tokens").ravel())
         self.orders = None
         if orders is not None:
-            self.orders = {int(q): np.asarray(r, dtype=np.int64).reshape(-1, 2) for q, r in orders.items()}
+            self.orders = {_as_int64(q, "orders key"): _int64_array(r, f"orders[{q}]").reshape(-1, 2)
+                           for q, r in orders.items()}
         self._valid = False
+
+    @classmethod
+    def from_flat(cls, vocab_size, collocation, flat_tokens, offsets, next_tokens, orders=None):
+        """A dataset from ragged arrays: ``flat_tokens`` int (T,) and ``offsets`` int (N + 1,),
+        increasing from 0 to T (sentence i is ``flat_tokens[offsets[i]:offsets[i+1]]``)."""
+        flat = np.ascontiguousarray(_int64_array(flat_tokens, "flat_tokens").ravel())
+        off = np.ascontiguousarray(_int64_array(offsets, "offsets").ravel())
+        if len(off) < 1 or off[0] != 0 or off[-1] != len(flat) or np.any(np.diff(off) < 0):
+            raise CountMismatchError(f"offsets must increase from 0 to {len(flat)} (the number of tokens)")
+        return cls(vocab_size, collocation, None, next_tokens, orders, _flat=(flat, off))
 
     # ----------------------------------------------------------------- sizes
     @property
     def n_sentences(self):
         """N."""
-        return int(self.tokens.shape[0])
+        return len(self.lengths)
 
     @property
     def max_len(self):
-        """Lmax, the padded width."""
-        return int(self.tokens.shape[1])
+        """Lmax, the longest sentence (the padded width; 1 for an empty dataset)."""
+        return max(int(self.lengths.max(initial=0)), 1)
 
     def __len__(self):
         return self.n_sentences
@@ -112,37 +192,60 @@ class RealizableDataset:
                 f"|C|={len(self.collocation_pairs)}, Lmax={self.max_len}, "
                 f"orders={'induced' if self.orders is None else 'supplied'})")
 
+    @cached_property
+    def tokens(self):
+        """int64 (N, Lmax): the sentences padded with -1 (built on first use, after a memory check)."""
+        return _pad(self.flat_tokens, self.offsets)
+
+    @property
+    def valid_mask(self):
+        """bool (N, Lmax): position l < lengths[i]."""
+        budget.check_bytes(self.n_sentences * self.max_len, "a padding mask")
+        return np.arange(self.max_len)[None, :] < self.lengths[:, None]
+
+    @cached_property
+    def sentence_ids(self):
+        """int64 (T,): the sentence of each entry of ``flat_tokens``."""
+        return _sentence_ids(self.offsets)
+
     # ------------------------------------------------------- derived (valid)
     def _require_valid(self):
         ensure_valid(self)
 
     @cached_property
     def colloc(self):
-        """int64 (M,): ``colloc[x] = n(x)``, -1 for x not in C (requires a valid dataset)."""
+        """int64 (M,): ``colloc[x] = n(x)``, -1 for x not in C (requires a valid dataset;
+        allocated on first use after a memory check, as training needs it)."""
         self._require_valid()
-        return _colloc_map(self.vocab_size, self.collocation_pairs)
+        budget.check_bytes(8 * self.vocab_size, f"the collocation map of M={self.vocab_size} tokens")
+        colloc = np.full(self.vocab_size, -1, dtype=np.int64)
+        colloc[self.colloc_tokens] = self.colloc_next
+        return colloc
 
-    @property
+    @cached_property
     def colloc_tokens(self):
-        """int64 (n_c,): C in increasing order."""
-        return np.flatnonzero(self.colloc >= 0).astype(np.int64)
+        """int64 (n_c,): C in increasing order (requires a valid dataset)."""
+        self._require_valid()
+        return np.unique(self.collocation_pairs[:, 0])
 
-    @property
+    @cached_property
     def colloc_next(self):
-        """int64 (n_c,): n(x) for x in :attr:`colloc_tokens`."""
-        return self.colloc[self.colloc_tokens]
+        """int64 (n_c,): n(x) for x in :attr:`colloc_tokens` (requires a valid dataset)."""
+        self._require_valid()
+        xs, first = np.unique(self.collocation_pairs[:, 0], return_index=True)
+        return self.collocation_pairs[first, 1].copy()
 
     @cached_property
     def queries(self):
         """int64 (N,): q = x_L, the last token of each sentence (requires a valid dataset)."""
         self._require_valid()
-        return self.tokens[np.arange(self.n_sentences), self.lengths - 1].copy()
+        return self.flat_tokens[self.offsets[1:] - 1].copy()
 
     @cached_property
     def optimal(self):
         """int64 (N,): the optimal token x* of each sentence (requires a valid dataset)."""
         self._require_valid()
-        return _optimal_tokens(self)[0]
+        return _optimal_tokens(self)
 
     @cached_property
     def _training_relations(self):
@@ -153,25 +256,46 @@ class RealizableDataset:
             a.flags.writeable = False
         return q, lo, up
 
-    @property
-    def valid_mask(self):
-        """bool (N, Lmax): position l < lengths[i]."""
-        return np.arange(self.max_len)[None, :] < self.lengths[:, None]
+    def sentence(self, i):
+        """int64 (L_i,): sentence i (a view of ``flat_tokens``)."""
+        return self.flat_tokens[self.offsets[i]: self.offsets[i + 1]]
 
     def sentences(self):
         """The sentences as a list of Python lists."""
-        return [row[:n].tolist() for row, n in zip(self.tokens, self.lengths)]
+        flat = self.flat_tokens.tolist()
+        off = self.offsets.tolist()
+        return [flat[a:b] for a, b in zip(off[:-1], off[1:])]
 
     # ----------------------------------------------------------------- I/O
     def to_dict(self):
-        """The SPEC file-format object (``refimpl/realizable-dataset@1``)."""
-        from .io import dataset_to_dict
-        return dataset_to_dict(self)
+        """The file-format object (``refimpl/realizable-dataset@1``, docs/datasets.md):
+        plain Python ints and lists."""
+        out = {"format": FORMAT_TAG, "vocab_size": self.vocab_size,
+               "collocation": self.collocation_pairs.tolist()}
+        if self.orders is not None:
+            out["orders"] = {str(q): rel.tolist() for q, rel in sorted(self.orders.items())}
+        out["sentences"] = self.sentences()
+        out["next_tokens"] = self.next_tokens.tolist()
+        return out
+
+    def to_json_text(self):
+        """The file's text: :meth:`to_dict` as JSON with one sentence per line."""
+        obj = self.to_dict()
+        lines = ["{"]
+        for k, v in obj.items():
+            if k not in ("sentences", "next_tokens"):
+                lines.append(f" {json.dumps(k)}: {json.dumps(v, separators=(',', ':'))},")
+        sents = ",\n  ".join(json.dumps(s, separators=(",", ":")) for s in obj["sentences"])
+        lines.append(f' "sentences": [\n  {sents}\n ],' if obj["sentences"] else ' "sentences": [],')
+        lines.append(f' "next_tokens": {json.dumps(obj["next_tokens"], separators=(",", ":"))}')
+        lines.append("}")
+        return "\n".join(lines) + "\n"
 
     def save(self, path):
-        """Write the dataset as JSON to ``path`` atomically (temporary file, then rename)."""
-        from .io import save_dataset
-        save_dataset(self, path)
+        """Write the dataset as JSON to ``path`` atomically (temporary file, then rename;
+        :func:`refimpl.outputs.write_file_atomic`)."""
+        from .outputs import write_file_atomic
+        write_file_atomic(path, self.to_json_text().encode("utf-8"))
 
     def __eq__(self, other):
         if not isinstance(other, RealizableDataset):
@@ -182,46 +306,78 @@ class RealizableDataset:
                 np.array_equal(self.orders[q], other.orders[q]) for q in self.orders)
         return (self.vocab_size == other.vocab_size and same_orders
                 and np.array_equal(self.collocation_pairs, other.collocation_pairs)
-                and np.array_equal(self.lengths, other.lengths)
+                and np.array_equal(self.offsets, other.offsets)
                 and np.array_equal(self.next_tokens, other.next_tokens)
-                and np.array_equal(self.tokens[self.valid_mask], other.tokens[other.valid_mask]))
+                and np.array_equal(self.flat_tokens, other.flat_tokens))
 
     __hash__ = None
 
 
+def _as_int64(value, what):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise FileFormatError(f"{what} must be an integer, got {value!r}"[:200])
+    if not _INT64[0] <= int(value) <= _INT64[1]:
+        raise TokenOutOfRangeError(f"{what} {str(int(value))[:40]} is outside the 64-bit integer range")
+    return int(value)
+
+
+def _int64_array(values, what):
+    """``values`` as int64, with one-line errors for non-integers and values beyond int64."""
+    if isinstance(values, np.ndarray) and values.dtype.kind in "iu":
+        if values.dtype.kind == "u" and values.size and values.max() > _INT64[1]:
+            raise TokenOutOfRangeError(f"{what}: a value is outside the 64-bit integer range")
+        return values.astype(np.int64, copy=False)
+    try:
+        arr = np.asarray(values)
+        if arr.size == 0:
+            return np.zeros(arr.shape, dtype=np.int64)
+        if arr.dtype.kind not in "iu" or (arr.dtype.kind == "u" and arr.max() > _INT64[1]):
+            if arr.dtype == object and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+                                           for v in arr.ravel()):
+                raise OverflowError
+            raise TypeError
+        return arr.astype(np.int64)
+    except OverflowError:
+        raise TokenOutOfRangeError(f"{what}: a value is outside the 64-bit integer range") from None
+    except (TypeError, ValueError):
+        raise FileFormatError(f"{what} must hold integers") from None
+
+
 # ===================================================================== checks
-def _colloc_map(M, pairs):
-    colloc = np.full(M, -1, dtype=np.int64)
-    colloc[pairs[:, 0]] = pairs[:, 1]
-    return colloc
+def _first_bad_position(ds, bad):
+    """(sentence, position) of the first True of the flat bool mask ``bad``."""
+    j = int(np.flatnonzero(bad)[0])
+    i = int(np.searchsorted(ds.offsets, j, side="right") - 1)
+    return i, j - int(ds.offsets[i])
 
 
 def _check_counts_and_ranges(ds):
     N, M = ds.n_sentences, ds.vocab_size
-    if len(ds.next_tokens) != N or len(ds.lengths) != N:
-        raise CountMismatchError(
-            f"{N} sentences but {len(ds.next_tokens)} next tokens (and {len(ds.lengths)} lengths)",
-            n_sentences=N, n_next_tokens=len(ds.next_tokens))
-    if M < 1:
-        raise TokenOutOfRangeError(f"vocab_size must be >= 1, got {M}")
+    if len(ds.next_tokens) != N:
+        raise CountMismatchError(f"{N} sentences but {len(ds.next_tokens)} next tokens",
+                                 n_sentences=N, n_next_tokens=len(ds.next_tokens))
+    if M < 2:
+        raise VocabularySizeError(f"vocab_size must be at least 2, got {M} (a next-token problem needs "
+                                  f"two tokens)", vocab_size=M)
+    if N == 0:
+        raise EmptyDatasetError("the dataset has no sentences")
     empty = np.flatnonzero(ds.lengths <= 0)
     if len(empty):
         raise EmptySentenceError(f"sentence {empty[0]} is empty (a sentence needs at least its query)",
                                  sentence=empty[0], tokens=())
-    if ds.lengths.max(initial=0) > ds.max_len:
-        raise CountMismatchError("a length exceeds the padded width of the token array")
-    mask = ds.valid_mask
-    bad = mask & ((ds.tokens < 0) | (ds.tokens >= M))
+    flat = ds.flat_tokens
+    bad = (flat < 0) | (flat >= M)
     if bad.any():
-        i, l = np.argwhere(bad)[0]
+        i, l = _first_bad_position(ds, bad)
+        sent = ds.sentence(i)
         raise TokenOutOfRangeError(
-            f"sentence {i} position {l}: token {ds.tokens[i, l]} is outside 0..{M - 1}",
-            sentence=i, tokens=ds.tokens[i, : ds.lengths[i]], position=int(l))
+            f"sentence {i} position {l}: token {sent[l]} is outside 0..{M - 1}",
+            sentence=i, tokens=sent[:64], position=l)
     bad = np.flatnonzero((ds.next_tokens < 0) | (ds.next_tokens >= M))
     if len(bad):
-        i = bad[0]
+        i = int(bad[0])
         raise TokenOutOfRangeError(f"sentence {i}: next token {ds.next_tokens[i]} is outside 0..{M - 1}",
-                                   sentence=i, tokens=ds.tokens[i, : ds.lengths[i]])
+                                   sentence=i, tokens=ds.sentence(i)[:64])
     pairs = ds.collocation_pairs
     bad = np.flatnonzero(((pairs < 0) | (pairs >= M)).any(axis=1))
     if len(bad):
@@ -254,113 +410,95 @@ def _check_collocation(ds):
                                        tokens=(x, a, b), next_tokens=(a, b))
 
 
+def _lookup_next(ds, tokens):
+    """n(x) for every x of ``tokens`` (-1 for x not in C), by binary search in the sorted
+    collocation (no M-sized table)."""
+    xs, first = np.unique(ds.collocation_pairs[:, 0], return_index=True)
+    nx = ds.collocation_pairs[first, 1]
+    if len(xs) == 0:
+        return np.full(len(tokens), -1, dtype=np.int64)
+    pos = np.minimum(np.searchsorted(xs, tokens), len(xs) - 1)
+    return np.where(xs[pos] == tokens, nx[pos], -1)
+
+
 def _optimal_tokens(ds):
-    """x*(i): the unique distinct token with n(x) = y_i. Returns (optimal (N,), colloc (M,))."""
-    colloc = _colloc_map(ds.vocab_size, ds.collocation_pairs)
-    mask = ds.valid_mask
-    safe = np.where(mask, ds.tokens, 0)
-    cand = mask & (colloc[safe] == ds.next_tokens[:, None])
-    hi = np.where(cand, ds.tokens, -1).max(axis=1)
-    lo = np.where(cand, ds.tokens, ds.vocab_size).min(axis=1)
+    """x*(i): the unique distinct token with n(x) = y_i, int64 (N,). O(T log |C|), ragged."""
+    flat, off, sid = ds.flat_tokens, ds.offsets, ds.sentence_ids
+    cand = _lookup_next(ds, flat) == ds.next_tokens[sid]
+    starts = off[:-1]
+    hi = np.maximum.reduceat(np.where(cand, flat, -1), starts)
+    lo = np.minimum.reduceat(np.where(cand, flat, ds.vocab_size), starts)
     none = np.flatnonzero(hi < 0)
     if len(none):
-        i = none[0]
-        sent = ds.tokens[i, : ds.lengths[i]]
+        i = int(none[0])
+        sent = ds.sentence(i)
         raise NoOptimalTokenError(
-            f"sentence {i} {sent.tolist()} (query {sent[-1]}): no token x has n(x) = next token "
+            f"sentence {i} {_show(sent)} (query {sent[-1]}): no token x has n(x) = next token "
             f"{ds.next_tokens[i]}, so the sentence has no optimal token",
-            sentence=i, tokens=sent, query=sent[-1], next_token=int(ds.next_tokens[i]))
+            sentence=i, tokens=sent[:64], query=sent[-1], next_token=int(ds.next_tokens[i]))
     amb = np.flatnonzero(lo != hi)
     if len(amb):
-        i = amb[0]
-        sent = ds.tokens[i, : ds.lengths[i]]
-        c = sorted(set(sent[cand[i, : ds.lengths[i]]].tolist()))
+        i = int(amb[0])
+        sent = ds.sentence(i)
+        c = sorted(set(sent[cand[off[i]: off[i + 1]]].tolist()))
         raise AmbiguousOptimalTokenError(
-            f"sentence {i} {sent.tolist()} (query {sent[-1]}): tokens {c} all have n(x) = next token "
+            f"sentence {i} {_show(sent)} (query {sent[-1]}): tokens {c[:8]} all have n(x) = next token "
             f"{ds.next_tokens[i]}; the optimal token must be unique",
-            sentence=i, tokens=sent, query=sent[-1], candidates=c)
-    return hi.astype(np.int64), colloc
+            sentence=i, tokens=sent[:64], query=sent[-1], candidates=c)
+    return hi.astype(np.int64)
+
+
+def _show(sent, limit=12):
+    """A sentence for a one-line message: whole when short, else its ends and its length."""
+    if len(sent) <= limit:
+        return str(sent.tolist())
+    return f"[{', '.join(map(str, sent[:5].tolist()))}, ... ({len(sent)} tokens) ..., " \
+           f"{', '.join(map(str, sent[-3:].tolist()))}]"
 
 
 def _sentence_relations(ds, optimal):
-    """Induced relations with their first sentence: int64 arrays (q, lower, upper, sentence), deduplicated."""
-    N, Lmax = ds.tokens.shape
-    M = ds.vocab_size
-    queries = ds.tokens[np.arange(N), ds.lengths - 1]
-    sel = ds.valid_mask & (ds.tokens != optimal[:, None])
-    rows = np.nonzero(sel)[0]
-    q, lo, up = queries[rows], ds.tokens[sel], optimal[rows]
-    key = (q * M + lo) * M + up
-    key, first = np.unique(key, return_index=True)
-    return q[first], lo[first], up[first], rows[first]
+    """Induced relations with their first sentence: int64 arrays (q, lower, upper, sentence),
+    deduplicated and sorted by (q, lower, upper)."""
+    sid = ds.sentence_ids
+    queries = ds.flat_tokens[ds.offsets[1:] - 1]
+    sel = ds.flat_tokens != optimal[sid]
+    rows = sid[sel]
+    q, lo, up, first = unique_relations(queries[rows], ds.flat_tokens[sel], optimal[rows])
+    return q, lo, up, rows[first]
 
 
-def _find_cycle(M, q_arr, lo, up):
-    """If the relations (per query) have a cycle, return (q, cycle list), else None.
-
-    The cycle lists tokens in order with the first repeated at the end, so
-    consecutive entries are relations ``cycle[j] < cycle[j+1]``."""
-    if len(lo) == 0:
-        return None
-    src, dst = q_arr * M + lo, q_arr * M + up
-    nodes, inv = np.unique(np.concatenate([src, dst]), return_inverse=True)
-    n = len(nodes)
-    e = len(src)
-    g = coo_matrix((np.ones(e, dtype=np.int8), (inv[:e], inv[e:])), shape=(n, n)).tocsr()
-    ncomp, labels = connected_components(g, directed=True, connection="strong")
-    if ncomp == n:
-        return None
-    sizes = np.bincount(labels)
-    comp = int(np.flatnonzero(sizes > 1)[0])
-    members = set(np.flatnonzero(labels == comp).tolist())
-    # walk inside the component until a node repeats: that walk closes a cycle
-    start = min(members)
-    path, seen = [start], {start: 0}
-    node = start
-    while True:
-        nbrs = g.indices[g.indptr[node]: g.indptr[node + 1]]
-        node = int(next(v for v in nbrs if int(v) in members))
-        if node in seen:
-            cyc = path[seen[node]:] + [node]
-            break
-        seen[node] = len(path)
-        path.append(node)
-    q = int(nodes[cyc[0]] // M)
-    return q, [int(nodes[v] % M) for v in cyc]
+def _supplied_arrays(ds):
+    """The supplied relations as three int64 arrays (q, lower, upper)."""
+    parts = [(np.full(len(rel), q, dtype=np.int64), rel[:, 0], rel[:, 1]) for q, rel in ds.orders.items()]
+    if not parts:
+        return (np.zeros(0, np.int64),) * 3
+    return tuple(np.concatenate(c) for c in zip(*parts))
 
 
 def _check_supplied(ds, q_arr, lo, up, sent_idx):
-    M = ds.vocab_size
-    sq, slo, sup = [], [], []
-    for q, rel in ds.orders.items():
-        sq.append(np.full(len(rel), q, dtype=np.int64))
-        slo.append(rel[:, 0])
-        sup.append(rel[:, 1])
-    sq = np.concatenate(sq) if sq else np.zeros(0, np.int64)
-    slo = np.concatenate(slo) if slo else np.zeros(0, np.int64)
-    sup = np.concatenate(sup) if sup else np.zeros(0, np.int64)
-    cyc = _find_cycle(M, sq, slo, sup)
+    sq, slo, sup = _supplied_arrays(ds)
+    cyc = find_cycle(sq, slo, sup)
     if cyc is not None:
         q, c = cyc
-        raise OrderCycleError(f"supplied order of query {q} has a cycle {' < '.join(map(str, c))}",
+        raise OrderCycleError(f"supplied order of query {q} has a cycle {_show_cycle(c)}",
                               query=q, tokens=c, cycle=c)
-    skey = np.unique((sq * M + slo) * M + sup)
-    key = (q_arr * M + lo) * M + up
-    missing = np.flatnonzero(~np.isin(key, skey))
-    if len(missing) == 0:
-        return
-    closures = {}
-    for j in missing:
-        q = int(q_arr[j])
-        if q not in closures:
-            closures[q] = transitive_closure(ds.orders.get(q, np.zeros((0, 2), np.int64)), M)
-        if not closures[q][lo[j], up[j]]:
-            i = int(sent_idx[j])
-            sent = ds.tokens[i, : ds.lengths[i]]
-            raise OrderContradictionError(
-                f"sentence {i} {sent.tolist()} (query {q}): optimal token {up[j]} (n = next token "
-                f"{ds.next_tokens[i]}) but the supplied order of query {q} does not have {lo[j]} < {up[j]}",
-                sentence=i, tokens=sent, query=q, relation=(int(lo[j]), int(up[j])))
+    ok = reachable_pairs(sq, slo, sup, q_arr, lo, up)
+    missing = np.flatnonzero(~ok)
+    if len(missing):
+        j = int(missing[0])
+        q, i = int(q_arr[j]), int(sent_idx[j])
+        sent = ds.sentence(i)
+        raise OrderContradictionError(
+            f"sentence {i} {_show(sent)} (query {q}): optimal token {up[j]} (n = next token "
+            f"{ds.next_tokens[i]}) but the supplied order of query {q} does not have {lo[j]} < {up[j]}",
+            sentence=i, tokens=sent[:64], query=q, relation=(int(lo[j]), int(up[j])))
+
+
+def _show_cycle(c, limit=16):
+    if len(c) <= limit:
+        return " < ".join(map(str, c))
+    return f"{' < '.join(map(str, c[:8]))} < ... ({len(c) - 1} relations) ... < " \
+           f"{' < '.join(map(str, c[-4:]))}"
 
 
 def ensure_valid(ds):
@@ -371,30 +509,33 @@ def ensure_valid(ds):
 
 
 def validate(ds):
-    """Check that ``ds`` is a realizable dataset (SPEC section 3); return None or raise.
+    """Check that ``ds`` is a realizable dataset (docs/datasets.md); return None or raise.
 
     Raises the specific :class:`~refimpl.errors.DatasetError` subclass of the first
-    problem found, in this order: counts, empty sentences, token ranges,
-    collocation conflicts, no / ambiguous optimal token, supplied-order cycles
-    and contradictions, induced-order cycles. On success the dataset caches its
-    optimal tokens.
+    problem found, in this order: counts, vocabulary below 2 tokens, no sentences, empty
+    sentences, token ranges, collocation conflicts, no / ambiguous optimal token,
+    supplied-order cycles and contradictions, induced-order cycles. On success the
+    dataset caches its optimal tokens.
+
+    Time and memory are near-linear in the number of tokens plus relations; nothing of
+    size M is allocated.
     """
     _check_counts_and_ranges(ds)
     _check_collocation(ds)
-    optimal, _ = _optimal_tokens(ds)
+    optimal = _optimal_tokens(ds)
     q_arr, lo, up, sent_idx = _sentence_relations(ds, optimal)
     if ds.orders is not None:
         _check_supplied(ds, q_arr, lo, up, sent_idx)
-    cyc = _find_cycle(ds.vocab_size, q_arr, lo, up)
+    cyc = find_cycle(q_arr, lo, up)
     if cyc is not None:
         q, c = cyc
-        M = ds.vocab_size
-        key = (q_arr * M + lo) * M + up
-        by_key = dict(zip(key.tolist(), sent_idx.tolist()))
-        sents = [by_key[(q * M + a) * M + b] for a, b in zip(c[:-1], c[1:])]
+        mask = q_arr == q
+        by_pair = dict(zip(zip(lo[mask].tolist(), up[mask].tolist()), sent_idx[mask].tolist()))
+        sents = [by_pair[(a, b)] for a, b in zip(c[:-1], c[1:])]
+        shown = sorted(set(sents))
+        listed = str(shown) if len(shown) <= 8 else f"{shown[:8]} and {len(shown) - 8} more".replace("]", ",", 1)
         raise OrderCycleError(
-            f"the sentences {sorted(set(sents))} of query {q} induce a cycle "
-            f"{' < '.join(map(str, c))} in its order",
+            f"the sentences {listed} of query {q} induce a cycle {_show_cycle(c)} in its order",
             sentence=max(sents), query=q, tokens=c, cycle=c, sentences=sents)
     ds._valid = True
     ds.__dict__["optimal"] = optimal
@@ -404,35 +545,19 @@ def validate(ds):
 def transitive_closure(relations, M):
     """Strict order from generating relations: bool (M, M), ``less[a, b]`` iff a < b.
 
-    ``relations`` : int array (R, 2) of (lower, upper). Closure by repeated
-    boolean matrix squaring over the rows that take part (O(k^3 log k) for the
-    k tokens involved), which is cheap for the sizes orders have here.
+    ``relations`` : int array (R, 2) of (lower, upper). Exact for any chain length and
+    fan width (reachability on the sparse graph, :func:`refimpl.orders.transitive_closure`);
+    the M x M result is allocated after a memory check.
     """
-    rel = np.asarray(relations, dtype=np.int64).reshape(-1, 2)
-    less = np.zeros((M, M), dtype=bool)
-    if len(rel) == 0:
-        return less
-    involved = np.unique(rel)
-    pos = np.full(M, -1, dtype=np.int64)
-    pos[involved] = np.arange(len(involved))
-    k = len(involved)
-    R = np.zeros((k, k), dtype=bool)
-    R[pos[rel[:, 0]], pos[rel[:, 1]]] = True
-    while True:
-        Ri = R.astype(np.uint8)
-        nxt = R | ((Ri @ Ri) > 0)
-        if np.array_equal(nxt, R):
-            break
-        R = nxt
-    less[np.ix_(involved, involved)] = R
-    return less
+    budget.check_bytes(M * M, f"an M x M order matrix (M={M})")
+    return _closure(np.asarray(relations, dtype=np.int64).reshape(-1, 2), M)
 
 
 def training_relations(ds):
     """All training relations, deduplicated: int64 arrays ``(q, lower, upper)`` of equal length R,
     one entry per distinct ``lower <_q upper`` induced by a sentence with query q (its other
     distinct token ``lower``, its optimal token ``upper``). These are exactly the constraints
-    ``K[upper, q] - K[lower, q] >= 1`` of W_kq* (SPEC section 5). Requires a valid dataset.
+    ``K[upper, q] - K[lower, q] >= 1`` of W_kq* (docs/maxmargin.md). Requires a valid dataset.
     Computed once per dataset; sorted by (q, lower, upper); the arrays are read-only."""
     return ds._training_relations
 
@@ -454,9 +579,9 @@ def induced_relations(ds, q=None):
 
 
 def extended_order(ds, q):
-    """Extended order of query q (SPEC C11): bool (M, M), ``less[a, b]`` iff a <_q b in the
-    transitive closure of the training relations of q, the pairs ``x' <_q x*`` of the
-    sentences with query q. Supplied generating relations that no sentence uses are not
-    included: they are no constraint of W_kq*, so C6 and C11 say nothing about them
-    (docs/theory.md, Errata to SPEC, item 1)."""
+    """Extended order of query q (C11, docs/generalization.md): bool (M, M), ``less[a, b]``
+    iff a <_q b in the transitive closure of the training relations of q, the pairs
+    ``x' <_q x*`` of the sentences with query q. Exact for any chain length. Supplied
+    generating relations that no sentence uses are not included: they are no constraint of
+    W_kq*, so C6 and C11 say nothing about them (docs/theory.md, errata, item 1)."""
     return transitive_closure(induced_relations(ds, q), ds.vocab_size)

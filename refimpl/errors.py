@@ -18,6 +18,8 @@ __all__ = [
     "DatasetError",
     "TokenOutOfRangeError",
     "EmptySentenceError",
+    "EmptyDatasetError",
+    "VocabularySizeError",
     "CountMismatchError",
     "CollocationConflictError",
     "NoOptimalTokenError",
@@ -53,6 +55,14 @@ class TokenOutOfRangeError(DatasetError):
 
 class EmptySentenceError(DatasetError):
     """A sentence has length 0; the query (last token) is undefined."""
+
+
+class EmptyDatasetError(DatasetError):
+    """The dataset has no sentences: the loss, its gradient and every claim are undefined."""
+
+
+class VocabularySizeError(DatasetError):
+    """``vocab_size`` is below 2: a next-token problem needs at least two tokens."""
 
 
 class CountMismatchError(DatasetError):

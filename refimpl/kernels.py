@@ -41,6 +41,7 @@ import math
 import numpy as np
 from numba import njit
 
+from .errors import SentenceInputError, ShapeError
 from .kernels_chunk import _drive_parallel, _drive_serial
 from .kernels_math import scaled, sumsq4
 from .kernels_np import (attention_np, joint_grad_np, logits_np, normalize_np,  # noqa: F401 (twins)
@@ -48,7 +49,7 @@ from .kernels_np import (attention_np, joint_grad_np, logits_np, normalize_np,  
 
 _PUBLIC = ("stage1_grad", "stage2_grad", "joint_grad", "stage2_loss", "normalize", "normalize_pair",
            "attention", "logits")
-__all__ = ["Stage1Direction", "Stage2Direction", "compensated_step", "n_chunks", *_PUBLIC, *(n + "_np" for n in _PUBLIC)]
+__all__ = ["Stage1Direction", "Stage2Direction", "compensated_step", "n_chunks", "ragged", *_PUBLIC, *(n + "_np" for n in _PUBLIC)]
 
 # Chunk counts (n_chunks), measured on the 2-vCPU VM (its vCPUs share one physical core, so
 # two threads give ~1.4-1.6x, not 2x): threads pay off from ~6000 token-columns of work
@@ -81,22 +82,61 @@ def _transposed(O, M=None):
     O = np.asarray(O, dtype=np.float64)
     M = O.shape[0] if M is None else M
     if O.ndim != 2 or O.shape != (M, M) or M < 2:
-        raise ValueError(f"O must be square {(M, M)} with M >= 2, got shape {O.shape}")
+        raise ShapeError(f"O must be square {(M, M)} with M >= 2, got shape {O.shape}")
     return np.ascontiguousarray(O.T)
 
 
+def ragged(tokens, lengths):
+    """(flat int64 (T,), offsets int64 (N + 1,), Lmax) from sentences given as a padded
+    ``tokens`` (N, width) with ``lengths`` (N,), or as already flat ``tokens`` (T,) with
+    ``lengths`` (N,) summing to T. Checks that every length lies in 1..width (or that the
+    lengths add up to T), so the compiled loops never index past a sentence."""
+    tokens = np.asarray(tokens)
+    lengths = np.ascontiguousarray(lengths, dtype=np.int64).ravel()
+    if tokens.dtype.kind not in "iu":
+        raise ShapeError(f"tokens must be an integer array, got dtype {tokens.dtype}")
+    if lengths.size and lengths.min() < 1:
+        i = int(np.argmin(lengths))
+        raise SentenceInputError(f"lengths[{i}] = {lengths[i]}: a sentence needs at least one token")
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    if tokens.ndim == 1:
+        if offsets[-1] != len(tokens):
+            raise SentenceInputError(f"flat tokens hold {len(tokens)} tokens but the lengths add up to "
+                                     f"{offsets[-1]}")
+        flat = np.ascontiguousarray(tokens, dtype=np.int64)
+    elif tokens.ndim == 2:
+        N, width = tokens.shape
+        if len(lengths) != N:
+            raise ShapeError(f"tokens has {N} rows but lengths has {len(lengths)} entries")
+        if lengths.size and lengths.max() > width:
+            i = int(np.argmax(lengths))
+            raise SentenceInputError(f"lengths[{i}] = {lengths[i]} exceeds the padded width {width}")
+        flat = np.ascontiguousarray(tokens[np.arange(width)[None, :] < lengths[:, None]], dtype=np.int64)
+    else:
+        raise ShapeError(f"tokens must be 1-D (flat) or 2-D (padded), got {tokens.ndim} dimensions")
+    return flat, offsets, max(int(lengths.max(initial=0)), 1)
+
+
 class _Prepared:
-    """O^T and the int64 sentence arrays, converted once; ``drive(K, want_o, want_k, unit)``.
+    """O^T and the ragged int64 sentence arrays, converted once; ``drive(K, want_o, want_k, unit)``.
     ``OT`` may be replaced between calls (stage 1 moves O)."""
 
     def __init__(self, O, tokens, lengths, ys, n_grads, chunks):
         self.OT = _transposed(O)
         self.M = M = self.OT.shape[0]
-        self.tokens = np.ascontiguousarray(tokens, dtype=np.int64)
-        self.lengths = np.ascontiguousarray(lengths, dtype=np.int64)
-        self.ys = np.ascontiguousarray(ys, dtype=np.int64)
-        N, Lmax = self.tokens.shape
-        self.nc = n_chunks(N, Lmax, M, n_grads) if chunks is None else int(chunks)
+        self.flat, self.offsets, self.Lmax = ragged(tokens, lengths)
+        self.ys = np.ascontiguousarray(ys, dtype=np.int64).ravel()
+        N = len(self.offsets) - 1
+        if len(self.ys) != N:
+            raise ShapeError(f"{N} sentences but {len(self.ys)} next tokens")
+        if self.flat.size and (self.flat.min() < 0 or self.flat.max() >= M):
+            bad = int(np.flatnonzero((self.flat < 0) | (self.flat >= M))[0])
+            raise SentenceInputError(f"token {self.flat[bad]} (flat position {bad}) is outside 0..{M - 1}")
+        if self.ys.size and (self.ys.min() < 0 or self.ys.max() >= M):
+            bad = int(np.flatnonzero((self.ys < 0) | (self.ys >= M))[0])
+            raise SentenceInputError(f"next token ys[{bad}] = {self.ys[bad]} is outside 0..{M - 1}")
+        self.nc = n_chunks(N, self.Lmax, M, n_grads) if chunks is None else int(chunks)
         self._drive = _drive_serial if self.nc == 1 else _drive_parallel
 
     def drive(self, K, want_o, want_k, unit):
@@ -104,11 +144,11 @@ class _Prepared:
         K = np.ascontiguousarray(K, dtype=np.float64)
         M = self.M
         if K.shape != (M, M):
-            raise ValueError(f"K must have shape {(M, M)}, got {K.shape}")
+            raise ShapeError(f"K must have shape {(M, M)}, got {K.shape}")
         GOT = np.empty((M, M) if want_o else (0, 0))
         GK = np.empty((M, M) if want_k else (0, 0))
         log_scale, loss, log10_loss, norm = self._drive(
-            self.OT, K, self.tokens, self.lengths, self.ys, want_o, want_k, self.nc, unit, GOT, GK)
+            self.OT, K, self.flat, self.offsets, self.ys, self.Lmax, want_o, want_k, self.nc, unit, GOT, GK)
         return (GOT.T.copy() if want_o else None, GK if want_k else None, float(log_scale),
                 float(loss), float(log10_loss), float(norm))
 
@@ -157,7 +197,8 @@ def stage1_grad(O, xs, ys):
 def stage2_grad(O, K, tokens, lengths, ys, *, chunks=None):
     """dL/dK with O fixed, scale-free (SPEC section 4, stage 2).
 
-    O, K : float64 (M, M); tokens : int64 (N, Lmax) padded with -1; lengths, ys : int64 (N,).
+    O, K : float64 (M, M); tokens : int64 (N, Lmax) padded, or flat (T,) (:func:`ragged`);
+    lengths, ys : int64 (N,).
     Returns (GKs (M, M), log_scale, loss, log10_loss), dL/dK = exp(log_scale) * GKs,
     log_scale = -min_i (max(m_i, 0) + delta_i). ``chunks`` overrides :func:`n_chunks`.
     """
@@ -183,7 +224,7 @@ def stage2_loss(O, K, tokens, lengths, ys, *, chunks=None):
 class Stage2Direction:
     """The stage-2 NGD direction with O fixed, one compiled call per step (SPEC section 4).
 
-    Prepared once from O : float64 (M, M), tokens : int64 (N, Lmax) padded with -1 and
+    Prepared once from O : float64 (M, M), tokens : int64 (N, Lmax) padded or flat (T,) and
     lengths, ys : int64 (N,); O^T and the integer arrays are converted here, not per step.
     ``direction(K)`` returns (D (M, M), norm, log_scale, loss, log10_loss) with
     D = GKs / ||GKs||_F, GKs the scale-free dL/dK of :func:`stage2_grad` (same bits as

@@ -28,10 +28,11 @@ _OPTS = dict(cache=True, fastmath=False, nogil=True, boundscheck=False, error_mo
 # inlined helper taking an array incremented and decremented that array's count once per
 # sentence (measured: 10-12% of a size-S step in NRT_incref/NRT_decref).
 @njit(_nrt=False, **_OPTS)
-def _chunk(OT, K, tokens, lengths, ys, lo, hi, want_o, want_k, GOT, GK, stats, z, w, s, u, ph, g):
+def _chunk(OT, K, tokens, offsets, ys, lo, hi, want_o, want_k, GOT, GK, stats, z, w, s, u, ph, g):
     """Accumulate sentences lo..hi-1 into GOT (M, M) = (dL/dO)^T and GK (M, M) = dL/dK.
 
     OT = O^T (C-contiguous, so a column of O is a row of OT); K is read as K[x_l, q].
+    tokens : int64 (T,) ragged, sentence i is tokens[offsets[i]:offsets[i + 1]].
     stats (6,) receives [a_g, a_l, lam_min, mpos_min, scaled loss sum, float64 loss sum]:
     GOT, GK hold sum_i G_i e^{a_g}; stats[4] holds sum_i loss_i e^{a_l}.
     z, w : (M,) and s, u, ph, g : (Lmax,) scratch. Scalar exponentials use
@@ -49,24 +50,25 @@ def _chunk(OT, K, tokens, lengths, ys, lo, hi, want_o, want_k, GOT, GK, stats, z
     prod = 1.0                                    # prod of their den_i = prod * 2^prod_exp
     prod_exp = 0
     for i in range(lo, hi):
-        L = lengths[i]
-        q = tokens[i, L - 1]
+        off = offsets[i]
+        L = offsets[i + 1] - off
+        q = tokens[off + L - 1]
         y = ys[i]
         # ---- attention: scores, top token, gap delta, phi (selects, not branches: which
         # positions hold the top score is data-dependent and would mispredict)
         smax = -np.inf
         ltop = 0                                  # first position holding the top score
         for l in range(L):
-            sl = K[tokens[i, l], q]
+            sl = K[tokens[off + l], q]
             s[l] = sl
             ltop = l if sl > smax else ltop
             smax = sl if sl > smax else smax
-        top = tokens[i, ltop]
+        top = tokens[off + ltop]
         multi = False                             # another token ties the top score
         ssec = -np.inf                            # best score below the top
         for l in range(L):
             is_top = s[l] == smax
-            multi = multi | (is_top & (tokens[i, l] != top))
+            multi = multi | (is_top & (tokens[off + l] != top))
             ssec = max(ssec, -np.inf if is_top else s[l])
         gap = not multi and ssec > -np.inf        # branch A: one top token, some other score
         delta = smax - ssec if gap else 0.0
@@ -85,21 +87,21 @@ def _chunk(OT, K, tokens, lengths, ys, lo, hi, want_o, want_k, GOT, GK, stats, z
         for l in range(L):
             ph[l] = (u[l] if s[l] == smax else u[l] * rho) / U
         # ---- logits z = sum_l phi_l O[:, x_l], two rows per pass (fixed order l = 0, 1, ...)
-        x0 = tokens[i, 0]
+        x0 = tokens[off + 0]
         a0 = ph[0]
         for v in range(M):
             z[v] = a0 * OT[x0, v]
         l = 1
         while l + 2 <= L:
-            x0 = tokens[i, l]
-            x1 = tokens[i, l + 1]
+            x0 = tokens[off + l]
+            x1 = tokens[off + l + 1]
             a0 = ph[l]
             a1 = ph[l + 1]
             for v in range(M):
                 z[v] = fma(a1, OT[x1, v], fma(a0, OT[x0, v], z[v]))
             l += 2
         if l < L:
-            x0 = tokens[i, l]
+            x0 = tokens[off + l]
             a0 = ph[l]
             for v in range(M):
                 z[v] = fma(a0, OT[x0, v], z[v])
@@ -158,7 +160,7 @@ def _chunk(OT, K, tokens, lengths, ys, lo, hi, want_o, want_k, GOT, GK, stats, z
         cg = exp_scalar(a_g - lam) * cr if lam != a_g else cr   # e^{a_g} r = cg * w
         if want_o:
             for l in range(L):
-                xl = tokens[i, l]
+                xl = tokens[off + l]
                 a = cg * ph[l]
                 for v in range(M):
                     GOT[xl, v] += a * w[v]
@@ -167,10 +169,10 @@ def _chunk(OT, K, tokens, lengths, ys, lo, hi, want_o, want_k, GOT, GK, stats, z
         ck = cg * rho if want_o else cg           # joint: K terms carry e^{-delta} explicitly
         l = 0                                     # g_l = O[:, x_l]^T r (in units of cr e^{-mpos})
         while l + 4 <= L:
-            dots4(OT, tokens[i, l], tokens[i, l + 1], tokens[i, l + 2], tokens[i, l + 3], w, g, l)
+            dots4(OT, tokens[off + l], tokens[off + l + 1], tokens[off + l + 2], tokens[off + l + 3], w, g, l)
             l += 4
         while l < L:
-            g[l] = dot2(OT, tokens[i, l], w)
+            g[l] = dot2(OT, tokens[off + l], w)
             l += 1
         if gap:
             gs = g[ltop]                          # g of the top token (all its positions agree)
@@ -183,13 +185,13 @@ def _chunk(OT, K, tokens, lengths, ys, lo, hi, want_o, want_k, GOT, GK, stats, z
             U2 = U * U
             for l in range(L):
                 inner = ntop * (g[l] - gs) + rho * (g[l] * usum - a2)
-                GK[tokens[i, l], q] += (ck * a1 / U2 if s[l] == smax else ck * u[l] * inner / U2)
+                GK[tokens[off + l], q] += (ck * a1 / U2 if s[l] == smax else ck * u[l] * inner / U2)
         else:
             gbar = 0.0
             for l in range(L):
                 gbar += ph[l] * g[l]
             for l in range(L):
-                GK[tokens[i, l], q] += ck * ph[l] * (g[l] - gbar)
+                GK[tokens[off + l], q] += ck * ph[l] * (g[l] - gbar)
     if n_neg > 0:                                 # their losses: sum -m_i + log prod den_i
         loss_neg = neg_m + (math.log(prod) + prod_exp * _LN2)
         lp += loss_neg
@@ -240,7 +242,7 @@ def _reduce(GOT, GK, stats, N, unit, GO_out, GK_out):
 
 
 @njit(**_OPTS)
-def _scratch(nc, M, Lmax, want_o, want_k):
+def _scratch(nc, M, want_o, want_k):
     """Per-chunk accumulators: GOT, GK (nc, M, M) (or (nc, 0, 0) when not wanted) and stats (nc, 6)."""
     mo = M if want_o else 0
     mk = M if want_k else 0
@@ -248,32 +250,33 @@ def _scratch(nc, M, Lmax, want_o, want_k):
 
 
 @njit(**_OPTS)
-def _run_chunk(OT, K, tokens, lengths, ys, want_o, want_k, nc, c, GOT, GK, stats):
-    """Chunk c of nc (sentences c N / nc .. (c+1) N / nc) into its own scratch slices."""
-    N, Lmax = tokens.shape
+def _run_chunk(OT, K, tokens, offsets, ys, Lmax, want_o, want_k, nc, c, GOT, GK, stats):
+    """Chunk c of nc (sentences c N / nc .. (c+1) N / nc) into its own scratch slices;
+    Lmax bounds the per-sentence scratch."""
+    N = offsets.shape[0] - 1
     M = OT.shape[0]
-    _chunk(OT, K, tokens, lengths, ys, c * N // nc, (c + 1) * N // nc, want_o, want_k,
+    _chunk(OT, K, tokens, offsets, ys, c * N // nc, (c + 1) * N // nc, want_o, want_k,
            GOT[c], GK[c], stats[c], np.empty(M), np.empty(M), np.empty(Lmax),
            np.empty(Lmax), np.empty(Lmax), np.empty(Lmax))
 
 
 @njit(**_OPTS)
-def _drive_serial(OT, K, tokens, lengths, ys, want_o, want_k, nc, unit, GO_out, GK_out):
+def _drive_serial(OT, K, tokens, offsets, ys, Lmax, want_o, want_k, nc, unit, GO_out, GK_out):
     """All chunks in order on one thread (used when nc == 1)."""
-    N, Lmax = tokens.shape
+    N = offsets.shape[0] - 1
     M = OT.shape[0]
-    GOT, GK, stats = _scratch(nc, M, Lmax, want_o, want_k)
+    GOT, GK, stats = _scratch(nc, M, want_o, want_k)
     for c in range(nc):
-        _run_chunk(OT, K, tokens, lengths, ys, want_o, want_k, nc, c, GOT, GK, stats)
+        _run_chunk(OT, K, tokens, offsets, ys, Lmax, want_o, want_k, nc, c, GOT, GK, stats)
     return _reduce(GOT, GK, stats, N, unit, GO_out, GK_out)
 
 
 @njit(parallel=True, **_OPTS)
-def _drive_parallel(OT, K, tokens, lengths, ys, want_o, want_k, nc, unit, GO_out, GK_out):
+def _drive_parallel(OT, K, tokens, offsets, ys, Lmax, want_o, want_k, nc, unit, GO_out, GK_out):
     """Chunks spread over threads; each writes only its own slices, then a fixed-order reduction."""
-    N, Lmax = tokens.shape
+    N = offsets.shape[0] - 1
     M = OT.shape[0]
-    GOT, GK, stats = _scratch(nc, M, Lmax, want_o, want_k)
+    GOT, GK, stats = _scratch(nc, M, want_o, want_k)
     for c in prange(nc):
-        _run_chunk(OT, K, tokens, lengths, ys, want_o, want_k, nc, c, GOT, GK, stats)
+        _run_chunk(OT, K, tokens, offsets, ys, Lmax, want_o, want_k, nc, c, GOT, GK, stats)
     return _reduce(GOT, GK, stats, N, unit, GO_out, GK_out)

@@ -64,11 +64,13 @@ def test_cycle_witness_is_the_cycle():
 
 
 def test_error_classes_share_one_base():
+    """Three families, all ValueErrors: bad data (DatasetError), bad parameters (ConfigError,
+    including ResourceError) and bad arguments at public boundaries (InputError)."""
+    bases = (errors.DatasetError, errors.ConfigError, errors.InputError)
     for name in errors.__all__:
         cls = getattr(errors, name)
-        if name != "ConfigError":
-            assert issubclass(cls, errors.DatasetError)
-    assert issubclass(errors.DatasetError, ValueError)
+        assert sum(issubclass(cls, b) for b in bases) == 1, name
+        assert issubclass(cls, ValueError)
 
 
 # ------------------------------------------------------------- closure

@@ -1,0 +1,180 @@
+"""Checks at the public boundary: weights and sentences, before any compiled loop runs.
+
+The Numba loops of :mod:`refimpl.kernels` index without bounds checks, so a length
+longer than the padded width or a token outside 0..M-1 would read past an array
+(a crash or garbage). Every public function that takes weights or sentences from a
+user passes them through here first. The checks are vectorized, O(N * Lmax) for
+sentences and O(size) for weights, and raise one-line errors of the
+:class:`~refimpl.errors.InputError` family that name the argument and, for
+sentences, the sentence index, the position and the offending value.
+"""
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from .errors import NonFiniteError, SentenceInputError, ShapeError
+
+__all__ = ["check_weights", "check_sentences", "check_tokens"]
+
+FLAT_MESSAGE = "a flat list of ints is not a list of sentences; wrap one sentence as [[...]]"
+
+
+def _shape_text(shape):
+    return "(" + ", ".join("any" if s is None else str(s) for s in shape) + ("," if len(shape) == 1 else "") + ")"
+
+
+def check_weights(W, shape, name):
+    """A finite float64 array of the given shape, C-contiguous (a copy only when needed).
+
+    Parameters
+    ----------
+    W : array-like
+    shape : tuple of int or None; None matches any size along that axis
+    name : str, the argument's name used in messages
+
+    Raises
+    ------
+    ShapeError : wrong number of dimensions or wrong shape (names both shapes)
+    NonFiniteError : NaN or +-inf (names the first index and value)
+    """
+    try:
+        A = np.asarray(W, dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise ShapeError(f"{name} must be a float array of shape {_shape_text(shape)}: {err}") from None
+    if A.ndim != len(shape) or any(s is not None and a != s for a, s in zip(A.shape, shape)):
+        raise ShapeError(f"{name} must have shape {_shape_text(shape)}, got shape {A.shape}")
+    if not np.isfinite(A).all():
+        idx = tuple(int(i) for i in np.argwhere(~np.isfinite(A))[0])
+        raise NonFiniteError(f"{name} (shape {A.shape}) holds {A[idx]} at index {idx}; "
+                             f"weights must be finite")
+    return np.ascontiguousarray(A)
+
+
+def _integer_array(values, what):
+    """values as an ndarray of an integer dtype (no conversion of floats or bools)."""
+    a = values if isinstance(values, np.ndarray) else np.asarray(values)
+    if a.dtype.kind in "iu":
+        return a
+    if a.dtype == object and all(isinstance(v, numbers.Integral) and not isinstance(v, bool)
+                                 for v in a.ravel()):
+        return a      # Python ints too large for int64: range checks still work on them
+    raise SentenceInputError(f"{what} must hold integers, got dtype {a.dtype}")
+
+
+def _first(mask):
+    """Index tuple of the first True entry of a boolean array (C order)."""
+    return tuple(int(i) for i in np.unravel_index(int(np.argmax(mask)), mask.shape))
+
+
+def check_tokens(values, M, name, length=None):
+    """A 1-D array of tokens (next tokens, collocation tokens) as contiguous int64 in 0..M-1.
+
+    Parameters
+    ----------
+    values : int array-like, shape (n,)
+    M : int, vocabulary size
+    name : str; length : int or None, the required n
+
+    Raises ShapeError (not 1-D, wrong length) or SentenceInputError (not integers, or a
+    value outside 0..M-1, naming its index and value).
+    """
+    a = _integer_array(values, name)
+    if a.ndim != 1:
+        raise ShapeError(f"{name} must be 1-D, got shape {a.shape}")
+    if length is not None and len(a) != length:
+        raise ShapeError(f"{name} must have length {length} (one per sentence), got {len(a)}")
+    bad = (a < 0) | (a >= M)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise SentenceInputError(f"{name}[{i}] = {a[i]} is outside 0..{M - 1} (M = {M})")
+    return np.ascontiguousarray(a, dtype=np.int64)
+
+
+def _is_pair(x):
+    """A (tokens (N, Lmax), lengths (N,)) pair: a tuple of two whose first is a 2-D array,
+    the convention of :func:`refimpl.data.pad_sentences`."""
+    return isinstance(x, tuple) and len(x) == 2 and isinstance(x[0], np.ndarray) and x[0].ndim == 2
+
+
+def _check_pair(tokens, lengths, M, name):
+    tokens = _integer_array(tokens, f"{name}: tokens")
+    lengths = _integer_array(lengths, f"{name}: lengths")
+    if lengths.ndim != 1 or len(lengths) != tokens.shape[0]:
+        raise ShapeError(f"{name}: lengths must have shape ({tokens.shape[0]},) to match tokens of "
+                         f"shape {tokens.shape}, got shape {lengths.shape}")
+    N, Lmax = tokens.shape
+    if N == 0:
+        raise SentenceInputError(f"{name}: no sentences (tokens of shape {tokens.shape})")
+    bad_len = (lengths < 1) | (lengths > Lmax)
+    if bad_len.any():
+        i = int(np.argmax(bad_len))
+        raise SentenceInputError(f"{name}: sentence {i} has length {lengths[i]}, outside 1..{Lmax} "
+                                 f"(the width of tokens, shape {tokens.shape})")
+    inside = np.arange(Lmax) < lengths[:, None]                  # (N, Lmax): positions read
+    bad = ((tokens < 0) | (tokens >= M)) & inside
+    if bad.any():
+        i, l = _first(bad)
+        raise SentenceInputError(f"{name}: sentence {i}, position {l}: token {tokens[i, l]} is outside "
+                                 f"0..{M - 1} (M = {M})")
+    return np.ascontiguousarray(tokens, dtype=np.int64), np.ascontiguousarray(lengths, dtype=np.int64)
+
+
+def _check_list(sentences, M, name):
+    if isinstance(sentences, (str, bytes)) or not hasattr(sentences, "__len__"):
+        raise SentenceInputError(f"{name} must be a list of sentences (sequences of ints) or a "
+                                 f"(tokens, lengths) pair, got {type(sentences).__name__}")
+    if len(sentences) == 0:
+        raise SentenceInputError(f"{name}: no sentences (an empty list)")
+    seqs = []
+    for i, s in enumerate(sentences):
+        if isinstance(s, (numbers.Number, np.generic)) or np.ndim(s) == 0:
+            raise SentenceInputError(f"{name}: item {i} is the number {s!r}: {FLAT_MESSAGE}")
+        a = _integer_array(s, f"{name}: sentence {i}")
+        if a.ndim != 1:
+            raise SentenceInputError(f"{name}: sentence {i} must be a 1-D sequence of ints, got shape {a.shape}")
+        if len(a) == 0:
+            raise SentenceInputError(f"{name}: sentence {i} is empty (length 0; its query is undefined)")
+        bad = (a < 0) | (a >= M)
+        if bad.any():
+            l = int(np.argmax(bad))
+            raise SentenceInputError(f"{name}: sentence {i}, position {l}: token {a[l]} is outside "
+                                     f"0..{M - 1} (M = {M})")
+        seqs.append(a)
+    lengths = np.fromiter((len(a) for a in seqs), dtype=np.int64, count=len(seqs))
+    tokens = np.full((len(seqs), int(lengths.max())), -1, dtype=np.int64)
+    for i, a in enumerate(seqs):
+        tokens[i, : len(a)] = a
+    return tokens, lengths
+
+
+def check_sentences(sentences_or_pair, M, name="sentences"):
+    """Sentences as contiguous int64 ``(tokens (N, Lmax) padded with -1, lengths (N,))``.
+
+    Parameters
+    ----------
+    sentences_or_pair : a list of sentences (each a 1-D sequence of ints), or a tuple
+        ``(tokens int (N, Lmax), lengths int (N,))`` whose first item is a 2-D ndarray
+        (padding beyond ``lengths[i]`` is never read, so its values are not checked)
+    M : int, vocabulary size; every token read must be in 0..M-1
+    name : str, the argument's name used in messages
+
+    Raises
+    ------
+    SentenceInputError : a flat list of ints, no sentences, a non-integer dtype, a length
+        outside 1..Lmax, or a token outside 0..M-1 (naming sentence, position and value)
+    ShapeError : lengths whose shape does not match tokens
+
+    Cost: O(N * Lmax) vectorized for a pair; one pass over the sentences for a list.
+    """
+    M = int(M)
+    if _is_pair(sentences_or_pair):
+        return _check_pair(*sentences_or_pair, M, name)
+    if isinstance(sentences_or_pair, np.ndarray) and sentences_or_pair.ndim == 1 \
+            and sentences_or_pair.dtype.kind in "iu":
+        raise SentenceInputError(f"{name}: {FLAT_MESSAGE}")
+    if isinstance(sentences_or_pair, (list, tuple)) and len(sentences_or_pair) > 0 and all(
+            isinstance(v, (numbers.Integral, np.integer)) for v in sentences_or_pair):
+        raise SentenceInputError(f"{name}: {FLAT_MESSAGE}")
+    return _check_list(sentences_or_pair, M, name)

@@ -5,10 +5,13 @@ the same scale convention (G = exp(log_scale) * Gs), but computed by a second
 route: the global scale is known before accumulating, the attention gradient
 uses the pair form
 
-    e^{delta} phi_l (g_l - gbar) = sum_m (e^{delta} phi_l phi_m) (g_l - g_m)
+    e^{delta} phi_l (g_l - gbar) = sum_m (e^{delta} phi_l phi_m) (g_l - g_m),
+    g_l - g_m = (O[:, x_l] - O[:, x_m])^T r      (difference formed first)
 
-and log10_loss comes from a log-sum-exp of per-sentence log-losses. They
-allocate (N, Lmax, M) and (N, Lmax, Lmax) arrays: tests only, not for training.
+and log10_loss comes from a log-sum-exp of per-sentence log-losses. Nothing small is
+obtained by subtracting two large numbers (docs/model.md, section 8), so the twins are
+as accurate as the kernels at saturation. They allocate (N, Lmax, M) and
+(N, Lmax, Lmax, M) arrays: tests only, not for training.
 """
 from __future__ import annotations
 
@@ -103,7 +106,9 @@ def _grads(O, K, tokens, lengths, ys, want_o, want_k):
         np.add.at(GOT, x[valid], (f[:, None] * phi)[valid][:, None] * rhat[np.nonzero(valid)[0]])
         GO = GOT.T.copy()
     if want_k:
-        g = np.einsum("nlm,nm->nl", cols, rhat)                    # (N, L)
+        # g_l - g_m = (O[:, x_l] - O[:, x_m])^T rhat, the difference formed before the dot
+        # product: exactly 0 for equal tokens, never two nearly equal dot products subtracted
+        gdiff = np.einsum("nlkv,nv->nlk", cols[:, :, None, :] - cols[:, None, :, :], rhat)   # (N, L, L)
         # pair weights e^{delta} phi_l phi_m, written without overflow (top-top pairs: g_l = g_m)
         nt = (valid & ~top).astype(float)                          # (N, L) 1 on non-top positions
         power = np.maximum(nt[:, :, None] + nt[:, None, :] - 1.0, 0.0)        # (N, L, L)
@@ -112,7 +117,7 @@ def _grads(O, K, tokens, lengths, ys, want_o, want_k):
         omega_gap = np.where(top[:, :, None] & top[:, None, :], 0.0, omega_gap)
         omega = np.where(gap[:, None, None], omega_gap, phi[:, :, None] * phi[:, None, :])
         omega = np.where(valid[:, :, None] & valid[:, None, :], omega, 0.0)
-        khat = np.einsum("nlm,nlm->nl", omega, g[:, :, None] - g[:, None, :])   # (N, L)
+        khat = np.einsum("nlm,nlm->nl", omega, gdiff)              # (N, L)
         fk = f * (np.exp(-delta) if want_o else 1.0)               # joint: e^{-delta} explicit
         q = tokens[np.arange(N), lengths - 1]
         qq = np.broadcast_to(q[:, None], x.shape)

@@ -29,6 +29,9 @@ _PUBLIC = {
     "loss_and_grads": "model", "stage1_loss_and_grad": "model",
     # max-margin
     "w_ov_star": "maxmargin", "w_kq_star": "maxmargin", "stage2_floor": "maxmargin",
+    "grade_w_kq": "maxmargin",
+    "grade_w_ov": "maxmargin",
+    "Grade": "grading",
     # training
     "train_two_stage": "train", "train_joint": "train", "TrainConfig": "train",
     # generalization

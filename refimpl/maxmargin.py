@@ -1,4 +1,4 @@
-"""Max-margin solutions W_ov*, W_kq*, their KKT certificates, and the stage-2 floor (SPEC section 5).
+"""Max-margin solutions W_ov*, W_kq*, their KKT certificates, grading, and the stage-2 floor.
 
 Everything is in token coordinates (``O = E^T W_ov E``, ``K = E^T W_kq E``,
 shape (M, M), row = key token, column = query token). Both max-margin problems
@@ -14,7 +14,9 @@ derivation of the reduction, the certificate and its tolerances are in
 A column's certificate is its dual multipliers ``alpha >= 0`` with
 ``k = G^T alpha``; :func:`kkt_residuals` measures the four KKT conditions
 relative to their natural scale, and no solution leaves this module before
-``Certificate.check`` (1e-10 relative, SPEC section 5) passed.
+``Certificate.check`` (1e-10 relative, docs/maxmargin.md section 3) passed.
+:func:`grade_w_kq` and :func:`grade_w_ov` grade any candidate matrix against the exact
+solution (:class:`refimpl.grading.Grade`, docs/maxmargin.md section 5).
 """
 from __future__ import annotations
 
@@ -23,14 +25,16 @@ from dataclasses import dataclass
 import numpy as np
 
 from .data import induced_relations
-from .floor import log_loss, stage2_floor  # noqa: F401 (public here since issue 4)
+from .floor import log_loss, stage2_floor  # noqa: F401 (public here as well)
+from .grading import (GRADE_TOL, Grade, _difference_matrix, check_candidate,  # noqa: F401
+                      fit_multipliers, grade)
 from .ldp import (KKT_TOL, CertificateError, InfeasibleError, _fit_alpha,  # noqa: F401
                   _CONDITIONS, kkt_residuals, least_distance, serial_blas as _serial_blas)
 
 __all__ = [
     "CertificateError", "InfeasibleError", "ColumnCertificate", "Certificate",
     "least_distance", "kkt_residuals", "certify",
-    "w_ov_star", "w_kq_star",
+    "w_ov_star", "w_kq_star", "Grade", "grade_w_kq", "grade_w_ov",
     "log_loss", "stage2_floor",
 ]
 
@@ -69,7 +73,7 @@ class Certificate:
 
     problem : "W_ov*" or "W_kq*"
     columns : tuple of ColumnCertificate (columns without constraints are zero and absent)
-    tol     : the relative tolerance :attr:`ok` uses (SPEC section 5: 1e-10)
+    tol     : the relative tolerance :attr:`ok` uses (1e-10, docs/maxmargin.md section 3)
     """
 
     problem: str
@@ -99,25 +103,23 @@ class Certificate:
                     value=getattr(col, c), tol=tol)
 
 
-def _difference_matrix(rows, n):
-    """float64 (m, n) with row j = e_{rows[j,0]} - e_{rows[j,1]}."""
-    G = np.zeros((len(rows), n))
-    G[np.arange(len(rows)), rows[:, 0]] = 1.0
-    G[np.arange(len(rows)), rows[:, 1]] -= 1.0
-    return G
-
-
 def certify(W, rows_by_column, alpha_by_column=None, *, problem="W", tol=KKT_TOL):
-    """KKT certificate of a candidate max-margin matrix ``W`` (M, M).
+    """KKT certificate of a candidate max-margin matrix ``W`` (M, M), column by column.
 
     rows_by_column : dict column -> int64 (m, 2) constraint pairs (a, b): W[a, c] - W[b, c] >= 1
-    alpha_by_column : dict column -> (m,) multipliers, or None to fit the best ones
-        (NNLS on the tight rows): then the certificate fails iff W is not the optimum.
+    alpha_by_column : dict column -> (m,) multipliers, or None to fit the best ones with
+        :func:`refimpl.grading.fit_multipliers` (NNLS on the constraints whose margin is
+        within ``tol`` relative of the smallest margin, the fit :func:`grade_w_kq` uses):
+        then the certificate fails iff W is not the optimum to ``tol``.
     Columns not in ``rows_by_column`` must be zero (checked as stationarity with no rows).
-    Returns a :class:`Certificate`; call ``.check()`` to raise on failure.
+    Returns a :class:`Certificate`; call ``.check()`` to raise on failure. The residuals
+    are per column (:func:`kkt_residuals`); :func:`refimpl.grading.grade` gives the
+    whole-matrix residuals and the distance to the exact solution.
     """
     W = np.asarray(W, dtype=np.float64)
     M = W.shape[0]
+    if alpha_by_column is None:
+        alpha_by_column = fit_multipliers(W, rows_by_column, tol)[0]
     cols = []
     for c in range(W.shape[1]):
         rows = np.asarray(rows_by_column.get(c, np.zeros((0, 2))), dtype=np.int64).reshape(-1, 2)
@@ -126,12 +128,86 @@ def certify(W, rows_by_column, alpha_by_column=None, *, problem="W", tol=KKT_TOL
                 cols.append(ColumnCertificate(c, rows, np.zeros(0), 0.0, 0.0, 1.0, 0.0))
             continue
         G = _difference_matrix(rows, M)
-        if alpha_by_column is None:
-            alpha = _fit_alpha(G, W[:, c])
-        else:
-            alpha = np.asarray(alpha_by_column[c], dtype=np.float64)
+        alpha = np.asarray(alpha_by_column[c], dtype=np.float64)
         cols.append(ColumnCertificate(c, rows, alpha, **kkt_residuals(G, W[:, c], alpha)))
     return Certificate(problem, tuple(cols), tol)
+
+
+def _kq_rows(ds):
+    """dict query -> int64 (m, 2) pairs (x*, x') = (upper, lower) of its training relations."""
+    return {q: rel[:, ::-1].copy() for q, rel in induced_relations(ds).items()}
+
+
+def grade_w_kq(ds, W, *, tol=GRADE_TOL):
+    """Grade a candidate ``W`` (float (M, M), token coordinates) against the exact W_kq*.
+
+    Parameters
+    ----------
+    ds : RealizableDataset
+    W : array_like (M, M)
+        Row = key token, column = query token, as returned by :func:`w_kq_star`.
+    tol : float
+        Relative tolerance of the tight set and of ``Grade.ok()`` (default 1e-6).
+
+    Returns
+    -------
+    Grade
+        With ``m_j = W[x*, q] - W[x', q]`` over the training relations ``x' <_q x*``
+        (:func:`refimpl.data.induced_relations`):
+        ``max_violation = max(0, max_j 1 - m_j)``, ``rel_distance = ||W - K*|| / ||K*||``,
+        ``cosine = <W, K*> / (||W|| ||K*||)``, ``norm_ratio = ||W|| / ||K*||``,
+        ``stationarity = ||W - sum_j lam_j A_j|| / ||W||`` with ``lam >= 0`` fitted by NNLS
+        on the constraints with ``m_j - min m <= tol |min m|``, ``dual`` and
+        ``slackness = sum_j lam_j |m_j - 1| / sum_j lam_j`` (see :class:`Grade`).
+        Columns of tokens that are never queries, and rows of tokens in no relation of
+        the column, are zero in K*: entries of W there count in full in
+        ``rel_distance``, ``cosine``, ``norm_ratio`` and ``stationarity``.
+
+    Raises
+    ------
+    ShapeError, NonFiniteError
+        ``W`` is not (M, M), or has NaN or +-inf entries.
+
+    Computes :func:`w_kq_star` (certified) for the comparison.
+    """
+    W = check_candidate(W, ds.vocab_size, "W_kq")
+    K_star, _ = w_kq_star(ds)
+    return grade(W, K_star, _kq_rows(ds), tol=tol, problem="W_kq*")
+
+
+def grade_w_ov(ds, W, *, tol=GRADE_TOL):
+    """Grade a candidate ``W`` (float (M, M), token coordinates) against the exact W_ov*.
+
+    Parameters
+    ----------
+    ds : RealizableDataset
+    W : array_like (M, M)
+        Row = output token, column = source token, as returned by :func:`w_ov_star`.
+    tol : float
+        Relative tolerance of the tight set and of ``Grade.ok()`` (default 1e-6).
+
+    Returns
+    -------
+    Grade
+        With ``m_j = W[n(x), x] - W[v, x]`` for x in C and every ``v != n(x)``:
+        ``max_violation = max(0, max_j 1 - m_j)``, ``rel_distance = ||W - O*|| / ||O*||``,
+        ``cosine``, ``norm_ratio``, ``stationarity``, ``dual``, ``slackness`` as in
+        :func:`grade_w_kq` (formulas in :class:`Grade`). Columns of tokens outside C
+        are zero in O*: entries of W there count in full in ``rel_distance``, ``cosine``,
+        ``norm_ratio`` and ``stationarity``.
+
+    Raises
+    ------
+    ShapeError, NonFiniteError
+        ``W`` is not (M, M), or has NaN or +-inf entries.
+
+    Uses the closed form of :func:`w_ov_star` (claim C1).
+    """
+    M = ds.vocab_size
+    W = check_candidate(W, M, "W_ov")
+    O_star, _ = w_ov_star(ds)
+    rows = {x: _ov_rows(y, M) for x, y in zip(ds.colloc_tokens.tolist(), ds.colloc_next.tolist())}
+    return grade(W, O_star, rows, tol=tol, problem="W_ov*")
 
 
 # ================================================================= W_ov*
@@ -185,8 +261,7 @@ def w_kq_star(ds):
     M = ds.vocab_size
     K = np.zeros((M, M))
     rows, alphas = {}, {}
-    for q, rel in induced_relations(ds).items():
-        pairs = rel[:, ::-1].copy()                 # (x*, x') = (upper, lower)
+    for q, pairs in _kq_rows(ds).items():         # (x*, x') = (upper, lower)
         toks, local = np.unique(pairs, return_inverse=True)
         G = _difference_matrix(local.reshape(-1, 2), len(toks))
         try:

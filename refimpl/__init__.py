@@ -21,6 +21,8 @@ _PUBLIC = {
     "load_dataset": "io", "save_dataset": "io",
     # errors
     "DatasetError": "errors", "TokenOutOfRangeError": "errors", "EmptySentenceError": "errors",
+    "EmptyDatasetError": "errors", "VocabularySizeError": "errors", "ResourceError": "errors",
+    "InputError": "errors", "ShapeError": "errors", "NonFiniteError": "errors", "SentenceInputError": "errors",
     "CountMismatchError": "errors", "CollocationConflictError": "errors",
     "NoOptimalTokenError": "errors", "AmbiguousOptimalTokenError": "errors",
     "OrderCycleError": "errors", "OrderContradictionError": "errors",

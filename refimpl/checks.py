@@ -16,7 +16,8 @@ import numpy as np
 
 from .errors import NonFiniteError, SentenceInputError, ShapeError
 
-__all__ = ["check_weights", "check_sentences", "check_tokens"]
+__all__ = ["check_weights", "check_square", "check_sentences", "check_padded", "check_tokens",
+           "check_token_problem"]
 
 FLAT_MESSAGE = "a flat list of ints is not a list of sentences; wrap one sentence as [[...]]"
 
@@ -50,6 +51,13 @@ def check_weights(W, shape, name):
         raise NonFiniteError(f"{name} (shape {A.shape}) holds {A[idx]} at index {idx}; "
                              f"weights must be finite")
     return np.ascontiguousarray(A)
+
+
+def check_square(W, name, M=None):
+    """A finite float64 (M, M) array (M = W's first dimension when None); see :func:`check_weights`."""
+    if M is None:
+        M = check_weights(W, (None, None), name).shape[0]
+    return check_weights(W, (M, M), name)
 
 
 def _integer_array(values, what):
@@ -129,13 +137,19 @@ def _check_list(sentences, M, name):
         raise SentenceInputError(f"{name}: no sentences (an empty list)")
     seqs = []
     for i, s in enumerate(sentences):
-        if isinstance(s, (numbers.Number, np.generic)) or np.ndim(s) == 0:
+        if isinstance(s, (numbers.Number, np.generic)):
             raise SentenceInputError(f"{name}: item {i} is the number {s!r}: {FLAT_MESSAGE}")
-        a = _integer_array(s, f"{name}: sentence {i}")
+        try:
+            a = s if isinstance(s, np.ndarray) else np.asarray(s)
+        except (TypeError, ValueError):
+            raise SentenceInputError(f"{name}: sentence {i} is not a 1-D sequence of ints") from None
+        if a.ndim == 0:
+            raise SentenceInputError(f"{name}: item {i} is the scalar {s!r}: {FLAT_MESSAGE}")
+        if a.size == 0:
+            raise SentenceInputError(f"{name}: sentence {i} is empty (length 0; its query is undefined)")
+        a = _integer_array(a, f"{name}: sentence {i}")
         if a.ndim != 1:
             raise SentenceInputError(f"{name}: sentence {i} must be a 1-D sequence of ints, got shape {a.shape}")
-        if len(a) == 0:
-            raise SentenceInputError(f"{name}: sentence {i} is empty (length 0; its query is undefined)")
         bad = (a < 0) | (a >= M)
         if bad.any():
             l = int(np.argmax(bad))
@@ -178,3 +192,59 @@ def check_sentences(sentences_or_pair, M, name="sentences"):
             isinstance(v, (numbers.Integral, np.integer)) for v in sentences_or_pair):
         raise SentenceInputError(f"{name}: {FLAT_MESSAGE}")
     return _check_list(sentences_or_pair, M, name)
+
+
+def check_padded(tokens, lengths, M, name="tokens/lengths"):
+    """A padded pair: tokens int (N, Lmax), lengths int (N,) in 1..Lmax, tokens[i, :lengths[i]]
+    in 0..M-1. Returns contiguous int64 copies (no copy when already so). O(N * Lmax)."""
+    tokens = np.asarray(tokens)
+    if tokens.ndim != 2:
+        raise ShapeError(f"{name}: tokens must be 2-D (N, Lmax) padded, got shape {tokens.shape}")
+    return _check_pair(tokens, lengths, M, name)
+
+
+def _check_flat(flat, lengths, M, name):
+    """Flat tokens (T,) with lengths (N,) >= 1 adding up to T; every token in 0..M-1."""
+    flat = _integer_array(flat, f"{name}: tokens")
+    lengths = _integer_array(lengths, f"{name}: lengths")
+    if lengths.ndim != 1:
+        raise ShapeError(f"{name}: lengths must be 1-D, got shape {lengths.shape}")
+    if len(lengths) == 0:
+        raise SentenceInputError(f"{name}: no sentences (lengths is empty)")
+    if (lengths < 1).any():
+        i = int(np.argmax(lengths < 1))
+        raise SentenceInputError(f"{name}: sentence {i} has length {lengths[i]}, below 1")
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    if offsets[-1] != len(flat):
+        raise SentenceInputError(f"{name}: the lengths add up to {offsets[-1]} but the flat tokens "
+                                 f"hold {len(flat)}")
+    bad = (flat < 0) | (flat >= M)
+    if bad.any():
+        j = int(np.argmax(bad))
+        i = int(np.searchsorted(offsets, j, side="right")) - 1
+        raise SentenceInputError(f"{name}: sentence {i}, position {j - offsets[i]}: token {flat[j]} is "
+                                 f"outside 0..{M - 1} (M = {M})")
+
+
+def check_token_problem(O, K, tokens, lengths, ys=None, *, need_k=True):
+    """The arguments of a token-coordinate kernel, checked once at its public boundary.
+
+    O : float (M, M) (M from its shape); K : float (M, M) (not read when ``need_k`` is False);
+    tokens : int (N, Lmax) padded (padding not read) or flat (T,), with lengths : int (N,);
+    ys : int (N,) next tokens or None. Returns (O, K) as finite float64 arrays (K None when
+    not needed). Raises the :class:`~refimpl.errors.InputError` family naming the argument,
+    and for tokens the sentence, the position and the value. Cost O(M^2 + N * Lmax).
+    """
+    O = check_square(O, "O")
+    M = O.shape[0]
+    K = check_square(K, "K", M) if need_k else None
+    tokens = np.asarray(tokens)
+    if tokens.ndim == 2:
+        _check_pair(tokens, lengths, M, "tokens/lengths")
+    elif tokens.ndim == 1:
+        _check_flat(tokens, lengths, M, "tokens/lengths")
+    else:
+        raise ShapeError(f"tokens must be 2-D (N, Lmax) padded or 1-D (T,) flat, got shape {tokens.shape}")
+    if ys is not None:
+        check_tokens(ys, M, "ys", len(np.asarray(lengths)))
+    return O, K

@@ -41,6 +41,7 @@ import math
 import numpy as np
 from numba import njit
 
+from .checks import check_padded, check_square, check_token_problem, check_tokens, check_weights
 from .errors import SentenceInputError, ShapeError
 from .kernels_chunk import _drive_parallel, _drive_serial
 from .kernels_math import scaled, sumsq4
@@ -170,7 +171,8 @@ class Stage1Direction:
     """
 
     def __init__(self, xs, ys, M):
-        xs = np.ascontiguousarray(xs, dtype=np.int64)
+        xs = check_tokens(xs, M, "xs")
+        ys = check_tokens(ys, M, "ys", len(xs))
         self._K = np.zeros((M, M))
         self._p = _Prepared(self._K, xs[:, None], np.ones(len(xs), dtype=np.int64), ys, 1, 1)
 
@@ -190,6 +192,7 @@ def stage1_grad(O, xs, ys):
     Returns (Gs (M, M), log_scale, loss, log10_loss), dL0/dO = exp(log_scale) * Gs,
     log_scale = -max(min_x margin_x, 0).
     """
+    O = check_square(O, "O")
     GO, _, log_scale, loss, log10_loss = Stage1Direction(xs, ys, len(O))._drive(O, False)
     return GO, log_scale, loss, log10_loss
 
@@ -202,6 +205,7 @@ def stage2_grad(O, K, tokens, lengths, ys, *, chunks=None):
     Returns (GKs (M, M), log_scale, loss, log10_loss), dL/dK = exp(log_scale) * GKs,
     log_scale = -min_i (max(m_i, 0) + delta_i). ``chunks`` overrides :func:`n_chunks`.
     """
+    O, K = check_token_problem(O, K, tokens, lengths, ys)
     _, GK, log_scale, loss, log10_loss = _run(O, K, tokens, lengths, ys, False, True, chunks)
     return GK, log_scale, loss, log10_loss
 
@@ -212,11 +216,13 @@ def joint_grad(O, K, tokens, lengths, ys, *, chunks=None):
     Returns (GOs, GKs, log_scale, loss, log10_loss), both (M, M);
     log_scale = -min_i max(m_i, 0).
     """
+    O, K = check_token_problem(O, K, tokens, lengths, ys)
     return _run(O, K, tokens, lengths, ys, True, True, chunks)
 
 
 def stage2_loss(O, K, tokens, lengths, ys, *, chunks=None):
     """(loss, log10_loss) of the full dataset, no gradient."""
+    O, K = check_token_problem(O, K, tokens, lengths, ys)
     _, _, _, loss, log10_loss = _run(O, K, tokens, lengths, ys, False, False, chunks)
     return loss, log10_loss
 
@@ -234,6 +240,7 @@ class Stage2Direction:
     """
 
     def __init__(self, O, tokens, lengths, ys, *, chunks=None):
+        O, _ = check_token_problem(O, None, tokens, lengths, ys, need_k=False)   # once, not per step
         self._p = _Prepared(O, tokens, lengths, ys, 1, chunks)
 
     def direction(self, K):
@@ -313,10 +320,14 @@ def _logits(OT, phi, tokens, lengths):
 
 
 def attention(K, tokens, lengths):
-    """phi : float64 (N, Lmax), phi[i, l] = softmax_l K[x_l, q] on positions l < lengths[i], 0 after."""
-    KT = np.ascontiguousarray(np.asarray(K, dtype=np.float64).T)
-    return _attention(KT, np.ascontiguousarray(tokens, dtype=np.int64),
-                      np.ascontiguousarray(lengths, dtype=np.int64))
+    """phi : float64 (N, Lmax), phi[i, l] = softmax_l K[x_l, q] on positions l < lengths[i], 0 after.
+
+    K : float (M, M), finite; tokens : int (N, Lmax) padded, lengths : int (N,) in 1..Lmax,
+    tokens[i, :lengths[i]] in 0..M-1 (checked: InputError family)."""
+    K = check_square(K, "K")
+    tokens, lengths = check_padded(tokens, lengths, K.shape[0])
+    KT = np.ascontiguousarray(K.T)
+    return _attention(KT, tokens, lengths)
 
 
 def logits(O, K, tokens, lengths, phi=None):
@@ -324,8 +335,9 @@ def logits(O, K, tokens, lengths, phi=None):
 
     phi : float64 (N, Lmax) attention to use instead of :func:`attention` of K (for
     example the c -> infinity limit, or one already computed); K is then not read.
+    O, K : float (M, M), finite; tokens, lengths as in :func:`attention` (checked).
     """
-    tokens = np.ascontiguousarray(tokens, dtype=np.int64)
-    lengths = np.ascontiguousarray(lengths, dtype=np.int64)
-    phi = attention(K, tokens, lengths) if phi is None else np.ascontiguousarray(phi, dtype=np.float64)
-    return _logits(np.ascontiguousarray(np.asarray(O, dtype=np.float64).T), phi, tokens, lengths)
+    O = check_square(O, "O")
+    tokens, lengths = check_padded(tokens, lengths, O.shape[0])
+    phi = attention(K, tokens, lengths) if phi is None else check_weights(phi, tokens.shape, "phi")
+    return _logits(np.ascontiguousarray(O.T), phi, tokens, lengths)

@@ -1,15 +1,16 @@
-"""Next-token prediction of the one-layer transformer for arbitrary sentences (SPEC sections 2, 7).
+"""Next-token prediction of the one-layer transformer for arbitrary sentences (docs/model.md).
 
 Token coordinates (E = I): ``O``, ``K`` are M x M, row = key token, column = query
-token. Sentences are ragged lists or a padded ``(tokens, lengths)`` tuple.
+token. Sentences are ragged lists or a padded ``(tokens, lengths)`` tuple. Both are
+checked by :mod:`refimpl.checks` before the compiled loops read them.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from . import kernels
-from .data import pad_sentences
-from .errors import ConfigError
+from .checks import check_sentences, check_weights
+from .errors import InputError
 
 __all__ = ["predict", "predict_limit"]
 
@@ -34,29 +35,40 @@ def _output(z):
 
 
 def _as_pair(W_ov, W_kq, sentences):
-    O, K = np.asarray(W_ov, dtype=np.float64), np.asarray(W_kq, dtype=np.float64)
-    tokens, lengths = pad_sentences(sentences)
+    """Checked (O, K, tokens, lengths): O, K finite float64 (M, M); tokens int64 (N, Lmax)
+    with every token read in 0..M-1; lengths int64 (N,) in 1..Lmax (InputError family)."""
+    O = check_weights(W_ov, (None, None), "W_ov")
     M = O.shape[0]
-    if O.shape != (M, M) or K.shape != (M, M):
-        raise ConfigError(f"W_ov and W_kq must be M x M token-coordinate matrices; got {O.shape}, {K.shape}")
-    valid = np.arange(tokens.shape[1])[None, :] < lengths[:, None]
-    if (lengths < 1).any() or ((tokens < 0) | (tokens >= M))[valid].any():
-        raise ConfigError(f"sentences must be non-empty with tokens in 0..{M - 1}")
+    O = check_weights(O, (M, M), "W_ov")
+    K = check_weights(W_kq, (M, M), "W_kq")
+    tokens, lengths = check_sentences(sentences, M)
     return O, K, tokens, lengths
 
 
 def predict(W_ov, W_kq, sentences):
-    """Next-token prediction of the one-layer transformer (SPEC section 2), token coordinates (E = I).
+    """Next-token prediction of the one-layer transformer, token coordinates (E = I).
+
+    z_i = sum_l phi_il O[:, x_il],  phi_i = softmax_l K[x_il, q_i]  (docs/model.md, section 1).
 
     Parameters
     ----------
-    W_ov, W_kq : float arrays, shape (M, M)   O and K; row = key token, column = query token
-    sentences : ragged int sequences, or a tuple (tokens int64 (N, Lmax) padded with -1, lengths (N,))
+    W_ov, W_kq : float arrays, shape (M, M), finite   O and K; row = key token, column = query token
+    sentences : a list of sentences (1-D int sequences, each non-empty), or a tuple
+        (tokens int (N, Lmax), lengths int (N,)) with tokens[i, :lengths[i]] in 0..M-1
+        (padding beyond lengths[i] is not read)
 
     Returns
     -------
     next_token : int64 (N,), argmax_v z_v (lowest index on exact ties)
-    probs : float64 (N, M), softmax(z) computed stably (shifted by the row maximum)
+    probs : float64 (N, M), softmax(z) computed stably (shifted by the row maximum);
+        each entry to a few ulp relative (the logits are sums of L products, the
+        softmax one exp and one division per entry; docs/model.md, section 8)
+
+    Raises
+    ------
+    ShapeError, NonFiniteError : weights of the wrong shape or not finite
+    SentenceInputError : a flat list of ints, no sentences, a length outside 1..Lmax or a
+        token outside 0..M-1 (the message names the sentence, the position and the value)
     """
     O, K, tokens, lengths = _as_pair(W_ov, W_kq, sentences)
     return _output(kernels.logits(O, K, tokens, lengths))
@@ -66,7 +78,9 @@ def predict_limit(W_ov, W_kq, sentences, tol=1e-9):
     """The limit c -> infinity of ``predict(W_ov, c * W_kq, sentences)``: attention uniform over the
     positions l with s_l >= max_l s_l - tol (all occurrences of the top-scoring tokens).
 
-    Same shapes and returns as :func:`predict`.
+    Same shapes, returns and errors as :func:`predict`; ``tol`` must be a finite number >= 0.
     """
+    if not (isinstance(tol, (int, float, np.integer, np.floating)) and np.isfinite(tol) and tol >= 0):
+        raise InputError(f"tol must be a finite number >= 0, got tol={tol!r}")
     O, K, tokens, lengths = _as_pair(W_ov, W_kq, sentences)
     return _output(kernels.logits(O, None, tokens, lengths, phi=_limit_attention(K, tokens, lengths, tol)))

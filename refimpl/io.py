@@ -12,9 +12,11 @@ one JSON encoding of reports (:func:`json_safe`, :func:`json_text`).
 """
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -22,8 +24,10 @@ import numpy as np
 
 from .data import RealizableDataset, validate
 from .errors import ConfigError, FileFormatError
+from .jsonfile import INT64_MAX, INT64_MIN, display_name, read_json_file
 
 FORMAT_TAG = "refimpl/realizable-dataset@1"
+_FIELDS = ("format", "vocab_size", "collocation", "orders", "sentences", "next_tokens")
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 __all__ = ["json_safe", "json_text", "FORMAT_TAG", "load_dataset", "save_dataset", "dataset_to_dict", "dataset_from_dict",
@@ -101,75 +105,218 @@ def dataset_to_dict(ds):
     return out
 
 
+_QUERY_KEY = re.compile(r"0|[1-9][0-9]*", re.ASCII)
+_INT64_RANGE = "the int64 range [-2^63, 2^63-1]"
+
+
+def _int_text(value):
+    """``value`` (an int) for a message: its digits, shortened; never ``str()`` of a huge int."""
+    if abs(value).bit_length() > 128:
+        return f"an integer of about {int(abs(value).bit_length() * 0.30103) + 1} digits"
+    text = str(value)
+    return text if len(text) <= 24 else f"{text[:20]}... ({len(text.lstrip('-'))} digits)"
+
+
+def _show(value, limit=80):
+    """A short, safe rendering of a (JSON-like) value for a one-line message."""
+    def render(v, depth):
+        if isinstance(v, bool) or v is None or isinstance(v, float):
+            return repr(v)
+        if isinstance(v, int):
+            return _int_text(v)
+        if isinstance(v, str):
+            return repr(v) if len(v) <= 30 else repr(v[:30]) + "..."
+        if isinstance(v, list):
+            if depth > 2:
+                return "[...]"
+            items = [render(x, depth + 1) for x in v[:6]] + (["..."] if len(v) > 6 else [])
+            return "[" + ", ".join(items) + "]"
+        if isinstance(v, dict):
+            return "{...}"
+        return f"<{type(v).__name__}>"
+    text = render(value, 0)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _describe(value):
+    """What ``value`` is, in JSON terms, for "must be ..., got ..." messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"a boolean ({'true' if value else 'false'})"
+    if isinstance(value, int):
+        return f"the integer {_int_text(value)}"
+    if isinstance(value, float):
+        return f"a float ({value!r})"
+    if isinstance(value, str):
+        return f"a string ({_show(value)})"
+    if isinstance(value, list):
+        return f"a list ({_show(value)})"
+    if isinstance(value, dict):
+        return "an object"
+    return f"a value of type {type(value).__name__}"
+
+
+def _all_int64(values):
+    """True if every item of the list ``values`` is an int (not a bool) in the int64 range."""
+    types = set(map(type, values))
+    if not types <= {int} and not all(issubclass(t, int) and not issubclass(t, bool) for t in types):
+        return False
+    return not values or (min(values) >= INT64_MIN and max(values) <= INT64_MAX)
+
+
+def _check_int(value, what):
+    """FileFormatError unless ``value`` is an int (not a bool) in the int64 range."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise FileFormatError(f"{what} must be an integer, got {_describe(value)}")
+    if not INT64_MIN <= value <= INT64_MAX:
+        raise FileFormatError(f"{what} is {_int_text(value)}, outside {_INT64_RANGE}")
+
+
 def _int_rows(value, what, width=None):
+    """``value`` after checking it is a list of lists of ints in the int64 range (of ``width``
+    ints each when given); FileFormatError naming the first bad entry otherwise."""
     if not isinstance(value, list):
-        raise FileFormatError(f"field {what!r} must be a list, got {type(value).__name__}", field=what)
-    for j, row in enumerate(value):
-        items = row if isinstance(row, list) else None
-        if items is None or (width is not None and len(items) != width) or \
-                not all(isinstance(t, int) and not isinstance(t, bool) for t in items):
-            shape = f"a list of {width} integers" if width else "a list of integers"
-            raise FileFormatError(f"field {what!r} entry {j} must be {shape}, got {row!r}"[:300],
+        raise FileFormatError(f"field {what!r} must be a list, got {_describe(value)}", field=what)
+    row_types = set(map(type, value))
+    if row_types <= {list} or all(issubclass(t, list) for t in row_types):
+        if width is None or set(map(len, value)) <= {width}:
+            if _all_int64(list(itertools.chain.from_iterable(value))):
+                return value
+    shape = f"a list of {width} integers" if width else "a list of integers"
+    for j, row in enumerate(value):  # name the first bad entry
+        if not isinstance(row, list) or (width is not None and len(row) != width):
+            raise FileFormatError(f"field {what!r} entry {j} must be {shape}, got {_describe(row)}",
                                   field=what, entry=j)
+        for i, t in enumerate(row):
+            _check_int_entry(t, f"field {what!r} entry {j} item {i}", what, j)
     return value
+
+
+def _check_int_entry(value, place, what, entry):
+    try:
+        _check_int(value, place)
+    except FileFormatError as exc:
+        raise FileFormatError(str(exc), field=what, entry=entry) from None
+
+
+def _query_key(key):
+    """The query token of an ``orders`` key: canonical decimal text (or a Python int)."""
+    if isinstance(key, str):
+        if _QUERY_KEY.fullmatch(key):
+            if len(key) <= 19 and int(key) <= INT64_MAX:
+                return int(key)
+            raise FileFormatError(f"orders key {_show(key)} is outside {_INT64_RANGE}", field="orders")
+        raise FileFormatError(f"orders key {_show(key)} is not a query token: keys are decimal numbers "
+                              f"without sign, spaces, underscores or leading zeros, such as '4'", field="orders")
+    if isinstance(key, int) and not isinstance(key, bool):
+        _check_int(key, "orders key")
+        return key
+    raise FileFormatError(f"orders key {_show(key)} is not a query token (a decimal string such as '4')",
+                          field="orders")
 
 
 def dataset_from_dict(obj):
     """Build a dataset from the file-format object; raises FileFormatError on bad structure.
 
-    Realizability is not checked here (see :func:`load_dataset`)."""
+    Parameters
+    ----------
+    obj : dict
+        The object of a dataset file (module docstring), from a file or built in Python.
+
+    Returns
+    -------
+    RealizableDataset
+        Not validated: realizability and value ranges (``vocab_size`` at least 2,
+        tokens in ``0..M-1``, a non-empty dataset) are checked by :func:`validate`,
+        which :func:`load_dataset` runs.
+
+    Raises
+    ------
+    FileFormatError
+        ``obj`` is not an object with the format tag and exactly the known fields;
+        ``vocab_size`` is not an integer; a list field does not hold integers in the
+        right shape; an integer lies outside the int64 range; an ``orders`` key is not
+        a query written in canonical decimal (``"4"``, not ``"04"``, ``" 4"``,
+        ``"+4"`` or ``"4_0"``), or two keys name the same query.
+    """
     if not isinstance(obj, dict):
-        raise FileFormatError(f"a dataset file holds one JSON object, got {type(obj).__name__}")
-    tag = obj.get("format")
+        raise FileFormatError(f"a dataset file holds one JSON object, got {_describe(obj)}")
+    if "format" not in obj:
+        raise FileFormatError(f"missing field 'format' (the format tag {FORMAT_TAG!r})", fields=["format"])
+    tag = obj["format"]
     if tag != FORMAT_TAG:
-        raise FileFormatError(f"unknown format tag {tag!r}; expected {FORMAT_TAG!r}", format=tag)
+        raise FileFormatError(f"unknown format tag {_show(tag)}; expected {FORMAT_TAG!r}",
+                              format=tag if isinstance(tag, str) else None)
+    unknown = sorted((k for k in obj if k not in _FIELDS), key=repr)
+    if unknown:
+        raise FileFormatError(f"unknown field(s) {', '.join(_show(k) for k in unknown[:5])}"
+                              f"{' ...' if len(unknown) > 5 else ''}", fields=[_show(k) for k in unknown[:5]])
     missing = [k for k in ("vocab_size", "collocation", "sentences", "next_tokens") if k not in obj]
     if missing:
         raise FileFormatError(f"missing field(s) {', '.join(missing)}", fields=missing)
-    unknown = sorted(set(obj) - {"format", "vocab_size", "collocation", "orders", "sentences", "next_tokens"})
-    if unknown:
-        raise FileFormatError(f"unknown field(s) {', '.join(unknown)}", fields=unknown)
     M = obj["vocab_size"]
-    if not isinstance(M, int) or isinstance(M, bool) or M < 1:
-        raise FileFormatError(f"vocab_size must be a positive integer, got {M!r}", field="vocab_size")
+    try:
+        _check_int(M, "vocab_size")
+    except FileFormatError as exc:
+        raise FileFormatError(str(exc), field="vocab_size") from None
     colloc = _int_rows(obj["collocation"], "collocation", width=2)
     sentences = _int_rows(obj["sentences"], "sentences")
     nxt = obj["next_tokens"]
-    if not isinstance(nxt, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in nxt):
-        raise FileFormatError("field 'next_tokens' must be a list of integers", field="next_tokens")
+    if not isinstance(nxt, list):
+        raise FileFormatError(f"field 'next_tokens' must be a list of integers, got {_describe(nxt)}",
+                              field="next_tokens")
+    if not _all_int64(nxt):
+        for j, t in enumerate(nxt):
+            _check_int_entry(t, f"field 'next_tokens' entry {j}", "next_tokens", j)
     orders = None
     if obj.get("orders") is not None:
         raw = obj["orders"]
         if not isinstance(raw, dict):
-            raise FileFormatError("field 'orders' must be an object {query: [[lower, upper], ...]}",
-                                  field="orders")
+            raise FileFormatError(f"field 'orders' must be an object {{query: [[lower, upper], ...]}}, "
+                                  f"got {_describe(raw)}", field="orders")
         orders = {}
         for key, rel in raw.items():
-            try:
-                q = int(key)
-            except ValueError:
-                raise FileFormatError(f"orders key {key!r} is not a token", field="orders") from None
-            orders[q] = np.asarray(_int_rows(rel, f"orders[{key}]", width=2), dtype=np.int64).reshape(-1, 2)
+            q = _query_key(key)
+            if q in orders:
+                raise FileFormatError(f"orders keys {_show(key)} and an earlier key both name query {q}",
+                                      field="orders", query=q)
+            rows = _int_rows(rel, f"orders[{q}]", width=2)
+            orders[q] = np.asarray(rows, dtype=np.int64).reshape(-1, 2)
     return RealizableDataset(M, np.asarray(colloc, dtype=np.int64).reshape(-1, 2), sentences, nxt, orders)
 
 
-def load_dataset(path, *, check=True):
-    """Read a dataset file (SPEC format) and, unless ``check=False``, validate it.
+def load_dataset(path, *, check=True, max_bytes=None):
+    """Read a dataset file and, unless ``check=False``, validate it.
 
-    Raises FileFormatError for unreadable or malformed files and the specific
-    DatasetError subclass for a dataset that is not realizable.
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The file (a regular file, a pipe or a character device), read by
+        :func:`refimpl.jsonfile.read_json_file`: strict JSON, UTF-8, within a size limit.
+    check : bool
+        Run :func:`validate` (realizability) after reading.
+    max_bytes : int, optional
+        Largest file read; default ``REFIMPL_MAX_FILE_BYTES`` or 1 GiB.
+
+    Returns
+    -------
+    RealizableDataset
+
+    Raises
+    ------
+    FileFormatError
+        Unreadable or malformed files (docs/datasets.md, "Reading files: limits and
+        strictness"), with a one-line message naming the path.
+    DatasetError
+        The specific subclass for a dataset that is not realizable.
     """
-    path = Path(path)
+    obj = read_json_file(path, max_bytes=max_bytes)
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise FileFormatError(f"cannot read {path}: {exc}") from None
-    try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise FileFormatError(f"{path} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
-                              position=exc.pos) from None
-    ds = dataset_from_dict(obj)
+        ds = dataset_from_dict(obj)
+    except FileFormatError as exc:
+        exc.args = (f"{display_name(path)}: {exc}",)  # name the file; the witness stays as it is
+        raise
     if check:
         validate(ds)
     return ds

@@ -1,8 +1,10 @@
 """Figures: the six-panel layout of the paper's Figure 2 (SPEC section 4, "Experiment").
 
 Drawn with matplotlib's object API on an Agg canvas (no pyplot, no global
-backend switch), written as PNG atomically (temporary file in the same
-folder, then rename).
+backend switch). :func:`six_panels_png` and :func:`generalization_png` return
+the PNG bytes (for an output set, :class:`refimpl.outputs.OutputSet`);
+:func:`figure_six_panels` and :func:`figure_generalization` write them to a
+file atomically (temporary file in the same folder, then rename).
 
 Row 1, stage 1: log10 L0(O_t); 1 - cos(O_t, W_ov*) (log-log); ||O_t||_F.
 Row 2, stage 2: log10 L(O, K_t) and log10 of the excess over the floor;
@@ -21,7 +23,7 @@ from matplotlib.ticker import MaxNLocator
 
 from .io import atomic_write_bytes
 
-__all__ = ["figure_six_panels", "figure_generalization"]
+__all__ = ["figure_six_panels", "figure_generalization", "six_panels_png", "generalization_png"]
 
 _FLOOR = 1e-33  # rounding level of 1 - cos (about eps^2 / 2 for unit matrices): smaller values,
 # exact zeros included, are drawn at this level on the log axis
@@ -49,11 +51,34 @@ def _norm_panel(ax, traj, eta, label, color):
     ax.legend(fontsize=8, loc="upper left")
 
 
+def _png(fig):
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
 def figure_six_panels(result, path, *, title=None):
     """Write the 2 x 3 Figure-2 layout of a :class:`~refimpl.train.TrainResult` to ``path`` (PNG).
 
     Panels: stage-1 loss, direction to W_ov*, norm; stage-2 loss and excess loss,
     direction to W_kq*, norm. Returns ``path``.
+    """
+    atomic_write_bytes(path, six_panels_png(result, title=title))
+    return path
+
+
+def six_panels_png(result, *, title=None):
+    """The figure of :func:`figure_six_panels` as PNG bytes.
+
+    Parameters
+    ----------
+    result : TrainResult
+    title : str or None
+        The figure title; None for the step sizes, step counts and initialization.
+
+    Returns
+    -------
+    bytes
     """
     s1, s2, cfg = result.stage1, result.stage2, result.config
     fig = Figure(figsize=(15, 8.4), dpi=110)
@@ -99,10 +124,7 @@ def figure_six_panels(result, path, *, title=None):
             a.xaxis.set_major_locator(MaxNLocator(nbins=5, integer=True))
     fig.suptitle(title or (f"Two-stage NGD: eta0 = {cfg.eta0:.4g}, eta = {cfg.eta:.4g}, "
                            f"T0 = {cfg.T0}, T = {cfg.T}, init = {cfg.init}"))
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    atomic_write_bytes(path, buf.getvalue())
-    return path
+    return _png(fig)
 
 
 def figure_generalization(report, path, *, title=None):
@@ -110,6 +132,23 @@ def figure_generalization(report, path, *, title=None):
 
     Left: accuracy on closure-decided and score-decided sentences and agreement with the
     K*-limit model. Right: mean attention on the deciding token x_hat. Returns ``path``.
+    """
+    atomic_write_bytes(path, generalization_png(report, title=title))
+    return path
+
+
+def generalization_png(report, *, title=None):
+    """The figure of :func:`figure_generalization` as PNG bytes.
+
+    Parameters
+    ----------
+    report : dict
+        A :func:`refimpl.generalize.generalization_report`.
+    title : str or None
+
+    Returns
+    -------
+    bytes
     """
     steps = np.array([np.nan if s is None else s for s in report["steps"]], dtype=np.float64)
 
@@ -144,7 +183,4 @@ def figure_generalization(report, path, *, title=None):
     ax2.legend(fontsize=8, loc="upper left")
     if title:
         fig.suptitle(title)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    atomic_write_bytes(path, buf.getvalue())
-    return path
+    return _png(fig)

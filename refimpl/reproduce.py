@@ -11,9 +11,12 @@ into ``out_dir``:
 ``config.json``   the resolved configuration
 
 :func:`run_train` does the same for a dataset the caller loaded. Both check
-every input (step sizes, step counts, the dataset, the output folder) before
-anything is written, write every file atomically, and are free of any
-command-line handling (the CLI in :mod:`refimpl.cli` calls them).
+every input (step sizes, step counts, the dataset) and open the output folder
+as a :class:`refimpl.outputs.OutputSet` before training, so a bad, locked or
+unwritable folder fails before any work; the five files appear together (the
+previous set, if any, is replaced as a whole) or not at all. Both are free of
+any command-line handling (the CLI in :mod:`refimpl.cli` calls them, passing
+an output set it opened itself).
 """
 from __future__ import annotations
 
@@ -23,8 +26,9 @@ from dataclasses import asdict, dataclass
 from .data import ensure_valid
 from .errors import ConfigError
 from .generator import generate
-from .io import atomic_write_text, check_out_dir, json_safe, json_text
-from .plots import figure_six_panels
+from .io import json_safe, json_text
+from .outputs import open_output_set
+from .plots import six_panels_png
 from .train import TrainConfig, run_two_stage
 
 __all__ = ["ReproduceConfig", "run_reproduce", "run_train", "OUTPUT_FILES"]
@@ -89,38 +93,41 @@ def summarize(result, ds, runtime=None):
 
 
 def _run(ds, train_config, out_dir, progress, config_record):
-    """Shared body of run_reproduce / run_train: check, train, then write the five files."""
-    out = check_out_dir(out_dir)
+    """Shared body of run_reproduce / run_train: check, open the output set, train, write the five files."""
     ensure_valid(ds)
     resolved = train_config.resolved(ds.vocab_size)  # raises ConfigError before anything is written
-    start = time.perf_counter()
-    result = run_two_stage(ds, resolved, progress=progress)
-    summary = summarize(result, ds, None)
-    out.mkdir(parents=True, exist_ok=True)
-    result.stage1.to_csv(out / "stage1.csv")
-    result.stage2.to_csv(out / "stage2.csv")
-    figure_six_panels(result, out / "figure.png")
-    summary["runtime_seconds"]["total"] = time.perf_counter() - start
-    atomic_write_text(out / "config.json", json_text({**config_record, "train": resolved.to_dict()}))
-    atomic_write_text(out / "summary.json", json_text(summary))
+    with open_output_set(out_dir) as out:             # bad / locked / unwritable folder: before training
+        start = time.perf_counter()
+        result = run_two_stage(ds, resolved, progress=progress)
+        summary = summarize(result, ds, None)
+        files = {"stage1.csv": result.stage1.to_csv_text().encode(),  # everything rendered first: the
+                 "stage2.csv": result.stage2.to_csv_text().encode(),  # write phase is only the writes
+                 "figure.png": six_panels_png(result)}
+        summary["runtime_seconds"]["total"] = time.perf_counter() - start
+        files["config.json"] = json_text({**config_record, "train": resolved.to_dict()}).encode()
+        files["summary.json"] = json_text(summary).encode()
+        for name, data in files.items():
+            out.write_bytes(name, data)
     return json_safe(summary)
 
 
 def run_reproduce(config=None, out_dir="reproduce_out", progress=None):
     """Run the built-in experiment (:class:`ReproduceConfig`) and write :data:`OUTPUT_FILES` to ``out_dir``.
 
-    Returns the summary dict (as written to ``summary.json``). Raises ConfigError
-    for a bad configuration or an ``out_dir`` that is an existing file, before
-    anything is written.
+    ``out_dir`` is a folder path or an open :class:`refimpl.outputs.OutputSet` (its
+    owner publishes it). Returns the summary dict (as written to ``summary.json``).
+    Raises ConfigError for a bad configuration, and :class:`refimpl.outputs.OutputError`
+    for an ``out_dir`` that is an existing file, locked by another run or not
+    writable, before training and without writing anything.
     """
     config = ReproduceConfig() if config is None else config
     if not isinstance(config, ReproduceConfig):
         raise ConfigError(f"config must be a ReproduceConfig, got {type(config).__name__}")
-    check_out_dir(out_dir)
     config.train_config().resolved(config.vocab_size)
-    ds = config.dataset()
-    record = {"command": "reproduce", "reproduce": asdict(config)}
-    return _run(ds, config.train_config(), out_dir, progress, record)
+    with open_output_set(out_dir) as out:
+        ds = config.dataset()
+        record = {"command": "reproduce", "reproduce": asdict(config)}
+        return _run(ds, config.train_config(), out, progress, record)
 
 
 def run_train(ds, config=None, out_dir="train_out", progress=None):
@@ -128,7 +135,8 @@ def run_train(ds, config=None, out_dir="train_out", progress=None):
 
     ``config`` is a :class:`ReproduceConfig` (its dataset fields are ignored) or a
     :class:`~refimpl.train.TrainConfig`; None means the built-in training settings.
-    A non-realizable ``ds`` raises its DatasetError before anything is written.
+    ``out_dir`` as in :func:`run_reproduce`. A non-realizable ``ds`` raises its
+    DatasetError before anything is written.
     """
     config = ReproduceConfig() if config is None else config
     if isinstance(config, ReproduceConfig):

@@ -2,7 +2,10 @@
 
 Data goes to stdout (or files), messages to stderr. Exit codes: 0 success,
 1 a certified claim failed (audit), 2 bad input (a one-line message naming
-what was wrong; nothing is written).
+what was wrong; nothing is written), 130 interrupted (Ctrl-C), 143 terminated
+(SIGTERM). Output folders are opened as :class:`refimpl.outputs.OutputSet`
+before any loading or training, so a bad, locked or unwritable ``--out``
+fails first, and a run's files appear together or not at all.
 """
 from __future__ import annotations
 
@@ -12,7 +15,8 @@ import sys
 from pathlib import Path
 
 from .errors import ConfigError, DatasetError
-from .io import check_out_dir, json_text
+from .io import json_text
+from .outputs import OutputSet, Terminated, check_file_target
 
 EXIT_OK, EXIT_CLAIM_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -22,12 +26,10 @@ class UsageError(Exception):
 
 
 def _out_file(path):
-    p = Path(path)
-    if p.is_dir():
-        raise UsageError(f"--out {p}: is a directory, expected a file path")
-    if not p.parent.exists():
-        raise UsageError(f"--out {p}: folder {p.parent} does not exist")
-    return p
+    """``--out FILE`` checked before any work: a directory, device, FIFO or socket
+    (also behind a symbolic link), or a missing folder, raises OutputError."""
+    check_file_target(path)
+    return Path(path)
 
 
 def _progress(args):
@@ -81,18 +83,20 @@ def _emit_run(args, summary, out, files):
 
 def cmd_reproduce(args):
     from .reproduce import OUTPUT_FILES, ReproduceConfig, run_reproduce
-    out = check_out_dir(args.out)
     config = ReproduceConfig(**_train_overrides(args))
-    return _emit_run(args, run_reproduce(config, out, progress=_progress(args)), out, OUTPUT_FILES)
+    with OutputSet(args.out) as out:                   # checked and locked before any work
+        summary = run_reproduce(config, out, progress=_progress(args))
+    return _emit_run(args, summary, Path(args.out), OUTPUT_FILES)
 
 
 def cmd_train(args):
     from .io import load_dataset
     from .reproduce import OUTPUT_FILES, ReproduceConfig, run_train
-    out = check_out_dir(args.out)
-    ds = load_dataset(args.file)
     config = ReproduceConfig(**_train_overrides(args))
-    return _emit_run(args, run_train(ds, config, out, progress=_progress(args)), out, OUTPUT_FILES)
+    with OutputSet(args.out) as out:                   # checked and locked before loading or training
+        ds = load_dataset(args.file)
+        summary = run_train(ds, config, out, progress=_progress(args))
+    return _emit_run(args, summary, Path(args.out), OUTPUT_FILES)
 
 
 def cmd_audit(args):
@@ -113,11 +117,13 @@ def cmd_audit(args):
 
 
 def cmd_generalize(args):
+    from contextlib import nullcontext
+
     from .generalize import run_generalize
     from .io import load_dataset
-    out = None if args.out is None else check_out_dir(args.out)
-    ds = load_dataset(args.file)
-    summary = run_generalize(ds, out_dir=out, **_train_overrides(args))
+    with nullcontext() if args.out is None else OutputSet(args.out) as out:   # before loading or training
+        ds = load_dataset(args.file)
+        summary = run_generalize(ds, out_dir=out, **_train_overrides(args))
     sys.stdout.write(json_text(summary))
     return EXIT_OK
 
@@ -208,6 +214,9 @@ def main(argv=None):
     except KeyboardInterrupt:
         print(f"refimpl {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Terminated as exc:
+        print(f"refimpl {args.command}: terminated", file=sys.stderr)
+        return exc.code
 
 
 if __name__ == "__main__":

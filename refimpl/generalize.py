@@ -239,24 +239,29 @@ def run_generalize(ds, out_dir=None, **config):
 
     ``config`` : fields of :class:`GeneralizeConfig` (unknown keys raise ConfigError). With
     ``out_dir``, writes ``generalization.png``, ``generalization.json`` (the report) and
-    ``config.json`` (the resolved configuration: step sizes filled in) there. Returns the
+    ``config.json`` (the resolved configuration: step sizes filled in) there, as one
+    :class:`refimpl.outputs.OutputSet` opened before training (``out_dir`` may also be a
+    set the caller opened). Returns the
     summary dict (JSON-serializable): the report without the per-checkpoint lists, plus the
     resolved configuration.
     """
-    from .io import atomic_write_text, check_out_dir, json_text
+    from contextlib import nullcontext
+
+    from .io import json_text
+    from .outputs import open_output_set
+    from .plots import generalization_png
     from .train import TrainConfig
-    out = None if out_dir is None else check_out_dir(out_dir)   # before training: fail fast
     cfg = GeneralizeConfig.from_kwargs(**config)
     train_cfg = TrainConfig(T=cfg.T, **_train_kwargs(cfg)).resolved(ds.vocab_size)   # validates, fills steps
     cfg = dataclasses.replace(cfg, eta0=train_cfg.eta0, eta=train_cfg.eta)
-    report = generalization_report(ds, None, config=cfg)
-    summary = {k: v for k, v in report.items() if k not in SERIES and k != "steps"}
-    summary["n_checkpoints"] = len(report["steps"])
-    summary["config"] = dataclasses.asdict(cfg)
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        figure_generalization(report, out / "generalization.png")
-        atomic_write_text(out / "generalization.json", json_text(report))
-        atomic_write_text(out / "config.json", json_text(dataclasses.asdict(cfg)))
-        summary["outputs"] = sorted(p.name for p in out.glob("generalization.*")) + ["config.json"]
+    with nullcontext() if out_dir is None else open_output_set(out_dir) as out:   # before training
+        report = generalization_report(ds, None, config=cfg)
+        summary = {k: v for k, v in report.items() if k not in SERIES and k != "steps"}
+        summary["n_checkpoints"] = len(report["steps"])
+        summary["config"] = dataclasses.asdict(cfg)
+        if out is not None:
+            out.write_bytes("generalization.png", generalization_png(report))
+            out.write_text("generalization.json", json_text(report))
+            out.write_text("config.json", json_text(dataclasses.asdict(cfg)))
+            summary["outputs"] = ["generalization.json", "generalization.png", "config.json"]
     return summary

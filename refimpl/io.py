@@ -37,21 +37,12 @@ __all__ = ["json_safe", "json_text", "FORMAT_TAG", "load_dataset", "save_dataset
 def atomic_write_bytes(path, data: bytes):
     """Write ``data`` to ``path`` through a temporary file in the same folder, then rename.
 
-    A reader never sees a half-written file; on error nothing is left behind.
+    A reader never sees a half-written file; on error nothing is left behind. Symbolic
+    links are written through; a folder, device, FIFO or socket is refused
+    (:func:`refimpl.outputs.write_file_atomic`, whose OutputError names ``path``).
     """
-    path = Path(path)
-    if path.is_dir():
-        raise IsADirectoryError(f"{path} is a directory")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual mode
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    from .outputs import write_file_atomic
+    write_file_atomic(path, data)
 
 
 def check_out_dir(out_dir):

@@ -9,11 +9,19 @@ re-derive them. All functions broadcast over NumPy arrays of ``t``.
 Log-space versions (``*_log10``) stay finite and accurate (1e-12 relative)
 for any t: below ``log u < -40`` they use ``log(log(1 + u)) = log u`` (error
 ``< u < 5e-18`` absolute, see ``derivations.check_log_space_forms``).
+
+The C8 quantities (vertex gaps ``Delta_i``, the constant ``c8``, the zero-init
+gap bound) are of size ``e^{-a}`` with ``a = gamma_ov eta0 T0`` and underflow
+float64 once ``a > ~740`` (``T0 > ~7e4`` at the built-in defaults). Their log-space
+forms (``c8_sentence_log_gap(s)``, ``c8_log_constant``, ``c8_log_gap_zero_init``,
+``c8_excess_lower_log10_from_log``) are exact identities evaluated without ever
+forming ``e^{-a}``; the linear forms are kept for small ``a`` and for tests.
 """
 import math
 
 import numpy as np
 import sympy as sp
+from sympy.codegen.cfunctions import log1p
 
 from proofs import derivations as dv
 from proofs.symbols import (LOG_TINY, M, a, c1, c8, eta, eta0, gamma_kq, gamma_ov, lu,
@@ -21,6 +29,15 @@ from proofs.symbols import (LOG_TINY, M, a, c1, c8, eta, eta0, gamma_kq, gamma_o
 
 LN10 = math.log(10.0)
 _LOG_TINY = float(LOG_TINY)
+
+# log c8 as a symbol of its own: C8_LOWER_LOG with log(c8) replaced, so a c8 below the
+# smallest double (large T0) still gives the bound (docs/theory.md section 9).
+log_c8 = sp.Symbol("log_c8", real=True)
+C8_LOWER_FROM_LOG = dv.C8_LOWER_LOG.subs(sp.log(c8), log_c8)
+# log of C8_GAP_ZERO_INIT = a (M-1)/(e^a + M - 1): log(e^a + M - 1) = a + log1p((M-1) e^{-a}),
+# finite for every a > 0 (the plain form underflows for a > ~740); tests check
+# exp(C8_LOG_GAP_ZERO_INIT) == C8_GAP_ZERO_INIT symbolically and against mpmath up to a = 1e6.
+C8_LOG_GAP_ZERO_INIT = sp.log(a) + sp.log(M - 1) - a - log1p((M - 1) * sp.exp(-a))
 
 
 def _numpy(args, expr):
@@ -47,6 +64,8 @@ _c7_norm_upper = _numpy((eta, t), dv.C7_NORM_UPPER)
 _c8_lower = _numpy((c8, gamma_kq, norm0, eta, t), dv.C8_LOWER)
 _c8_lower_log = _numpy((c8, gamma_kq, norm0, eta, t), dv.C8_LOWER_LOG)
 _c8_gap_zero_init = _numpy((M, a), dv.C8_GAP_ZERO_INIT)
+_c8_log_gap_zero_init = _numpy((M, a), C8_LOG_GAP_ZERO_INIT)
+_c8_lower_from_log = _numpy((log_c8, gamma_kq, norm0, eta, t), C8_LOWER_FROM_LOG)
 
 
 def c1_norm_sq(M, n_c):
@@ -158,24 +177,104 @@ def c7_norm_upper(eta, t):
     return _c7_norm_upper(eta, t)
 
 
-def c8_sentence_gap(O, tokens, y, x_star):
-    """C8: vertex gap ``Delta_i = min_{v != x*} (g_v - g_{x*})`` of one sentence.
+def c8_sentence_log_gap(O, tokens, y, x_star):
+    """C8: the vertex gap ``Delta_i`` of one sentence in log space, ``(sign, log|Delta_i|)``.
 
-    ``g_v = O[:, v]^T (p* - e_y)``, ``p* = softmax(O[:, x*])``, v over the
-    distinct tokens of the sentence; ``+inf`` if x* is the only token.
-    O : float array, shape (M, M), token coordinates; tokens : ints (L,).
+    ``Delta_i = min_{v != x*} (g_v - g_{x*})`` over the distinct tokens v of the sentence,
+    ``g_v = O[:, v]^T (p* - e_y)``, ``p* = softmax(O[:, x*])`` (docs/theory.md section 9).
+
+    Parameters
+    ----------
+    O : array_like, float, shape (M, M)
+        W_ov in token coordinates.
+    tokens : array_like of int, shape (L,)
+        The sentence.
+    y, x_star : int
+        Its next token and optimal token.
+
+    Returns
+    -------
+    sign : int
+        +1, 0 or -1, the sign of ``Delta_i`` (+1 when x* is the only distinct token:
+        no constraint, ``Delta_i = +inf``).
+    log_abs : float
+        ``log |Delta_i|``; ``-inf`` when ``Delta_i = 0``, ``+inf`` when there is no constraint.
+
+    Notes
+    -----
+    Derivation (no quantity of size ``e^{-a}`` is ever formed). Let ``o = O[:, x*]``,
+    ``d = O[:, v] - o``. As ``sum_w p*_w = 1``, ``p* - e_y = sum_{w != y} p*_w (e_w - e_y)``, so
+
+        g_v - g_{x*} = d^T (p* - e_y) = sum_{w != y} p*_w (d_w - d_y).
+
+    With ``m = max_{w != y} o_w`` and ``lse = log sum_w e^{o_w}`` (computed as
+    ``o_max + log sum e^{o - o_max}``), ``p*_w = e^{m - lse} e^{o_w - m}``, hence
+
+        Delta_i = e^{m - lse} min_v S_v,   S_v = sum_{w != y} e^{o_w - m} (d_w - d_y),
+
+    every factor ``e^{o_w - m}`` in (0, 1] with at least one equal to 1: ``S_v`` is of the
+    size of ``d`` and ``log Delta_i = (m - lse) + log min_v S_v`` is finite whenever the
+    minimum is positive, for any size of O. From zero-init stage 1,
+    ``O[:, x] = a (e_{n(x)} - 1/M)``: ``S_v = a M`` (v in C) or ``a (M - 1)`` (v outside C)
+    and ``m - lse = -a - log1p((M-1) e^{-a})``, i.e. ``Delta_i = a (M-1)/(e^a + M - 1)``
+    as in ``check_c8_zero_init_gap``. Rounding: ``m - lse`` carries ~``eps max|O|``
+    absolute error, ``S_v`` ~``eps`` relative, so ``log|Delta_i|`` is accurate to
+    ~``eps (max|O| + 1)`` absolute (checked against mpmath at 50 digits up to ``a = 1e6``).
     """
     O = np.asarray(O, dtype=np.float64)
-    others = sorted(set(int(v) for v in tokens) - {int(x_star)})
+    x_star, y = int(x_star), int(y)
+    others = sorted(set(int(v) for v in np.asarray(tokens).ravel()) - {x_star})
     if not others:
-        return np.inf
-    col = O[:, x_star]
-    p = np.exp(col - col.max())
-    p /= p.sum()
-    r = p.copy()                                          # p - e_y, y entry without cancellation
-    r[y] = -np.delete(p, y).sum()
-    g = O[:, others].T @ r                                # (len(others),)
-    return float(g.min() - O[:, x_star] @ r)
+        return 1, math.inf
+    o = O[:, x_star]
+    not_y = np.arange(len(o)) != y
+    m = float(o[not_y].max())
+    o_max = float(o.max())
+    lse = o_max + math.log(float(np.sum(np.exp(o - o_max))))
+    e = np.exp(o[not_y] - m)                                   # (M-1,), in (0, 1]
+    D = O[:, others] - o[:, None]                              # (M, k): d for each other token
+    S = float(np.min(e @ (D[not_y] - D[y][None, :])))
+    if S == 0.0 or not math.isfinite(S):
+        return (0, -math.inf) if S == 0.0 else (0, math.nan)
+    return (1 if S > 0 else -1), (m - lse) + math.log(abs(S))
+
+
+def c8_sentence_log_gaps(O, tokens, lengths, ys, optimal):
+    """C8: :func:`c8_sentence_log_gap` of every sentence of a padded batch.
+
+    Parameters
+    ----------
+    O : array_like, float, shape (M, M)
+    tokens : array_like of int, shape (N, Lmax)
+        Sentences padded (any padding value; only the first ``lengths[i]`` are read).
+    lengths, ys, optimal : array_like of int, shape (N,)
+        Lengths, next tokens and optimal tokens x*.
+
+    Returns
+    -------
+    sign : ndarray of int64, shape (N,)
+    log_abs : ndarray of float64, shape (N,)
+    """
+    tokens = np.asarray(tokens)
+    pairs = [c8_sentence_log_gap(O, tokens[i, :int(lengths[i])], int(ys[i]), int(optimal[i]))
+             for i in range(len(lengths))]
+    sign = np.array([p[0] for p in pairs], dtype=np.int64)
+    log_abs = np.array([p[1] for p in pairs], dtype=np.float64)
+    return sign, log_abs
+
+
+def c8_sentence_gap(O, tokens, y, x_star):
+    """C8: vertex gap ``Delta_i`` of one sentence in linear scale (``+inf`` if x* is the only token).
+
+    ``sign * exp(log|Delta_i|)`` from :func:`c8_sentence_log_gap`: exact to rounding
+    while representable, but it underflows to ``+-0.0`` once ``|Delta_i| < 5e-324``
+    (``a = gamma_ov eta0 T0 > ~740`` from zero init); decisions use the log form.
+    O : float array, shape (M, M), token coordinates; tokens : ints (L,).
+    """
+    sign, log_abs = c8_sentence_log_gap(O, tokens, y, x_star)
+    if log_abs == math.inf:
+        return math.inf
+    return float(sign * math.exp(log_abs)) if sign else 0.0
 
 
 def c8_sentence_gaps(O, tokens, lengths, ys, optimal):
@@ -183,8 +282,9 @@ def c8_sentence_gaps(O, tokens, lengths, ys, optimal):
 
     tokens : ints (N, Lmax) padded; lengths, ys, optimal : ints (N,) (x* per sentence).
     """
-    return np.array([c8_sentence_gap(O, tokens[i, :lengths[i]], int(ys[i]), int(optimal[i]))
-                     for i in range(len(lengths))])
+    sign, log_abs = c8_sentence_log_gaps(O, tokens, lengths, ys, optimal)
+    with np.errstate(under="ignore", over="ignore"):
+        return np.where(log_abs == np.inf, np.inf, sign * np.exp(np.minimum(log_abs, 709.0)))
 
 
 def c8_constant(gaps, lengths):
@@ -192,6 +292,7 @@ def c8_constant(gaps, lengths):
 
     gaps : (N,) from ``c8_sentence_gap`` (inf = no constraint); lengths : (N,)
     positions. Returns 0.0 (a vacuous bound) if some gap is <= 0 or none is finite.
+    Underflows for large ``a``: use :func:`c8_log_constant` there.
     """
     gaps, lengths = np.asarray(gaps, np.float64), np.asarray(lengths, np.float64)
     finite = np.isfinite(gaps)
@@ -200,9 +301,43 @@ def c8_constant(gaps, lengths):
     return max(float(np.min(gaps[finite] / lengths[finite])) / gaps.size, 0.0)
 
 
+def c8_log_constant(sign, log_abs, lengths):
+    """C8: ``log c8 = min_i (log Delta_i - log L_i) - log N`` from log-space gaps.
+
+    Parameters
+    ----------
+    sign, log_abs : array_like, shape (N,)
+        From :func:`c8_sentence_log_gaps` (``log_abs = +inf``: the sentence has no constraint).
+    lengths : array_like of int, shape (N,)
+        Positions ``L_i``.
+
+    Returns
+    -------
+    float
+        ``log c8``; ``-inf`` (a vacuous bound, as ``c8_constant`` returning 0.0) if some
+        constrained sentence has ``Delta_i <= 0`` (or a NaN gap), or no sentence has a constraint.
+    """
+    sign = np.asarray(sign)
+    log_abs = np.asarray(log_abs, np.float64)
+    lengths = np.asarray(lengths, np.float64)
+    constrained = log_abs != np.inf
+    if not constrained.any() or np.any(sign[constrained] <= 0) or np.isnan(log_abs).any():
+        return -math.inf
+    return float(np.min(log_abs[constrained] - np.log(lengths[constrained]))) - math.log(sign.size)
+
+
 def c8_gap_zero_init(M, eta0, gamma_ov, T0):
     """C8: ``Delta_i >= a (M-1)/(e^a + M - 1)``, ``a = gamma_ov eta0 T0`` (zero-init stage 1)."""
     return _c8_gap_zero_init(M, np.asarray(gamma_ov) * np.asarray(eta0) * np.asarray(T0))
+
+
+def c8_log_gap_zero_init(M, eta0, gamma_ov, T0):
+    """C8 in log space: ``log(a (M-1)/(e^a + M - 1)) = log a + log(M-1) - a - log1p((M-1) e^{-a})``.
+
+    ``a = gamma_ov eta0 T0``; finite for every ``a > 0`` (``-inf`` at ``a = 0``), where
+    :func:`c8_gap_zero_init` underflows to 0 for ``a > ~740``.
+    """
+    return _c8_log_gap_zero_init(M, np.asarray(gamma_ov) * np.asarray(eta0) * np.asarray(T0))
 
 
 def c8_excess_lower(c8, gamma_kq, norm0, eta, t):
@@ -213,3 +348,12 @@ def c8_excess_lower(c8, gamma_kq, norm0, eta, t):
 def c8_excess_lower_log10(c8, gamma_kq, norm0, eta, t):
     """C8 in log space: ``log10 c8 - gamma_kq (||K_0|| + eta t)/ln 10`` (finite for c8 > 0)."""
     return _c8_lower_log(c8, gamma_kq, norm0, eta, t) / LN10
+
+
+def c8_excess_lower_log10_from_log(log_c8, gamma_kq, norm0, eta, t):
+    """C8 in log space from ``log c8``: ``(log c8 - gamma_kq (||K_0|| + eta t))/ln 10``.
+
+    The same bound as :func:`c8_excess_lower_log10`, for a ``c8`` that underflows float64
+    (``log_c8`` from :func:`c8_log_constant`); ``-inf`` when ``log_c8 = -inf`` (vacuous).
+    """
+    return _c8_lower_from_log(log_c8, gamma_kq, norm0, eta, t) / LN10

@@ -4,14 +4,44 @@ Each fit is a least-squares line (``np.polyfit``, degree 1) over a stated window
 of a recorded trajectory, ignoring non-finite or non-positive values where a
 logarithm is taken. Each returns ``None`` when the window holds fewer than
 three usable points, so a caller never reports a slope fitted to nothing.
+
+A run must also be long enough for its window to mean anything:
+:func:`too_short` gives the NOT APPLICABLE reason for a stage of fewer than
+:data:`MIN_FIT_STEPS` steps (docs/audit.md, "Fits need 100 steps").
 """
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["fit_power_law", "fit_exponential_rate", "fit_linear_slope"]
+__all__ = ["fit_power_law", "fit_exponential_rate", "fit_linear_slope", "too_short", "MIN_FIT_STEPS"]
 
 MIN_POINTS = 3
+# A stage must take at least this many steps before a fitted rate is reported or decides a
+# verdict: the last decade [T/10, T] then starts at t >= 10 (past the first steps, where NGD
+# still points along its initial gradient) and holds >= 91 steps, the last half >= 51
+# (every step is recorded while T <= 2000). See docs/audit.md.
+MIN_FIT_STEPS = 100
+
+
+def too_short(n_steps, why=""):
+    """The NOT APPLICABLE reason for a fit over a stage of ``n_steps`` steps, or None if it is long enough.
+
+    Parameters
+    ----------
+    n_steps : int
+        Steps the stage took (its last recorded step).
+    why : str
+        Appended in parentheses (e.g. the stop reason of a stage that stopped early).
+
+    Returns
+    -------
+    str or None
+        ``"too short to fit: n steps, need >= 100"`` when ``n_steps < MIN_FIT_STEPS``.
+    """
+    n = int(n_steps)
+    if n >= MIN_FIT_STEPS:
+        return None
+    return f"too short to fit: {n} steps{f' ({why})' if why else ''}, need >= {MIN_FIT_STEPS}"
 
 
 def _line(x, y):
@@ -20,16 +50,30 @@ def _line(x, y):
     return float(np.polyfit(x, y, 1)[0])
 
 
-def fit_power_law(t, y, decades=1.0):
+def fit_power_law(t, y, decades=1.0, floor=0.0):
     """Exponent p of ``y ~ t^p`` over the last ``decades`` of steps (``t >= T / 10^decades``).
 
-    t : int or float array (R,), increasing; y : float array (R,), positive where usable.
-    Slope of ``log y`` against ``log t``.
+    Parameters
+    ----------
+    t : array_like, shape (R,)
+        Steps, increasing.
+    y : array_like, shape (R,)
+        Values; only finite values above ``floor`` (and ``t > 0``) are used.
+    decades : float
+        Width of the window in decades of t.
+    floor : float
+        Values ``<= floor`` are left out (e.g. a direction that already agrees within
+        rounding: fitting those would fit the rounding noise).
+
+    Returns
+    -------
+    float or None
+        The slope of ``log y`` against ``log t``; None with fewer than three usable points.
     """
     t, y = np.asarray(t, float), np.asarray(y, float)
     if len(t) == 0 or t[-1] <= 0:
         return None
-    sel = (t >= t[-1] / 10 ** decades) & (t > 0) & np.isfinite(y) & (y > 0)
+    sel = (t >= t[-1] / 10 ** decades) & (t > 0) & np.isfinite(y) & (y > floor)
     return _line(np.log(t[sel]), np.log(y[sel]))
 
 

@@ -26,7 +26,7 @@ from .io import atomic_write_text
 from .maxmargin import log_loss
 
 __all__ = ["Trajectory", "record_steps", "STAGE1_COLUMNS", "STAGE2_COLUMNS", "JOINT_COLUMNS",
-           "direction_metrics", "stage1_metrics", "attention_constraints", "attention_margin",
+           "direction_metrics", "stage1_metrics", "attention_constraints", "attention_inert", "attention_margin",
            "accuracy", "ExcessLoss"]
 
 # column name -> meaning (the order is the CSV column order)
@@ -194,6 +194,26 @@ def attention_constraints(ds):
     return (upper, lower, q) if len(q) else None
 
 
+def attention_inert(ds):
+    """Why attention cannot change the loss on ``ds``, or None when it can.
+
+    Attention matters only in a sentence with two distinct tokens (a training constraint of
+    W_kq*); without one, ``z = sum_l phi_l O[:, x_l]`` is the same column for every K, the
+    stage-2 gradient is exactly zero and ``W_kq* = 0``.
+
+    Returns
+    -------
+    str or None
+        ``"every sentence has length 1: attention is constant"``, ``"no sentence has two
+        distinct tokens: attention does not change any logit"``, or None.
+    """
+    if attention_constraints(ds) is not None:
+        return None
+    if int(np.max(ds.lengths)) == 1:
+        return "every sentence has length 1: attention is constant"
+    return "no sentence has two distinct tokens: attention does not change any logit"
+
+
 def attention_margin(K, constraints):
     """min over training constraints of K[x*, q] - K[x', q]; +inf when there are none."""
     if constraints is None:
@@ -216,52 +236,102 @@ def accuracy(z, y):
 
 
 class ExcessLoss:
-    """The excess-loss column ``L(O, K) - L_floor(O)`` for a fixed O (SPEC section 5 floor).
+    """The excess-loss columns ``L(O, K) - L_floor(O)`` and their log10 for a fixed O (the floor
+    of docs/theory.md section 9), computed in log space so that an excess far below the
+    smallest double (large ``T0``: the floor and the excess are of size ``e^{-a}``) keeps its
+    logarithm.
 
-    Call it with ``(K, z)``; precomputes what does not depend on K."""
+    Call it with ``(phi, z)``; precomputes what does not depend on K.
 
-    _DIRECT = 30.0  # delta_v above this: the excess is not small, take loss_i - floor_i directly
+    Parameters
+    ----------
+    ds : RealizableDataset
+    O : ndarray, float64, shape (M, M)
+        The fixed W_ov.
+    floor : float
+        ``L_floor(O)``.
+    vertex : array_like of bool, shape (N,)
+        Whether perfect attention is the floor of each sentence.
+    log_floor : array_like of float, shape (N,)
+        Per-sentence log-floors.
+    """
+
+    _DIRECT = 30.0  # delta_v above this: the excess is not small, take log(loss_i - floor_i) directly
+    _LOG_TINY = -40.0  # below, log(log1p(e^r)) = r to < e^{-40} relative
 
     def __init__(self, ds, O, floor, vertex, log_floor):
-        """vertex : bool (N,), perfect attention is optimal; log_floor : (N,) per-sentence log-floors."""
         N = ds.n_sentences
         self.floor = float(floor)
         self.y, self.idx = ds.next_tokens, np.arange(N)
         self.vertex = np.asarray(vertex, dtype=bool)
-        self.floor_i = np.exp(np.asarray(log_floor, dtype=np.float64))  # (N,) per-sentence floors
+        self.log_floor = np.asarray(log_floor, dtype=np.float64)  # (N,) per-sentence log-floors
         self.OT = np.ascontiguousarray(O.T)  # (M, M): row u is the column O[:, u]
         self.safe = np.where(ds.valid_mask, ds.tokens, 0)  # (N, Lmax); padding has phi = 0
         zs = self.OT[ds.optimal]  # (N, M): perfect-attention logits z*
         self.zs = zs
         b = zs - zs[self.idx, self.y][:, None]
         b[self.idx, self.y] = -np.inf
-        c = np.maximum(b.max(axis=1), 0.0)  # (N,): keeps exp(b - c) <= 1
-        self.eb = np.exp(b - c[:, None])  # (N, M): exp(z*_v - z*_y - c), 0 at v = y
-        self.denom = np.exp(-c) + self.eb.sum(axis=1)  # (N,): (1 + S*) e^{-c}
+        self.c = b.max(axis=1)  # (N,): max_{v != y} (z*_v - z*_y), finite (M >= 2)
+        self.eb = np.exp(b - self.c[:, None])  # (N, M): exp(z*_v - z*_y - c) in [0, 1], 0 at v = y
+        # log(1 + S*_i), S*_i = sum_{v != y} exp(z*_v - z*_y) = e^c sum(eb): never overflows
+        self.log1p_s = np.logaddexp(0.0, self.c + np.log(self.eb.sum(axis=1)))
 
     def __call__(self, phi, z):
-        """Excess loss ``L(O, K) - L_floor(O)`` and its log10, without cancellation.
+        """Excess loss ``L(O, K) - L_floor(O)`` and its log10, without cancellation or underflow.
 
-        phi : float64 (N, Lmax), the attention at K; z : float64 (N, M), the logits at K. For a sentence whose floor is the
-        perfect-attention vertex, ``floor_i = log1p(S*_i)``,
-        ``S*_i = sum_{v != y} exp(z*_v - z*_y)`` and ``loss_i = log1p(S_i)``. With
-        ``z - z* = sum_l phi_l (O[:, x_l] - O[:, x*])`` (positions of x* add 0, so this
-        small vector comes from the small attention weights directly) and
+        Parameters
+        ----------
+        phi : ndarray, float64, shape (N, Lmax)
+            The attention at K.
+        z : ndarray, float64, shape (N, M)
+            The logits at K.
+
+        Returns
+        -------
+        excess : float
+            ``L - L_floor`` in float64 (underflows to 0.0 below 5e-324).
+        log10_excess : float
+            Its log10 from log space (finite while the excess is positive, ``-inf`` at 0).
+
+        Notes
+        -----
+        A sentence whose floor is the perfect-attention vertex has ``floor_i = log1p(S*_i)`` and
+        ``loss_i = log1p(S_i)``. With ``z - z* = sum_l phi_l (O[:, x_l] - O[:, x*])`` (positions
+        of x* add 0, so this small vector comes from the small attention weights directly) and
         ``delta_v = (z - z*)_v - (z - z*)_y``: ``S_i - S*_i = sum_v exp(z*_v - z*_y) expm1(delta_v)``
-        and ``loss_i - floor_i = log1p((S_i - S*_i) / (1 + S*_i))`` (numerator and
-        denominator scaled by a common ``e^{-c}``). A sentence with some ``delta_v > 30``
-        (far from its floor, no cancellation) or whose floor is inside the simplex
-        uses ``loss_i - floor_i`` directly.
+        and ``loss_i - floor_i = log1p(R_i)``, ``R_i = (S_i - S*_i)/(1 + S*_i)``. With
+        ``c_i = max_{v != y}(z*_v - z*_y)``:
+        ``log R_i = c_i + log(sum_v e^{z*_v - z*_y - c_i} expm1(delta_v)) - log(1 + S*_i)``, every
+        term of order 1, and ``log(loss_i - floor_i) = log(log1p(e^{log R_i}))`` (``= log R_i``
+        below -40, error < e^{-40} relative). A sentence with some ``delta_v > 30`` (far from its
+        floor) or whose floor is inside the simplex uses
+        ``log(loss_i - floor_i) = l_i + log(-expm1(f_i - l_i))`` from the log-loss ``l_i`` and
+        log-floor ``f_i``. A sentence whose computed excess is <= 0 (rounding at the floor)
+        contributes 0. The mean is a log-sum-exp over sentences minus ``log N``.
         """
+        N = len(self.y)
         dz = np.zeros_like(self.zs)  # (N, M): z - z*, one position at a time (no N x L x M array)
         for l in range(phi.shape[1]):
             dz += phi[:, l, None] * (self.OT[self.safe[:, l]] - self.zs)
         delta = dz - dz[self.idx, self.y][:, None]
-        stable = self.vertex & (delta.max(axis=1) <= self._DIRECT)
-        ratio = (self.eb[stable] * np.expm1(delta[stable])).sum(axis=1) / self.denom[stable]
-        total = float(np.sum(np.log1p(ratio)))
-        if not stable.all():
+        lx = np.full(N, -np.inf)  # log of each sentence's excess
+        with np.errstate(divide="ignore", under="ignore", over="ignore", invalid="ignore"):
+            stable = self.vertex & (delta.max(axis=1) <= self._DIRECT)
+            if stable.any():
+                num = (self.eb[stable] * np.expm1(delta[stable])).sum(axis=1)
+                pos = num > 0
+                log_r = (self.c[stable] + np.log(np.where(pos, num, 1.0)) - self.log1p_s[stable])
+                small = log_r < self._LOG_TINY
+                log_x = np.where(small, log_r, np.log(np.log1p(np.exp(np.minimum(log_r, 700.0)))))
+                lx[stable] = np.where(pos, log_x, -np.inf)
             direct = ~stable
-            total += float(np.sum(np.exp(log_loss(z[direct], self.y[direct])) - self.floor_i[direct]))
-        ex = max(total / len(self.y), 0.0)
-        return ex, (math.log10(ex) if ex > 0 else -math.inf)
+            if direct.any():
+                ll = log_loss(z[direct], self.y[direct])
+                lf = self.log_floor[direct]
+                above = ll > lf
+                lx[direct] = np.where(above, ll + np.log(-np.expm1(np.minimum(lf - ll, 0.0))), -np.inf)
+            top = lx.max()
+            if not top > -np.inf:
+                return 0.0, -math.inf
+            log_ex = top + math.log(float(np.sum(np.exp(lx - top)))) - math.log(N)
+            return math.exp(log_ex), float(log_ex / math.log(10.0))

@@ -83,17 +83,27 @@ def _stage2_path(ds, O, K0, eta, steps, t0=0):
     """K_t at each of the sorted ``steps`` (all >= t0) of stage 2 with W_ov = O fixed, K_{t0} = K0.
 
     One stage-2 replay from ``K_{t0}`` to the last step (NGD has no state besides the
-    iterate), keeping copies of the iterates at ``steps``.
+    iterate), keeping copies of the iterates at ``steps``. A replay that stops at an exactly
+    zero gradient (as the trainer does) leaves K where it is: later steps get that iterate. A
+    non-finite stop raises :class:`refimpl.train.NonFiniteTrainingError` naming the step.
     """
-    from .train import stage2_replay
+    from .train import NON_FINITE, ZERO_GRADIENT, NonFiniteTrainingError, stage2_replay, stop_kind
     wanted = {int(s) - int(t0) for s in steps}
-    kept = {}
+    kept, last = {}, [None]
 
     def keep(t, K):
+        last[0] = K                    # the trainer's buffer: still K_t when the replay stops at t
         if t in wanted:
             kept[t] = K.copy()
 
-    stage2_replay(ds, O, np.asarray(K0, dtype=np.float64), eta, max(wanted, default=0), keep)
+    reason = stage2_replay(ds, O, np.asarray(K0, dtype=np.float64), eta, max(wanted, default=0), keep)
+    kind, stop = stop_kind(reason)
+    if kind == NON_FINITE:
+        raise NonFiniteTrainingError("stage 2", int(t0) + stop)
+    if kind == ZERO_GRADIENT:
+        for t in wanted:
+            if t > stop:
+                kept[t] = last[0].copy()
     return [kept[int(s) - int(t0)] for s in steps]
 
 
@@ -111,6 +121,9 @@ def _resolve_run(ds, result_or_weights, cfg):
                 {"source": "checkpoints"})
     if result_or_weights is None:
         start = train_two_stage(ds, T=0, progress=False, **_train_kwargs(cfg))
+        if start.non_finite() is not None:
+            from .train import NonFiniteTrainingError
+            raise NonFiniteTrainingError(*start.non_finite())
         O, K0, eta = start.W_ov, start.W_kq, start.config.eta
         T, prov = cfg.T, {"source": "trained", "T0": cfg.T0, "T": cfg.T}
     else:
@@ -163,7 +176,10 @@ def generalization_report(ds, result_or_weights=None, *, sentences=None, K_star=
     the lists ``steps``, ``closure_accuracy``, ``score_accuracy``, ``labelled_accuracy``,
     ``agreement_with_kstar``, ``closure_attention`` / ``score_attention`` (mean attention on
     x_hat); ``first_step_closure_100`` (first evaluated step at 100%), ``closure_100_from``, and
-    the same two for score-decided sentences; ``final`` (the last step's values).
+    the same two for score-decided sentences; ``final`` (the last step's values);
+    ``not_applicable``: None, or why C11 does not apply to ``ds`` (no sentence has two distinct
+    tokens, e.g. "every sentence has length 1: attention is constant").
+    Raises :class:`refimpl.train.NonFiniteTrainingError` if training stops at a non-finite value.
     """
     cfg = config or GeneralizeConfig()
     if K_star is None:
@@ -173,10 +189,13 @@ def generalization_report(ds, result_or_weights=None, *, sentences=None, K_star=
         sentences = unseen_sentences(ds, cfg.n_test, cfg.min_len, cfg.max_len, cfg.test_seed, cfg.targeted)
     cls = classify(ds, sentences, K_star, tol=cfg.tol)
     O, checkpoints, eta, prov = _resolve_run(ds, result_or_weights, cfg)
-    ref, _ = predict_limit(O, K_star, (cls.tokens, cls.lengths), tol=cfg.tol)
+    n_sent = len(cls.lengths)               # 0 when the dataset leaves no unseen sentence to build
+    ref = predict_limit(O, K_star, (cls.tokens, cls.lengths), tol=cfg.tol)[0] if n_sent else cls.expected
     at_hat = cls.tokens == cls.x_hat[:, None]                        # (N, L): positions of x_hat
 
     def evaluate(K):
+        if not n_sent:
+            return (float("nan"),) * len(SERIES)
         pred, _ = predict(O, K, (cls.tokens, cls.lengths))
         acc = accuracies(cls, pred, ref)
         phi = attention(K, cls.tokens, cls.lengths)
@@ -214,8 +233,10 @@ def generalization_report(ds, result_or_weights=None, *, sentences=None, K_star=
     gaps = closure_gaps(cls, K_star)
     finite = gaps[np.isfinite(gaps)]
     kstar_acc = accuracies(cls, ref)
+    from .trajectory import attention_inert
     report = {
         "claim": "C11",
+        "not_applicable": attention_inert(ds),   # why C11 cannot apply (attention is inert), or None
         "n_test": int(len(cls.lengths)),
         "counts": cls.counts(),
         "run": prov,

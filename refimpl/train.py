@@ -1,4 +1,4 @@
-"""Algorithm 1 (two-stage normalized gradient descent) and the joint baseline (SPEC section 4).
+"""Algorithm 1 (two-stage normalized gradient descent) and the joint baseline (docs/model.md, docs/theory.md).
 
 Stage 1 trains the feed-forward layer on the collocation loss ``L0``:
 ``O <- O - eta0 * G / ||G||_F`` for ``T0`` steps. Stage 2 fixes ``O`` at the
@@ -13,7 +13,10 @@ gradient divided by a common positive factor (``G = exp(log_scale) * Gs``); the
 normalized direction ``Gs / ||Gs||`` is therefore exact even after the loss
 underflows float64, and training keeps moving for any number of steps. A
 gradient that is exactly zero ends the stage with the reason recorded in
-``stop_reason``; it never produces a NaN.
+``stop_reason``; it never produces a NaN. A loss, gradient or iterate norm that
+becomes inf or NaN (only a huge step size does that: steps have length eta)
+ends the stage with ``"non-finite at step t"``; stage 2 is then skipped after a
+non-finite stage 1. No NumPy floating-point warning escapes the training loop.
 
 The parameter update uses compensated (Kahan) summation: the iterate after t
 steps is the exactly rounded sum of the t steps instead of carrying up to
@@ -41,7 +44,8 @@ from .trajectory import (JOINT_COLUMNS, STAGE1_COLUMNS, STAGE2_COLUMNS, ExcessLo
                          stage1_metrics)
 
 __all__ = ["TrainConfig", "TrainResult", "JointResult", "train_two_stage", "train_joint",
-           "run_two_stage"]
+           "run_two_stage", "stage2_replay", "stop_kind", "non_finite_stop", "NonFiniteTrainingError",
+           "COMPLETED", "ZERO_GRADIENT", "NON_FINITE"]
 
 INITS = ("zero", "random", "given")
 
@@ -120,7 +124,8 @@ class TrainResult:
     W_kq: np.ndarray  # K after stage 2
     stage1: Trajectory  # stage-1 rows (no rows when stage 1 is skipped)
     stage2: Trajectory  # stage-2 rows
-    stop_reason: dict  # {"stage1": ..., "stage2": ...}: "completed", "zero_gradient at step t", "skipped ..."
+    stop_reason: dict  # {"stage1": ..., "stage2": ...}: "completed", "zero_gradient at step t",
+    #                    "non-finite at step t", "skipped (W_ov given)", "skipped (stage 1 non-finite)"
     config: TrainConfig  # the resolved configuration
     O_star: np.ndarray  # W_ov*, the max-margin solution of SPEC section 5
     K_star: np.ndarray  # W_kq*
@@ -132,6 +137,31 @@ class TrainResult:
     certificates: dict = field(default_factory=dict)  # {"W_ov*": Certificate, "W_kq*": Certificate} (checked)
     runtime: dict = field(default_factory=dict)  # seconds per stage
 
+    def non_finite(self):
+        """``(stage, step)`` where training stopped at a non-finite value, e.g. ``("stage 2", 1)``;
+        None when it did not."""
+        return non_finite_stop(self.stop_reason)
+
+
+class NonFiniteTrainingError(ArithmeticError):
+    """Training reached a non-finite value (a replay that cannot continue). ``stage`` ("stage 1"
+    or "stage 2") and ``step`` say where; the message names both."""
+
+    def __init__(self, stage, step):
+        self.stage, self.step = stage, int(step)
+        super().__init__(f"training stopped at a non-finite value (inf or NaN) in {stage} at step {step}; "
+                         "the step size is too large for float64")
+
+
+def non_finite_stop(stop_reason):
+    """``(stage, step)`` of the first stage of a ``stop_reason`` dict that stopped at a non-finite
+    value (``("stage 1", t)`` or ``("stage 2", t)``), else None. Accepts ``summary.json``'s dict."""
+    for key in ("stage1", "stage2"):
+        kind, step = stop_kind(str((stop_reason or {}).get(key, "")))
+        if kind == NON_FINITE:
+            return f"stage {key[-1]}", step
+    return None
+
 
 @dataclass
 class JointResult:
@@ -140,7 +170,7 @@ class JointResult:
     W_ov: np.ndarray  # O_T
     W_kq: np.ndarray  # K_T
     trajectory: Trajectory  # rows of JOINT_COLUMNS
-    stop_reason: str  # "completed" or "zero_gradient at step t"
+    stop_reason: str  # "completed", "zero_gradient at step t" or "non-finite at step t"
     config: TrainConfig  # the resolved configuration (eta, T used)
     runtime: float  # seconds
 
@@ -194,6 +224,27 @@ _PROGRESS_CHUNK = 512  # steps between progress-bar updates
 
 
 # ==================================================================== stages
+# Stop reasons (``TrainResult.stop_reason`` values are these, "<reason> at step t", or "skipped (...)").
+COMPLETED, ZERO_GRADIENT, NON_FINITE = "completed", "zero_gradient", "non-finite"
+# Below this Frobenius norm no entry of an iterate, no Kahan term and no sum of squares
+# (||W||^2 < 1e300) can overflow; NGD steps have length eta, so ||W_t|| <= ||W_0|| + eta t
+# and the iterates need an explicit finiteness check only once that bound passes it.
+_NORM_SAFE = 1e150
+
+
+def _norms_finite(Ws):
+    return all(math.isfinite(float(np.linalg.norm(W))) for W in Ws)
+
+
+def stop_kind(reason):
+    """``(kind, step)`` of a stop reason: ``("completed", None)``, ``("zero_gradient", t)``,
+    ``("non-finite", t)`` or ``("skipped", None)``."""
+    head, sep, step = reason.partition(" at step ")
+    if sep:
+        return head, int(step)
+    return ("skipped", None) if reason.startswith("skipped") else (reason, None)
+
+
 def _ngd(iterates, eta, T, sched, evaluate, record, bar, base, callback=None):
     """Normalized gradient descent on one or two matrices (both stages and the joint baseline).
 
@@ -202,30 +253,48 @@ def _ngd(iterates, eta, T, sched, evaluate, record, bar, base, callback=None):
                ``(list of D, norm)`` with ``D = Gs / ||Gs||`` over all matrices jointly
     record   : ``(t, *W, loss, log10_loss)`` appends a trajectory row at the steps in ``sched``
     callback : ``(t, *W)`` called at every step t = 0..T before the step from it
-    Returns the stop reason: "completed", or "zero_gradient at step t" (that step is recorded).
+    Returns the stop reason: "completed", "zero_gradient at step t" (the gradient is exactly
+    zero at K_t) or "non-finite at step t" (the loss or the gradient norm at step t is inf or
+    NaN, or ``||W_t||_F`` is not representable); the stopping step is recorded.
+
+    Per step this adds only scalar checks to the kernel call: the loss and the gradient norm
+    the kernel already returns, and the certified radius ``||W_0|| + eta t`` (the norms are
+    computed only once it exceeds ``_NORM_SAFE``, which takes a huge eta). NumPy floating-point
+    warnings are silenced inside the loop: a non-finite value is reported as a stop reason.
     """
+    radius = max(float(np.linalg.norm(it.W)) for it in iterates)
     k = 0
-    for t in range(T + 1):
-        Ws = [it.W for it in iterates]
-        if callback is not None:
-            callback(t, *Ws)
-        loss, log10_loss, directions = evaluate(*Ws)
-        recorded = k < len(sched) and sched[k] == t
-        if recorded:
-            record(t, *Ws, loss, log10_loss)
-            k += 1
-        if t == T:
-            break
-        Ds, nrm = directions()
-        if nrm == 0.0:
-            if not recorded:
+    with np.errstate(all="ignore"):
+        for t in range(T + 1):
+            Ws = [it.W for it in iterates]
+            if callback is not None:
+                callback(t, *Ws)
+            loss, log10_loss, directions = evaluate(*Ws)
+            recorded = k < len(sched) and sched[k] == t
+            if recorded:
                 record(t, *Ws, loss, log10_loss)
-            return f"zero_gradient at step {t}"
-        for it, D in zip(iterates, Ds):
-            it.step(D, eta)
-        if t % _PROGRESS_CHUNK == 0:
-            bar.update(base + t)
-    return "completed"
+                k += 1
+            stop = None
+            if not math.isfinite(loss) or (radius > _NORM_SAFE and not _norms_finite(Ws)):
+                stop = NON_FINITE
+            elif t == T:
+                break
+            else:
+                Ds, nrm = directions()
+                if nrm == 0.0:
+                    stop = ZERO_GRADIENT
+                elif not nrm < math.inf:       # NaN or inf
+                    stop = NON_FINITE
+            if stop is not None:
+                if not recorded:
+                    record(t, *Ws, loss, log10_loss)
+                return f"{stop} at step {t}"
+            for it, D in zip(iterates, Ds):
+                it.step(D, eta)
+            radius += eta
+            if t % _PROGRESS_CHUNK == 0:
+                bar.update(base + t)
+    return COMPLETED
 
 
 def _stage1(ds, cfg, O0, O_hat, bar, base):
@@ -275,20 +344,36 @@ def _stage2(ds, cfg, O, K0, K_hat, excess, bar, base, callback=None):
 
 def stage2_replay(ds, O, K0, eta, T, callback):
     """Stage 2 of Algorithm 1 again, and nothing else: W_ov = O fixed, K from ``K0``, step
-    size ``eta``, calling ``callback(t, K_t)`` for t = 0..T (it stops after an exactly zero
-    gradient, as the trainer does). The same per-step path as :func:`train_two_stage`
-    (Stage2Direction, Kahan update), so the iterates are the trainer's bit for bit; no
-    max-margin solves, floor or metrics. ``ds`` must be valid; O, K0 : float64 (M, M)."""
+    size ``eta``, calling ``callback(t, K_t)`` for t = 0..T.
+
+    The same per-step path as :func:`train_two_stage` (Stage2Direction, Kahan update, the
+    same stops), so the iterates are the trainer's bit for bit; no max-margin solves, floor or
+    metrics. ``ds`` must be valid; O, K0 : float64 (M, M).
+
+    Returns
+    -------
+    str
+        The stop reason, as the trainer's: "completed", "zero_gradient at step t" (K_t is
+        the last iterate; callback saw t) or "non-finite at step t" (callback saw t).
+    """
     direction = kernels.Stage2Direction(O, ds.tokens, ds.lengths, ds.next_tokens)
     it = _Compensated(K0)
-    for t in range(T + 1):
-        callback(t, it.W)
-        if t == T:
-            return
-        D, nrm, _, _, _ = direction.direction(it.W)
-        if nrm == 0.0:
-            return
-        it.step(D, eta)
+    radius = float(np.linalg.norm(it.W))
+    with np.errstate(all="ignore"):
+        for t in range(T + 1):
+            callback(t, it.W)
+            D, nrm, _, loss, _ = direction.direction(it.W)
+            if not math.isfinite(loss) or (radius > _NORM_SAFE and not _norms_finite([it.W])):
+                return f"{NON_FINITE} at step {t}"
+            if t == T:
+                return COMPLETED
+            if nrm == 0.0:
+                return f"{ZERO_GRADIENT} at step {t}"
+            if not nrm < math.inf:
+                return f"{NON_FINITE} at step {t}"
+            it.step(D, eta)
+            radius += eta
+    return COMPLETED
 
 
 def _init_pair(cfg, M, W_ov0, W_kq0):
@@ -331,10 +416,14 @@ def run_two_stage(ds, config, *, W_ov0=None, W_kq0=None, W_ov=None, progress=Non
             O, traj1, reason1 = W_ov, Trajectory(STAGE1_COLUMNS, 0).finish(), "skipped (W_ov given)"
         runtime["stage1"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        floor, log10_floor, vertex, details = stage2_floor(O, ds, return_details=True)
-        excess = ExcessLoss(ds, O, floor, vertex, details["log_loss"])
-        bar.set_description("stage 2")
-        K, traj2, reason2 = _stage2(ds, cfg, O, K0, K_hat, excess, bar, T0, stage2_callback)
+        if stop_kind(reason1)[0] == NON_FINITE:      # no floor or stage 2 from a non-finite W_ov
+            floor, log10_floor, vertex = math.nan, math.nan, np.zeros(ds.n_sentences, dtype=bool)
+            K, traj2, reason2 = K0, Trajectory(STAGE2_COLUMNS, 0).finish(), "skipped (stage 1 non-finite)"
+        else:
+            floor, log10_floor, vertex, details = stage2_floor(O, ds, return_details=True)
+            excess = ExcessLoss(ds, O, floor, vertex, details["log_loss"])
+            bar.set_description("stage 2")
+            K, traj2, reason2 = _stage2(ds, cfg, O, K0, K_hat, excess, bar, T0, stage2_callback)
         runtime["stage2"] = time.perf_counter() - t0
     finally:
         bar.close()

@@ -1,15 +1,19 @@
-"""``refimpl audit``: every claim of SPEC section 6 evaluated on one dataset.
+"""``refimpl audit``: every claim C1-C11 (docs/theory.md) evaluated on one dataset.
 
 The audit trains Algorithm 1 with stated hyperparameters (:class:`AuditConfig`),
 then evaluates each claim of the registry :mod:`proofs.claims` against the run.
 Certified bounds come only from :mod:`proofs.numeric` (the one place where
 SymPy becomes NumPy); measured claims are fitted as the protocols of
-``docs/theory.md`` say.
+``docs/theory.md`` say. The C8/C10 quantities (vertex gaps, ``c8``, the excess)
+are taken in log space, so the verdicts hold for any ``T0`` (the gaps are of size
+``e^{-gamma_ov eta0 T0}`` and underflow float64 past ``T0 ~ 7e4`` at the defaults).
 
 Verdicts: ``PASS``, ``FAIL`` or ``NOT APPLICABLE`` (a precondition does not
-hold; the reason is given). The report is a JSON-ready dict whose schema is
-documented in ``docs/audit.md`` (``schema: "refimpl/audit@2"``). A FAIL of a
-certified claim is a bug or a finding; the command exits 1 then.
+hold; the reason is given), on every valid dataset and configuration. A FAIL is
+either certified (a bug or a finding; the command exits 1) or measured (reported,
+no exit-status change); each row says which (``failure``). The report is a
+JSON-ready dict whose schema is documented in ``docs/audit.md``
+(``schema: "refimpl/audit@3"``).
 """
 from __future__ import annotations
 
@@ -24,14 +28,23 @@ from proofs import numeric as bounds
 
 from .data import ensure_valid, induced_relations
 from .maxmargin import w_ov_star
-from .train import TrainConfig, run_two_stage
-from .rates import fit_exponential_rate, fit_linear_slope, fit_power_law
+from .rates import fit_exponential_rate, fit_linear_slope, fit_power_law, too_short
 from .shift import longest_chains
+from .train import TrainConfig, run_two_stage, stop_kind
+from .trajectory import attention_inert
 
-__all__ = ["AuditConfig", "run_audit", "format_table", "SCHEMA"]
+__all__ = ["AuditConfig", "run_audit", "format_table", "SCHEMA", "REGIMES"]
 
-SCHEMA = "refimpl/audit@2"   # @2: non-finite numbers as "inf" / "-inf" / null (standard JSON)
+# @2: non-finite numbers as "inf" / "-inf" / null (standard JSON).
+# @3: rows carry "failure" (certified / measured / null); top-level "measured_failures" and
+#     "stop_reason"; regimes "undetermined", "no_attention", "non_finite"; C8 and C10 report
+#     log10 quantities (log10_c8, min_vertex_gap_sign / min_vertex_gap_log10); C11 FAILs
+#     (measured) when the trained model's closure accuracy at T is below 1; fits over fewer
+#     than 100 steps are NOT APPLICABLE. See docs/audit.md.
+SCHEMA = "refimpl/audit@3"
+REGIMES = ("converging", "weak_stage1", "undetermined", "no_attention", "non_finite")
 PASS, FAIL, NA = "PASS", "FAIL", "NOT APPLICABLE"
+CERTIFIED, MEASURED = "certified", "measured"   # the kind of a FAIL (row["failure"])
 
 # Relative slack of certified comparisons. Each bound is compared with a quantity
 # accumulated over up to T float64 steps (rounding ~T * 2^-53 relative) or with a
@@ -39,6 +52,14 @@ PASS, FAIL, NA = "PASS", "FAIL", "NOT APPLICABLE"
 # wide margin and is still far below any effect the bounds describe.
 REL_TOL = 1e-9
 _LOG10_TINIEST = math.log10(5e-324)   # the smallest positive double: an excess below underflows
+C2_TOL = 1e-9    # C2: log10-loss to 1e-9 relative
+C6_TOL = 1e-9    # K* from the certified solver is accurate to ~1e-12; chains add up to M terms
+# 1 - cos at or below this is "along the target direction" (C2's ray test; C5 and C9 treat it
+# as exact directional agreement instead of fitting a power law to rounding noise): the
+# normalized distance is then <= 1.5e-6, while a rounding-level direction error is ~1e-16.
+DIRECTION_EXACT = 1e-12
+C10_STALL = 0.01  # C10 (b): the excess has stopped decaying if its rate is above -0.01 gamma_kq eta
+C11_ACCURACY = 1.0  # C11 (measured): closure accuracy of the trained model at T (docs/theory.md section 11)
 
 
 def _above_lower(log10_excess, lower):
@@ -49,8 +70,6 @@ def _above_lower(log10_excess, lower):
     tol = REL_TOL * np.maximum(np.abs(lower), 1.0)
     underflow_ok = (log10_excess[~finite] == -np.inf) & (lower[~finite] < _LOG10_TINIEST)
     return bool(np.all(log10_excess[finite] >= lower[finite] - tol[finite]) and np.all(underflow_ok))
-C2_TOL = 1e-9    # SPEC C2: log10-loss to 1e-9 relative
-C6_TOL = 1e-9    # K* from the certified solver is accurate to ~1e-12; chains add up to M terms
 
 
 @dataclass
@@ -73,15 +92,56 @@ class AuditConfig:
                            init_scale=self.init_scale, seed=self.seed)
 
 
-def _row(claim_id, verdict, measured, bound, detail):
+def _row(claim_id, verdict, measured, bound, detail, failure=None):
+    """One claim row. ``failure`` ("certified" / "measured") is required exactly when verdict is FAIL."""
+    assert (verdict == FAIL) == (failure is not None), (claim_id, verdict, failure)
     c = registry.get(claim_id)
-    return {"id": claim_id, "title": c.title, "status": c.status, "verdict": verdict,
+    return {"id": claim_id, "title": c.title, "status": c.status, "verdict": verdict, "failure": failure,
             "measured": measured, "bound": bound, "detail": detail}
 
 
+def _steps_of(traj):
+    """Steps a stage took: its last recorded step (0 for an empty trajectory)."""
+    return int(traj.step[-1]) if len(traj) else 0
+
+
+def _early(reason):
+    """The stop reason of a stage that ended before its last step, else ''."""
+    kind, _ = stop_kind(reason)
+    return reason if kind not in ("completed",) else ""
+
+
+def _window_start(steps, values):
+    """The value at the first recorded step of the last decade [T/10, T]."""
+    i = int(np.searchsorted(steps, steps[-1] / 10.0))
+    return float(values[min(i, len(values) - 1)])
+
+
+def _direction_verdict(steps, one_minus_cos, n_steps, why_short):
+    """Shared C5 / C9 protocol: (verdict, fitted exponent or None, detail) for ``1 - cos`` against
+    the target direction. Exact agreement (``1 - cos <= DIRECTION_EXACT`` at every recorded
+    t >= 1) PASSes as C2 does; a run shorter than MIN_FIT_STEPS is NOT APPLICABLE; otherwise
+    PASS iff the value at T is below the value at T/10 and the power law fitted over the last
+    decade (values above DIRECTION_EXACT only) has a negative exponent."""
+    later = one_minus_cos[steps >= 1]
+    if len(later) and np.all(later <= DIRECTION_EXACT):
+        return PASS, None, (f"exactly along the target direction: 1 - cos <= {DIRECTION_EXACT:g} at every "
+                            "recorded t >= 1")
+    short = too_short(n_steps, why_short)
+    if short:
+        return NA, None, short
+    expo = fit_power_law(steps, one_minus_cos, floor=DIRECTION_EXACT)
+    final, start = float(one_minus_cos[-1]), _window_start(steps, one_minus_cos)
+    if expo is None and final <= DIRECTION_EXACT:
+        return PASS, None, f"converged: 1 - cos <= {DIRECTION_EXACT:g} over the last decade"
+    ok = expo is not None and expo < 0 and final < start
+    return (PASS if ok else FAIL), expo, None
+
+
 # Claims whose verdict in the audit is decided by a certified bound (C7: the upper bound, C8: the
-# lower bound, C11: the K* part). C5 is certified only from zero initialization, where C2 covers
-# it; the audit measures C5 from a random start, so its verdict is a measurement.
+# lower bound, C11: the K* part; a FAIL of C11's measured part is a measured failure). C5 is
+# certified only from zero initialization, where C2 covers it; the audit measures C5 from a
+# random start, so its verdict is a measurement.
 CERTIFIED_VERDICTS = ("C1", "C2", "C3", "C4", "C6", "C7", "C8", "C11")
 
 
@@ -98,33 +158,46 @@ def _c1(ds, res):
                 {"max_abs_closed_form_minus_solver": diff, "norm_sq": norm_sq,
                  "kkt_worst_residual": max(cert2.worst().values())},
                 {"norm_sq": want, "max_abs_diff": 1e-10},
-                "closed form O*[:, x] = e_n(x) - 1/M agrees with the certified least-distance solution")
+                "closed form O*[:, x] = e_n(x) - 1/M agrees with the certified least-distance solution",
+                None if ok else CERTIFIED)
+
+
+def _no_stage1_step(res):
+    """NOT APPLICABLE reason for a stage-1 trajectory claim when stage 1 took no step, else None."""
+    if len(res.stage1) == 0:
+        return "stage 1 was skipped"
+    if _steps_of(res.stage1) == 0:
+        return "stage 1 took no step (T0 = 0): the bound at t = 0 is an identity"
+    return None
 
 
 def _c2(ds, res):
     s1, cfg = res.stage1, res.config
     if cfg.init != "zero":
         return _row("C2", NA, {}, {}, "the exact trajectory is claimed from zero initialization only")
-    if len(s1) == 0:
-        return _row("C2", NA, {}, {}, "stage 1 was skipped")
+    why = _no_stage1_step(res)
+    if why:
+        return _row("C2", NA, {}, {}, why)
     t = s1.step.astype(float)
     pred = bounds.c2_log10_loss(ds.vocab_size, cfg.eta0, res.gamma_ov, t)
     rel = np.abs(s1.log10_loss - pred) / np.maximum(np.abs(pred), 1e-300)
     on_ray = s1.one_minus_cos[1:]
     ray_err = float(np.nanmax(on_ray)) if len(on_ray) else 0.0
     norm_err = float(np.max(np.abs(s1.norm - cfg.eta0 * t) / np.maximum(cfg.eta0 * t, 1e-300)))
-    ok = rel.max() <= C2_TOL and ray_err <= 1e-12 and norm_err <= REL_TOL
+    ok = rel.max() <= C2_TOL and ray_err <= DIRECTION_EXACT and norm_err <= REL_TOL
     return _row("C2", PASS if ok else FAIL,
                 {"max_rel_err_log10_loss": float(rel.max()), "max_one_minus_cos": ray_err,
                  "max_rel_err_norm": norm_err, "steps": int(t[-1])},
-                {"max_rel_err_log10_loss": C2_TOL, "max_one_minus_cos": 1e-12},
-                "O_t = eta0 t hat O* and L0(O_t) = log(1 + (M-1) exp(-gamma_ov eta0 t)) at every recorded t")
+                {"max_rel_err_log10_loss": C2_TOL, "max_one_minus_cos": DIRECTION_EXACT},
+                "O_t = eta0 t hat O* and L0(O_t) = log(1 + (M-1) exp(-gamma_ov eta0 t)) at every recorded t",
+                None if ok else CERTIFIED)
 
 
 def _c3(ds, res):
     s1, cfg = res.stage1, res.config
-    if len(s1) == 0:
-        return _row("C3", NA, {}, {}, "stage 1 was skipped")
+    why = _no_stage1_step(res)
+    if why:
+        return _row("C3", NA, {}, {}, why)
     t = s1.step.astype(float)
     up = bounds.c3_norm_upper(cfg.eta0, t)
     lo = bounds.c3_proj_lower(cfg.eta0, res.gamma_ov, t)
@@ -136,13 +209,15 @@ def _c3(ds, res):
                  "final_proj_on_star": float(s1.proj_on_star[-1])},
                 {"final_dist_upper": float(up[-1]), "final_proj_lower": float(lo[-1]),
                  "min_slack_upper": slack_up, "min_slack_lower": slack_lo},
-                "||O_t - O_0|| <= eta0 t and <O_t - O_0, hat O*> >= eta0 t gamma_ov / sqrt 2, every recorded t")
+                "||O_t - O_0|| <= eta0 t and <O_t - O_0, hat O*> >= eta0 t gamma_ov / sqrt 2, every recorded t",
+                None if ok else CERTIFIED)
 
 
 def _c4(ds, res):
     s1, cfg = res.stage1, res.config
-    if len(s1) == 0:
-        return _row("C4", NA, {}, {}, "stage 1 was skipped")
+    why = _no_stage1_step(res)
+    if why:
+        return _row("C4", NA, {}, {}, why)
     if not bool(bounds.c4_precondition(cfg.eta0, res.gamma_ov)):
         return _row("C4", NA, {"eta0": cfg.eta0}, {}, "precondition eta0 exp(sqrt2 eta0) < 1 fails")
     n_c = len(ds.colloc_tokens)
@@ -155,12 +230,16 @@ def _c4(ds, res):
     tol = 1e-9 * np.maximum(np.abs(up), 1.0)  # log10 values: ~1e-15 relative rounding each
     ok_up = bool(np.all(s1.log10_loss <= up + tol))
     ok_lo = bool(np.all(s1.log10_loss >= lo - tol))
-    rate = fit_exponential_rate(steps, s1.log10_loss * math.log(10))
+    short = too_short(T0, _early(res.stop_reason["stage1"]))
+    rate = None if short else fit_exponential_rate(steps, s1.log10_loss * math.log(10))
     measured = {"final_log10_loss": float(s1.log10_loss[-1]), "fitted_rate_per_step": rate}
+    if short:
+        measured["fit"] = short
     bound = {"final_log10_upper": float(up[-1]), "final_log10_lower": float(lo[-1]),
              "asymptotic_upper_rate": float(bounds.c4_rate(cfg.eta0, res.gamma_ov))}
-    return _row("C4", PASS if ok_up and ok_lo else FAIL, measured, bound,
-                "lower(t) <= L0(O_t) <= b_t at every recorded t; linear decay")
+    ok = ok_up and ok_lo
+    return _row("C4", PASS if ok else FAIL, measured, bound,
+                "lower(t) <= L0(O_t) <= b_t at every recorded t; linear decay", None if ok else CERTIFIED)
 
 
 def _c5(ds, res, cfg):
@@ -168,19 +247,24 @@ def _c5(ds, res, cfg):
     tc = TrainConfig(eta0=res.config.eta0, T0=cfg.c5_T0, T=0, init="random",
                      init_scale=cfg.c5_init_scale, seed=cfg.seed)
     run = run_two_stage(ds, tc, progress=False)
+    if run.non_finite() is not None:
+        _, step = run.non_finite()
+        return _row("C5", NA, {}, {}, f"the random-start run stopped at a non-finite value at step {step}")
     s1 = run.stage1
-    expo = fit_power_law(s1.step, s1.one_minus_cos)
-    final = float(s1.one_minus_cos[-1])
-    ok = final < float(s1.one_minus_cos[1]) and (expo is None or expo < 0)
-    return _row("C5", PASS if ok else FAIL,
-                {"final_one_minus_cos": final, "fitted_exponent_last_decade": expo,
-                 "steps": int(s1.step[-1]), "init_scale": cfg.c5_init_scale},
-                {"fitted_exponent": "< 0"},
-                "1 - cos(O_t, O*) from a random start decreases (power law fitted over the last decade)")
+    verdict, expo, why = _direction_verdict(s1.step, s1.one_minus_cos, _steps_of(s1),
+                                            _early(run.stop_reason["stage1"]))
+    measured = {"final_one_minus_cos": float(s1.one_minus_cos[-1]), "fitted_exponent_last_decade": expo,
+                "steps": _steps_of(s1), "init_scale": cfg.c5_init_scale}
+    return _row("C5", verdict, measured, {"fitted_exponent": "< 0"},
+                why or "1 - cos(O_t, O*) from a random start decreases (power law fitted over the last decade)",
+                MEASURED if verdict == FAIL else None)
 
 
 # ------------------------------------------------------------------ stage 2
-def _c6(ds, res):
+def _c6(ds, res, inert):
+    if inert:
+        return _row("C6", NA, {"kkt_ok": bool(res.certificates["W_kq*"].ok)}, {},
+                    f"{inert} (W_kq* = 0, no constraint to certify)")
     cert = res.certificates["W_kq*"]  # checked by the solver before training started
     K = res.K_star
     worst, checked = math.inf, 0
@@ -199,133 +283,243 @@ def _c6(ds, res):
     return _row("C6", PASS if ok else FAIL,
                 {"kkt_ok": bool(cert.ok), "min_gap_minus_chain_length": worst, "pairs_checked": checked},
                 {"min_gap_minus_chain_length": -C6_TOL},
-                "KKT certificate of K*; K*[x,q] - K*[x',q] >= k along chains of k training relations")
+                "KKT certificate of K*; K*[x,q] - K*[x',q] >= k along chains of k training relations",
+                None if ok else CERTIFIED)
 
 
-def _c7(ds, res):
+def _c7(ds, res, inert):
     s2, cfg = res.stage2, res.config
+    if inert:
+        return _row("C7", NA, {}, {}, f"{inert} (the stage-2 gradient is zero)")
+    n = _steps_of(s2)
+    if n == 0:
+        early = _early(res.stop_reason["stage2"])
+        return _row("C7", NA, {}, {}, f"stage 2 took no step ({early or 'T = 0'}): the bound at t = 0 is an identity")
     t = s2.step.astype(float)
     up = bounds.c7_norm_upper(cfg.eta, t)
     slack = float(np.min(up * (1 + REL_TOL) - s2.dist_from_init))
-    slope = fit_linear_slope(s2.step, s2.norm)
-    return _row("C7", PASS if slack >= 0 else FAIL,
-                {"final_dist_from_init": float(s2.dist_from_init[-1]), "fitted_norm_slope": slope},
+    short = too_short(n, _early(res.stop_reason["stage2"]))
+    slope = None if short else fit_linear_slope(s2.step, s2.norm)
+    measured = {"final_dist_from_init": float(s2.dist_from_init[-1]), "fitted_norm_slope": slope}
+    if short:
+        measured["fit"] = short
+    ok = slack >= 0
+    return _row("C7", PASS if ok else FAIL, measured,
                 {"final_dist_upper": float(up[-1]), "slope_upper": cfg.eta},
-                "||K_t - K_0|| <= eta t at every recorded t; growth slope fitted over the last half")
+                "||K_t - K_0|| <= eta t at every recorded t; growth slope fitted over the last half",
+                None if ok else CERTIFIED)
 
 
-def _c8(ds, res, gaps, weak):
+def _excess_rate(res):
+    """(fitted rate of ln(excess) per step over the last half, too-short reason or None)."""
+    s2 = res.stage2
+    short = too_short(_steps_of(s2), _early(res.stop_reason["stage2"]))
+    if short:
+        return None, short
+    return fit_exponential_rate(s2.step, s2.log10_excess * math.log(10)), None
+
+
+def _min_gap(sign, log_abs):
+    """The smallest vertex gap over constrained sentences as (sign, log|.|); (1, inf) if none."""
+    constrained = log_abs != np.inf
+    if not constrained.any():
+        return 1, math.inf
+    s, la = sign[constrained], log_abs[constrained]
+    if np.any(s < 0):
+        return -1, float(np.max(la[s < 0]))
+    if np.any(s == 0):
+        return 0, -math.inf
+    return 1, float(np.min(la))
+
+
+def _gap_measured(sign, log_abs):
+    s, la = _min_gap(sign, log_abs)
+    linear = math.inf if la == math.inf else (s * math.exp(la) if s else 0.0)
+    return {"min_vertex_gap": linear, "min_vertex_gap_sign": s,
+            "min_vertex_gap_log10": la / math.log(10) if s else None}
+
+
+def _c8(ds, res, gaps, regime, inert):
     s2, cfg = res.stage2, res.config
-    c8 = bounds.c8_constant(gaps, ds.lengths)
-    rate = fit_exponential_rate(s2.step, s2.log10_excess * math.log(10))
-    ratio = None if rate is None or not math.isfinite(res.gamma_kq) else -rate / (res.gamma_kq * cfg.eta)
+    if inert:
+        return _row("C8", NA, {}, {}, f"{inert} (no constraint, the excess is 0 for every K)")
+    sign, log_abs = gaps
+    log_c8 = bounds.c8_log_constant(sign, log_abs, ds.lengths)
+    rate, short = _excess_rate(res)
+    ratio = None if rate is None else -rate / (res.gamma_kq * cfg.eta)
     measured = {"final_log10_excess": float(s2.log10_excess[-1]), "fitted_rate_per_step": rate,
-                "rate_over_gamma_kq_eta": ratio, "c8": c8}
-    if c8 <= 0 or not math.isfinite(res.gamma_kq):
-        return _row("C8", NA, measured, {}, "precondition Delta_i > 0 for every sentence fails (see C10)"
-                    if c8 <= 0 else "no attention constraint")
+                "rate_over_gamma_kq_eta": ratio,
+                "log10_c8": log_c8 / math.log(10) if log_c8 > -math.inf else None}
+    if short:
+        measured["fit"] = short
+    if log_c8 == -math.inf:
+        return _row("C8", NA, measured, {}, "precondition Delta_i > 0 for every sentence fails (see C10)")
     norm0 = float(s2.norm[0])  # ||K_0||
-    lower = bounds.c8_excess_lower_log10(c8, res.gamma_kq, norm0, cfg.eta, s2.step.astype(float))
+    lower = bounds.c8_excess_lower_log10_from_log(log_c8, res.gamma_kq, norm0, cfg.eta, s2.step.astype(float))
     ok = _above_lower(s2.log10_excess, lower)
     finite = np.isfinite(s2.log10_excess)
     measured["min_log10_slack_to_lower"] = float(np.min(s2.log10_excess[finite] - lower[finite])) \
         if finite.any() else None
-    if weak:
+    bound = {"final_log10_lower": float(lower[-1]), "lower_rate_per_step": -res.gamma_kq * cfg.eta}
+    what = ("excess >= c8 exp(-gamma_kq (||K_0|| + eta t)) at every recorded t (log space); "
+            "exponential decay rate fitted")
+    if not ok:
+        return _row("C8", FAIL, measured, bound, what, CERTIFIED)
+    if regime == "weak_stage1":
         measured["note"] = "run is in the weak-stage-1 regime (C10): no convergence is claimed"
-    verdict = PASS if ok and not weak else (NA if ok else FAIL)
-    return _row("C8", verdict, measured,
-                {"final_log10_lower": float(lower[-1]), "lower_rate_per_step": -res.gamma_kq * cfg.eta},
-                "excess >= c8 exp(-gamma_kq (||K_0|| + eta t)) at every recorded t; linear (exponential) decay "
-                "fitted")
+        return _row("C8", NA, measured, bound, "the lower bound holds, but the run is in the weak-stage-1 "
+                    "regime (C10): convergence is not claimed")
+    return _row("C8", PASS, measured, bound, what)
 
 
-def _c9(ds, res, weak):
+def _c9(ds, res, regime, inert):
     s2 = res.stage2
-    expo = fit_power_law(s2.step, s2.one_minus_cos)
-    final = float(s2.one_minus_cos[-1])
-    if weak:
-        return _row("C9", NA, {"final_one_minus_cos": final, "fitted_exponent_last_decade": expo}, {},
+    if inert:
+        return _row("C9", NA, {}, {}, f"{inert} (W_kq* = 0 has no direction)")
+    measured = {"final_one_minus_cos": float(s2.one_minus_cos[-1])}
+    if regime == "weak_stage1":
+        return _row("C9", NA, measured, {},
                     "weak-stage-1 regime (C10): directional convergence to W_kq* is not expected")
-    ok = expo is not None and expo < 0
-    return _row("C9", PASS if ok else FAIL,
-                {"final_one_minus_cos": final, "fitted_exponent_last_decade": expo},
-                {"fitted_exponent": "< 0"}, "1 - cos(K_t, K*) decays sub-linearly (power law over the last decade)")
+    verdict, expo, why = _direction_verdict(s2.step, s2.one_minus_cos, _steps_of(s2),
+                                            _early(res.stop_reason["stage2"]))
+    measured["fitted_exponent_last_decade"] = expo
+    return _row("C9", verdict, measured, {"fitted_exponent": "< 0"},
+                why or "1 - cos(K_t, K*) decays sub-linearly (power law over the last decade)",
+                MEASURED if verdict == FAIL else None)
 
 
-def _c10(ds, res, gaps):
-    """Weak-stage-1 regime (docs/theory.md section 11): (a) some vertex gap Delta_i <= 0, or
-    (b) a training sentence mis-attended at T while the excess has stopped decaying (fitted
-    rate of ln(excess) above -0.01 gamma_kq eta per step)."""
+def _c10(ds, res, gaps, inert):
+    """Weak-stage-1 regime (docs/theory.md section 11): (a) some vertex gap Delta_i <= 0 (decided
+    in log space), or (b) a training sentence mis-attended at T while the excess has stopped
+    decaying (fitted rate of ln(excess) above -0.01 gamma_kq eta per step). Returns (row, regime)."""
+    if inert:
+        return _row("C10", NA, {}, {}, f"{inert} (stage 2 has nothing to train)"), "no_attention"
     s2, eta = res.stage2, res.config.eta
-    min_gap = float(np.min(gaps[np.isfinite(gaps)])) if np.isfinite(gaps).any() else math.inf
+    measured = _gap_measured(*gaps)
     final_margin = float(s2.attention_margin[-1])
-    rate = fit_exponential_rate(s2.step, s2.log10_excess * math.log(10))
-    stalled = rate is None or not math.isfinite(res.gamma_kq) or rate > -0.01 * res.gamma_kq * eta
-    weak = min_gap <= 0 or (final_margin < 0 and stalled)
-    measured = {"min_vertex_gap": min_gap, "final_attention_margin": final_margin,
-                "final_train_accuracy": float(s2.train_accuracy[-1]),
-                "final_log10_excess": float(s2.log10_excess[-1]), "excess_rate_per_step": rate}
-    bound = {"min_vertex_gap": "> 0", "stalled_if_rate_above": -0.01 * res.gamma_kq * eta}
-    if weak:
-        why = ("perfect attention is not the best attention for some sentence (Delta_i <= 0)"
-               if min_gap <= 0 else "a sentence is mis-attended and the excess has stopped decaying")
+    rate, short = _excess_rate(res)
+    measured.update({"final_attention_margin": final_margin, "final_train_accuracy": float(s2.train_accuracy[-1]),
+                     "final_log10_excess": float(s2.log10_excess[-1]), "excess_rate_per_step": rate})
+    bound = {"min_vertex_gap": "> 0", "stalled_if_rate_above": -C10_STALL * res.gamma_kq * eta}
+    if measured["min_vertex_gap_sign"] <= 0:
         return _row("C10", FAIL, measured, bound,
-                    f"weak-stage-1 regime: {why}; convergence (C8 rate, C9) is not claimed"), True
+                    "weak-stage-1 regime: perfect attention is not the best attention for some sentence "
+                    "(Delta_i <= 0); convergence (C8 rate, C9) is not claimed", MEASURED), "weak_stage1"
+    if final_margin > 0:
+        return _row("C10", PASS, measured, bound,
+                    "stage-2 precondition holds: perfect attention is strictly optimal for every sentence, "
+                    "and every sentence attends most to x* at T"), "converging"
+    if short:
+        return _row("C10", NA, measured, bound,
+                    "a sentence does not attend most to x* at T (attention margin <= 0) and the excess "
+                    f"trend cannot be fitted: {short}"), "undetermined"
+    if rate is None or rate > -C10_STALL * res.gamma_kq * eta:
+        return _row("C10", FAIL, measured, bound,
+                    "weak-stage-1 regime: a sentence is mis-attended and the excess has stopped decaying; "
+                    "convergence (C8 rate, C9) is not claimed", MEASURED), "weak_stage1"
     return _row("C10", PASS, measured, bound,
-                "stage-2 precondition holds: perfect attention is strictly optimal for every sentence, "
-                "and no sentence is left mis-attended with a stalled excess"), False
+                "stage-2 precondition holds (Delta_i > 0); a sentence is still mis-attended at T but the "
+                "excess keeps decaying"), "converging"
 
 
-def _c11(ds, res):
-    """C11 on unseen sentences; returns (row, generalization summary without per-step series)."""
+def _c11(ds, res, regime, inert):
+    """C11 on unseen sentences; returns (row, generalization summary without per-step series).
+
+    Certified part: K* ranks the closure maximum first by its chain length (a violation is a
+    certified FAIL). Measured part (docs/theory.md section 11): the trained model's accuracy on
+    closure-decided sentences at T must be 1 (C11_ACCURACY), else a measured FAIL; in the
+    weak-stage-1 regime it is not expected (NOT APPLICABLE unless the certified part fails)."""
     from .generalize import SERIES, generalization_report
+    if inert:
+        return _row("C11", NA, {}, {}, f"{inert} (W_kq* = 0 ranks nothing)"), None
     rep = generalization_report(ds, res, K_star=res.K_star)
     summary = {k: v for k, v in rep.items() if k not in SERIES and k != "steps"}
     cert, final = rep["certified"], rep["final"]
-    measured = {"closure_decided": cert["closure_sentences"],
-                "final_closure_accuracy": final["closure_accuracy"],
+    acc = final["closure_accuracy"]
+    measured = {"closure_decided": cert["closure_sentences"], "final_closure_accuracy": acc,
                 "closure_100_from_step": rep["closure_100_from"],
                 "final_score_accuracy": final["score_accuracy"],
                 "kstar_gap_violations": cert["violations"], "min_gap_minus_chain": cert["min_gap_minus_chain"],
                 "counts": rep["counts"]}
-    bound = {"kstar_gap_violations": 0, "final_closure_accuracy": 1.0}
+    bound = {"kstar_gap_violations": 0, "final_closure_accuracy": C11_ACCURACY}
     if cert["closure_sentences"] == 0:
         return _row("C11", NA, measured, bound, "no unseen sentence is decided by the extended orders "
                     "(vocabulary too small or every combination seen)"), summary
-    verdict = PASS if cert["violations"] == 0 else FAIL
-    return _row("C11", verdict, measured, bound,
+    if cert["violations"] > 0:
+        return _row("C11", FAIL, measured, bound, f"K* ranks {cert['violations']} closure maxima below their "
+                    "chain length (certified part)", CERTIFIED), summary
+    if regime == "weak_stage1":
+        return _row("C11", NA, measured, bound, "K* part holds (certified); the trained model is in the "
+                    "weak-stage-1 regime (C10), where generalization is not claimed"), summary
+    T = _steps_of(res.stage2)
+    if acc is None or not acc >= C11_ACCURACY:
+        return _row("C11", FAIL, measured, bound,
+                    f"K* part holds (certified); the trained model's closure accuracy at t = {T} is {acc} "
+                    f"< {C11_ACCURACY:g} (measured: generalization not observed)", MEASURED), summary
+    return _row("C11", PASS, measured, bound,
                 "K* ranks the closure maximum of every closure-decided unseen sentence first by at least its "
-                "chain length (the verdict); the trained model's accuracy on them is measured"), summary
+                f"chain length (certified), and the trained model predicts all of them at t = {T} (measured)"), \
+        summary
 
 
 # ------------------------------------------------------------------ driver
+def _non_finite_rows(where):
+    stage, step = where
+    why = f"training stopped at a non-finite value in {stage} at step {step}: no claim is evaluated"
+    return [_row(f"C{i}", NA, {}, {}, why) for i in range(1, 12)]
+
+
 def run_audit(ds, config=None, progress=None):
-    """Train on ``ds`` and evaluate C1-C11; returns the report dict (schema ``refimpl/audit@2``)."""
+    """Train on ``ds`` and evaluate C1-C11.
+
+    Parameters
+    ----------
+    ds : RealizableDataset
+        Validated first (DatasetError if not realizable).
+    config : AuditConfig or None
+    progress : bool or None
+        Progress bar of the training run (None: only on a terminal).
+
+    Returns
+    -------
+    dict
+        The report, schema ``refimpl/audit@3`` (docs/audit.md): 11 rows, each PASS, FAIL
+        (certified or measured) or NOT APPLICABLE with the reason; ``regime``;
+        ``certified_failures`` (exit 1 when non-empty) and ``measured_failures``;
+        ``stop_reason`` of the training run. A run that stops at a non-finite value gives
+        regime ``"non_finite"`` and every claim NOT APPLICABLE (the CLI exits 1).
+    """
     cfg = AuditConfig() if config is None else config
     ensure_valid(ds)
     tc = cfg.train_config().resolved(ds.vocab_size)
     start = time.perf_counter()
     res = run_two_stage(ds, tc, progress=progress)
-    gaps = bounds.c8_sentence_gaps(res.W_ov, ds.tokens, ds.lengths, ds.next_tokens, ds.optimal)
-    rows = [_c1(ds, res), _c2(ds, res), _c3(ds, res), _c4(ds, res), _c5(ds, res, cfg), _c6(ds, res),
-            _c7(ds, res)]
-    c10, weak = _c10(ds, res, gaps)
-    rows += [_c8(ds, res, gaps, weak), _c9(ds, res, weak), c10]
     generalization = None
-    if cfg.generalization:
-        row, generalization = _c11(ds, res)
-        rows.append(row)
+    where = res.non_finite()
+    if where is not None:
+        rows, regime = _non_finite_rows(where), "non_finite"
     else:
-        rows.append(_row("C11", NA, {}, {}, "generalization disabled in the audit configuration"))
-    failures = [r["id"] for r in rows if r["verdict"] == FAIL and r["id"] in CERTIFIED_VERDICTS]
+        inert = attention_inert(ds)
+        gaps = bounds.c8_sentence_log_gaps(res.W_ov, ds.tokens, ds.lengths, ds.next_tokens, ds.optimal)
+        rows = [_c1(ds, res), _c2(ds, res), _c3(ds, res), _c4(ds, res), _c5(ds, res, cfg), _c6(ds, res, inert),
+                _c7(ds, res, inert)]
+        c10, regime = _c10(ds, res, gaps, inert)
+        rows += [_c8(ds, res, gaps, regime, inert), _c9(ds, res, regime, inert), c10]
+        if cfg.generalization:
+            row, generalization = _c11(ds, res, regime, inert)
+            rows.append(row)
+        else:
+            rows.append(_row("C11", NA, {}, {}, "generalization disabled in the audit configuration"))
     return {
         "schema": SCHEMA,
         "dataset": {"vocab_size": ds.vocab_size, "n_sentences": ds.n_sentences,
                     "n_colloc": int(len(ds.colloc_tokens)), "max_len": ds.max_len},
         "config": {**asdict(cfg), "eta0": tc.eta0, "eta": tc.eta},
-        "regime": "weak_stage1" if weak else "converging",
+        "regime": regime,
+        "stop_reason": dict(res.stop_reason),
         "claims": rows,
-        "certified_failures": failures,
+        "certified_failures": [r["id"] for r in rows if r["failure"] == CERTIFIED],
+        "measured_failures": [r["id"] for r in rows if r["failure"] == MEASURED],
         "generalization": generalization,
         "runtime_seconds": time.perf_counter() - start,
     }
@@ -334,21 +528,41 @@ def run_audit(ds, config=None, progress=None):
 def _fmt(v):
     if isinstance(v, float):
         return f"{v:.4g}"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{k}: {_fmt(x)}" for k, x in v.items()) + "}"
     return str(v)
 
 
+def summary_line(report):
+    """The verdict line of the table (also what ``refimpl audit`` puts on stderr when it is not
+    the all-clear): certified failures (exit 1), measured failures (no exit-status change), or
+    the non-finite stop."""
+    if report["regime"] == "non_finite":
+        return report["claims"][0]["detail"]
+    certified, measured = report["certified_failures"], report.get("measured_failures", [])
+    head = ("all certified claims hold" if not certified
+            else f"certified claims FAILED: {', '.join(certified)}")
+    if measured:
+        head += f"; measured claims FAILED (exit status unchanged): {', '.join(measured)}"
+    return head
+
+
 def format_table(report):
-    """The report as text: a header line, one line per claim (id, status, verdict, the first
-    measured numbers, then the bounds they were compared with after ``|``), a verdict line."""
+    """The report as text: a header line, one line per claim (id, status, verdict, every
+    measured number, then the bounds after ``|``, then why, for a claim that is not PASS),
+    and the summary line (:func:`summary_line`). No field is shortened."""
     d, c = report["dataset"], report["config"]
+    rows = report["claims"]
+    w_status = max([len("status")] + [len(r["status"]) for r in rows])
+    w_verdict = max([len("verdict")] + [len(r["verdict"]) for r in rows])
     lines = [f"refimpl audit: M={d['vocab_size']} N={d['n_sentences']} eta0={c['eta0']:.4g} "
              f"eta={c['eta']:.4g} T0={c['T0']} T={c['T']} regime={report['regime']}",
-             f"{'claim':<5} {'status':<32} {'verdict':<14} measured | bound"]
-    for r in report["claims"]:
-        meas = ", ".join(f"{k}={_fmt(v)}" for k, v in list(r["measured"].items())[:3]
-                         if not isinstance(v, dict))
-        bnd = ", ".join(f"{k}={_fmt(v)}" for k, v in list(r["bound"].items())[:2])
-        lines.append(f"{r['id']:<5} {r['status'][:32]:<32} {r['verdict']:<14} {meas or '-'} | {bnd or '-'}")
-    fails = report["certified_failures"]
-    lines.append("all certified claims hold" if not fails else f"certified claims FAILED: {', '.join(fails)}")
+             f"{'claim':<5} {'status':<{w_status}} {'verdict':<{w_verdict}} measured | bound"]
+    for r in rows:
+        meas = ", ".join(f"{k}={_fmt(v)}" for k, v in r["measured"].items())
+        bnd = ", ".join(f"{k}={_fmt(v)}" for k, v in r["bound"].items())
+        why = "" if r["verdict"] == PASS else f" -- {r['detail']}"
+        lines.append(f"{r['id']:<5} {r['status']:<{w_status}} {r['verdict']:<{w_verdict}} "
+                     f"{meas or '-'} | {bnd or '-'}{why}")
+    lines.append(summary_line(report))
     return "\n".join(lines) + "\n"

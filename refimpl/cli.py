@@ -1,11 +1,13 @@
 """Command line: ``refimpl <command> ...`` (also ``python -m refimpl``).
 
 Data goes to stdout (or files), messages to stderr. Exit codes: 0 success,
-1 a certified claim failed (audit), 2 bad input (a one-line message naming
-what was wrong; nothing is written), 130 interrupted (Ctrl-C), 143 terminated
-(SIGTERM). Output folders are opened as :class:`refimpl.outputs.OutputSet`
-before any loading or training, so a bad, locked or unwritable ``--out``
-fails first, and a run's files appear together or not at all.
+1 a certified claim failed (audit) or training stopped at a non-finite value
+(train, reproduce, audit, generalize: one line naming the stage and step), 2 bad
+input (a one-line message naming what was wrong; nothing is written), 130
+interrupted (Ctrl-C), 143 terminated (SIGTERM). Output folders are opened as
+:class:`refimpl.outputs.OutputSet` before any loading or training, so a bad,
+locked or unwritable ``--out`` fails first, and a run's files appear together
+or not at all.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from pathlib import Path
 from .errors import ConfigError, DatasetError
 from .io import json_text
 from .outputs import OutputSet, Terminated, check_file_target
+from .train import NonFiniteTrainingError
 
 EXIT_OK, EXIT_CLAIM_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -81,12 +84,25 @@ def _emit_run(args, summary, out, files):
     return EXIT_OK
 
 
+def _non_finite_exit(args, stop_reason):
+    """EXIT_CLAIM_FAILED after one stderr line naming the stage and step, if training stopped at a
+    non-finite value (inf or NaN; ``stop_reason`` as in summary.json); None otherwise."""
+    from .train import non_finite_stop
+    where = non_finite_stop(stop_reason)
+    if where is None:
+        return None
+    print(f"refimpl {args.command}: training stopped at a non-finite value (inf or NaN) in {where[0]} "
+          f"at step {where[1]}; the step size is too large for float64", file=sys.stderr)
+    return EXIT_CLAIM_FAILED
+
+
 def cmd_reproduce(args):
     from .reproduce import OUTPUT_FILES, ReproduceConfig, run_reproduce
     config = ReproduceConfig(**_train_overrides(args))
     with OutputSet(args.out) as out:                   # checked and locked before any work
         summary = run_reproduce(config, out, progress=_progress(args))
-    return _emit_run(args, summary, Path(args.out), OUTPUT_FILES)
+    code = _emit_run(args, summary, Path(args.out), OUTPUT_FILES)
+    return _non_finite_exit(args, summary.get("stop_reason")) or code
 
 
 def cmd_train(args):
@@ -96,11 +112,12 @@ def cmd_train(args):
     with OutputSet(args.out) as out:                   # checked and locked before loading or training
         ds = load_dataset(args.file)
         summary = run_train(ds, config, out, progress=_progress(args))
-    return _emit_run(args, summary, Path(args.out), OUTPUT_FILES)
+    code = _emit_run(args, summary, Path(args.out), OUTPUT_FILES)
+    return _non_finite_exit(args, summary.get("stop_reason")) or code
 
 
 def cmd_audit(args):
-    from .audit import AuditConfig, format_table, run_audit
+    from .audit import AuditConfig, format_table, run_audit, summary_line
     from .io import load_dataset
     ds = load_dataset(args.file)
     config = AuditConfig(**_train_overrides(args))
@@ -109,6 +126,11 @@ def cmd_audit(args):
         sys.stdout.write(json_text(report))
     else:
         sys.stdout.write(format_table(report))
+    stopped = _non_finite_exit(args, report["stop_reason"])
+    if stopped is not None:
+        return stopped
+    if report["measured_failures"] and not report["certified_failures"]:
+        _note(args, summary_line(report))
     if report["certified_failures"]:
         print(f"refimpl audit: certified claim(s) failed: {', '.join(report['certified_failures'])} "
               f"(a bug or a finding; see the table)", file=sys.stderr)
@@ -211,6 +233,9 @@ def main(argv=None):
         print(f"refimpl {args.command}: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "),
               file=sys.stderr)
         return EXIT_BAD_INPUT
+    except NonFiniteTrainingError as exc:     # generalize: training reached inf / NaN (one line, exit 1)
+        print(f"refimpl {args.command}: {exc}", file=sys.stderr)
+        return EXIT_CLAIM_FAILED
     except KeyboardInterrupt:
         print(f"refimpl {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -1,4 +1,4 @@
-"""``refimpl audit``: verdicts, the JSON schema, exit codes (issue 5)."""
+"""``refimpl audit``: verdicts, the JSON schema, exit codes (docs/audit.md)."""
 import json
 import math
 from pathlib import Path
@@ -12,9 +12,9 @@ from refimpl.cli import main
 from refimpl.rates import fit_exponential_rate, fit_linear_slope, fit_power_law
 
 DATA = Path(__file__).parent / "data"
-ROW_KEYS = {"id", "title", "status", "verdict", "measured", "bound", "detail"}
-TOP_KEYS = {"schema", "dataset", "config", "regime", "claims", "certified_failures", "generalization",
-            "runtime_seconds"}
+ROW_KEYS = {"id", "title", "status", "verdict", "failure", "measured", "bound", "detail"}
+TOP_KEYS = {"schema", "dataset", "config", "regime", "stop_reason", "claims", "certified_failures",
+            "measured_failures", "generalization", "runtime_seconds"}
 
 
 @pytest.fixture(scope="module")
@@ -34,6 +34,8 @@ def test_default_dataset_passes_every_certified_claim(default_report):
         if r["id"] in audit.CERTIFIED_VERDICTS:
             assert r["verdict"] == audit.PASS, r
     assert rep["certified_failures"] == [] and rep["regime"] == "converging"
+    assert rep["measured_failures"] == []          # every measured claim is observed on the default
+    assert rep["schema"] == "refimpl/audit@3"
     json.dumps(rep, default=float)  # JSON-ready
 
 
@@ -52,6 +54,18 @@ def test_table_has_one_line_per_claim(default_report):
     lines = audit.format_table(default_report).splitlines()
     assert len(lines) == 2 + 11 + 1
     assert lines[-1] == "all certified claims hold"
+
+
+def test_table_shows_every_field_whole(default_report):
+    """No field is cut: every status string (the longest is 46 characters), every measured
+    scalar and every bound name appears in full in its claim's line."""
+    lines = audit.format_table(default_report).splitlines()[2:-1]
+    for r, line in zip(default_report["claims"], lines):
+        assert line.startswith(r["id"]) and f" {r['status']} " in line, line
+        for k in list(r["measured"]) + list(r["bound"]):
+            assert f"{k}=" in line, (k, line)
+    longest = max(len(r["status"]) for r in default_report["claims"])
+    assert longest > 32          # the case that used to be cut
 
 
 def test_cli_audit_json_exit_0(capsys):
@@ -108,6 +122,8 @@ def test_weak_stage1_run_is_reported_not_claimed():
     assert by_id["C10"]["measured"]["min_vertex_gap"] < 0   # the certified criterion fires
     assert by_id["C8"]["verdict"] == by_id["C9"]["verdict"] == audit.NA
     assert rep["certified_failures"] == []                 # a finding, not a failed certified bound
+    assert "C10" in rep["measured_failures"] and by_id["C10"]["failure"] == audit.MEASURED
+    assert "measured claims FAILED" in audit.format_table(rep).splitlines()[-1]   # visible, exit 0
 
 
 def test_c8_check_fails_on_zero_or_nan_excess_against_a_representable_bound():

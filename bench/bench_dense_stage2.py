@@ -84,7 +84,8 @@ def main():
         runs["dense (old phi (g - gbar))"] = _Run(M, dense_old)
     print(f"default problem M = d = {M}, N = {ds.n_sentences}, stage 1 T0 = 2000 "
           f"(||O|| = {np.linalg.norm(O):.2f}), eta = {eta:.6f}, T = {args.T}")
-    checkpoints = sorted({args.T // 20, args.T // 4, args.T // 2, 3 * args.T // 4, args.T} - {0})
+    checkpoints = sorted({t for t in (1000, 5000, 10_000) if t < args.T}
+                         | set(range(20_000, args.T, 10_000)) | {args.T})
     worst = {name: 0.0 for name in runs if name != "kernel"}
     start = time.perf_counter()
     for t in range(1, args.T + 1):

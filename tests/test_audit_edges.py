@@ -388,3 +388,15 @@ def test_cli_audit_generalize_huge_eta_exit_1(tmp_path, capsys, command):
         code = main(["-q", *command, str(path), "--eta", "1e300", "--T0", "20", "--T", "50"])
     err = capsys.readouterr().err
     assert code == 1 and err.count("\n") == 1 and "stage 2 at step 1" in err, err
+
+
+def test_cli_reproduce_huge_eta0_exit_1(tmp_path, capsys):
+    """A non-finite stage 1 (eta0 = 1e300): stage 2 is skipped, reproduce writes its files with the
+    stop in summary.json, prints one line and exits 1; no warning from the numerics or the plots."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        code = main(["-q", "reproduce", "--eta0", "1e300", "--T0", "20", "--T", "20", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1 and "stage 1 at step 1" in err, err
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert summary["stop_reason"] == {"stage1": "non-finite at step 1", "stage2": "skipped (stage 1 non-finite)"}

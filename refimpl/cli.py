@@ -16,7 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-from .errors import ConfigError, DatasetError
+from .errors import ConfigError, DatasetError, InputError
 from .io import json_text
 from .outputs import OutputSet, Terminated, check_file_target
 from .train import NonFiniteTrainingError
@@ -226,8 +226,12 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (DatasetError, ConfigError, UsageError) as exc:
+    except (DatasetError, ConfigError, InputError, UsageError) as exc:
         print(f"refimpl {args.command}: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except MemoryError:
+        print(f"refimpl {args.command}: out of memory (the input is too large for this machine; "
+              f"see REFIMPL_MAX_MEMORY in docs/datasets.md)", file=sys.stderr)
         return EXIT_BAD_INPUT
     except OSError as exc:
         print(f"refimpl {args.command}: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "),

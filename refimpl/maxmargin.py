@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .budget import check_bytes
 from .data import induced_relations
 from .floor import log_loss, stage2_floor  # noqa: F401 (public here as well)
 from .grading import (GRADE_TOL, Grade, _difference_matrix, check_candidate,  # noqa: F401
@@ -227,6 +228,7 @@ def w_ov_star(ds, method="closed_form"):
     The certificate is checked before returning.
     """
     M = ds.vocab_size
+    check_bytes(8 * 4 * M * M, f"W_ov* and its certificate at M={M}")
     O = np.zeros((M, M))
     rows, alphas = {}, {}
     solved = {}   # columns with the same n(x) have the same solution
@@ -259,6 +261,7 @@ def w_kq_star(ds):
     rows are pairs (x*, x'); it is checked on the embedded matrix before returning.
     """
     M = ds.vocab_size
+    check_bytes(8 * 4 * M * M, f"W_kq* and its certificate at M={M}")
     K = np.zeros((M, M))
     rows, alphas = {}, {}
     for q, pairs in _kq_rows(ds).items():         # (x*, x') = (upper, lower)

@@ -36,6 +36,7 @@ from dataclasses import asdict, dataclass, field, replace
 import numpy as np
 
 from . import kernels
+from .budget import check_training
 from .data import ensure_valid
 from .errors import ConfigError
 from .maxmargin import stage2_floor, w_kq_star, w_ov_star
@@ -321,7 +322,7 @@ def _stage2(ds, cfg, O, K0, K_hat, excess, bar, base, callback=None):
     sched = record_steps(cfg.T, cfg.record_dense_limit, cfg.record_points)
     traj = Trajectory(STAGE2_COLUMNS, len(sched) + 1)
     it = _Compensated(K0)
-    step_direction = kernels.Stage2Direction(O, tokens, lengths, y)
+    step_direction = kernels.Stage2Direction(O, ds.flat_tokens, lengths, y)
 
     def evaluate(K):
         D, nrm, _, loss, log10_loss = step_direction.direction(K)
@@ -356,7 +357,7 @@ def stage2_replay(ds, O, K0, eta, T, callback):
         The stop reason, as the trainer's: "completed", "zero_gradient at step t" (K_t is
         the last iterate; callback saw t) or "non-finite at step t" (callback saw t).
     """
-    direction = kernels.Stage2Direction(O, ds.tokens, ds.lengths, ds.next_tokens)
+    direction = kernels.Stage2Direction(O, ds.flat_tokens, ds.lengths, ds.next_tokens)
     it = _Compensated(K0)
     radius = float(np.linalg.norm(it.W))
     with np.errstate(all="ignore"):
@@ -394,6 +395,7 @@ def _init_pair(cfg, M, W_ov0, W_kq0):
 def run_two_stage(ds, config, *, W_ov0=None, W_kq0=None, W_ov=None, progress=None, stage2_callback=None):
     """Algorithm 1 with a :class:`TrainConfig`; see :func:`train_two_stage`."""
     ensure_valid(ds)
+    check_training(ds)
     M = ds.vocab_size
     cfg = config.resolved(M)
     O0, K0 = _init_pair(cfg, M, W_ov0, W_kq0)
@@ -479,6 +481,7 @@ def train_joint(ds, eta=None, T=1000, init="zero", seed=0, *, init_scale=0.1, d=
     Returns a :class:`JointResult`.
     """
     ensure_valid(ds)
+    check_training(ds, "joint training")
     M = ds.vocab_size
     cfg = TrainConfig(eta=eta, T0=0, T=T, d=d, init=init, init_scale=init_scale, seed=seed,
                       record_dense_limit=record_dense_limit, record_points=record_points).resolved(M)

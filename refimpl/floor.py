@@ -1,11 +1,14 @@
-"""The stage-2 floor ``L_floor(O)`` (SPEC section 5): per sentence, the least loss over the
+"""The stage-2 floor ``L_floor(O)`` (docs/maxmargin.md, section 4): per sentence, the least loss over the
 attention simplex of its distinct tokens, with a vertex (perfect attention) fast path.
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 from scipy.special import logsumexp
 
+from .data import RealizableDataset
 from .ldp import serial_blas as _serial_blas
 
 __all__ = ["log_loss", "stage2_floor"]
@@ -18,7 +21,7 @@ def log_loss(Z, y):
     """log of the cross-entropy loss per row: Z float64 (n, M) logits, y int (n,) -> (n,).
 
     With ``a = log sum_{v != y} exp(z_v - z_y)`` (a log-sum-exp, never overflows),
-    ``loss = log1p(e^a)`` (SPEC section 2), and ``log(loss) = a + log1p(-e^a/2)`` for
+    ``loss = log1p(e^a)`` (docs/model.md), and ``log(loss) = a + log1p(-e^a/2)`` for
     ``a < -20`` (error below e^{2a} < 1e-17), so it stays finite after the loss underflows.
     """
     Z = np.atleast_2d(np.asarray(Z, dtype=np.float64))
@@ -133,21 +136,78 @@ def _solve_simplex(Z, y, start):
     return phi, np.log(f) + np.log(scale), max(0.0, phi @ g - g.min()) / f
 
 
-@_serial_blas
-def stage2_floor(O, ds, *, return_details=False):
+def _dataset_and_matrix(first, second):
+    """``(ds, O)`` from ``stage2_floor``'s two positional arguments, dataset first; the old
+    order ``(O, ds)`` is recognized by type and warned about (DeprecationWarning)."""
+    if isinstance(first, RealizableDataset):
+        return first, second
+    if isinstance(second, RealizableDataset):
+        warnings.warn("stage2_floor(O, ds) is deprecated: pass the dataset first, stage2_floor(ds, O); "
+                      "the old order will be removed in the next release", DeprecationWarning, stacklevel=3)
+        return second, first
+    raise TypeError(f"stage2_floor expects a RealizableDataset (see refimpl.load_dataset / "
+                    f"RealizableDataset(...)) as its first argument, got {type(first).__name__}")
+
+
+def stage2_floor(ds, O, *, return_details=False):
     """Stage-2 loss floor ``L_floor(O) = (1/N) sum_i min_{phi in simplex} loss(sum_l phi_l O[:, x_l]; y_i)``.
 
-    O : float64 (M, M), the fixed W_ov in token coordinates.
-    Returns ``(floor, log10_floor, vertex_optimal bool (N,))``; with ``return_details`` also a
-    dict with ``log_loss`` (N,) per-sentence log-floors and ``gap`` (N,) relative Frank-Wolfe gaps.
+    Parameters
+    ----------
+    ds : RealizableDataset
+        The training sentences (validated on first use).
+    O : float array (M, M)
+        The fixed W_ov of stage 2, in token coordinates.
+    return_details : bool, default False
+        Also return the per-sentence log-floors and Frank-Wolfe gaps.
+
+    Returns
+    -------
+    floor : float
+        ``L_floor(O)`` (may underflow to 0; ``log10_floor`` does not).
+    log10_floor : float
+    vertex_optimal : bool (N,)
+        Whether perfect attention on the optimal token attains sentence i's minimum.
+    details : dict, only with ``return_details``
+        ``log_loss`` (N,) per-sentence natural-log floors, ``gap`` (N,) relative
+        Frank-Wolfe gaps of the non-vertex sentences (0 at vertices).
+
+    Raises
+    ------
+    TypeError
+        Neither argument is a RealizableDataset.
+    ArithmeticError
+        A simplex solve did not certify its minimum (gap above 1e-10 of the loss).
+
+    Notes
+    -----
+    The dataset comes first, as in every function that takes one. The old order
+    ``stage2_floor(O, ds)`` is still accepted for one release (recognized by the argument
+    types) and emits a DeprecationWarning.
 
     The minimum is over the sentence's distinct tokens (a repeated token only adds
     weight on the same column). The vertex ``phi = e_{x*}`` is optimal iff for every distinct
     token u: ``O[:, u]^T w >= O[:, x*]^T w`` with ``w = (p - e_y)/(1 - p_y)``, ``p = softmax(O[:, x*])``
     (the gradient ``(1 - p_y) O^T w`` of the loss in phi); it is accepted up to a rounding allowance
     ``1e-12 ||w||_1 max|O|``, which bounds its relative loss error by the same amount. Other sentences
-    are solved by SLSQP and accepted once their Frank-Wolfe gap is below 1e-10 of their loss.
+    are solved by an active-set Newton method (docs/maxmargin.md) and accepted once their
+    Frank-Wolfe gap is below 1e-10 of their loss.
+
+    Examples
+    --------
+    >>> import refimpl as ri
+    >>> ds = ri.generate(vocab_size=6, n_sentences=20, seed=4)
+    >>> O = ri.train_two_stage(ds, T0=200, T=0, progress=False).W_ov
+    >>> floor, log10_floor, vertex = ri.stage2_floor(ds, O)
+    >>> vertex.shape
+    (20,)
     """
+    ds, O = _dataset_and_matrix(ds, O)
+    return _stage2_floor(ds, O, return_details)
+
+
+@_serial_blas
+def _stage2_floor(ds, O, return_details):
     O = np.asarray(O, dtype=np.float64)
     N = ds.n_sentences
     xs, ys = ds.optimal, ds.next_tokens

@@ -46,22 +46,86 @@ from .trajectory import (JOINT_COLUMNS, STAGE1_COLUMNS, STAGE2_COLUMNS, ExcessLo
 
 __all__ = ["TrainConfig", "TrainResult", "JointResult", "train_two_stage", "train_joint",
            "run_two_stage", "stage2_replay", "stop_kind", "non_finite_stop", "NonFiniteTrainingError",
-           "COMPLETED", "ZERO_GRADIENT", "NON_FINITE"]
+           "COMPLETED", "ZERO_GRADIENT", "NON_FINITE",
+           "DEFAULT_T0", "DEFAULT_T", "DEFAULT_ETA0_SCALE", "DEFAULT_ETA_SCALE", "DEFAULT_INIT"]
 
 INITS = ("zero", "random", "given")
+
+# The defaults of every entry point: the paper's experiment (Figure 2, docs/reproduce.md).
+# train_two_stage, train_joint, TrainConfig, ReproduceConfig and the command line all read
+# these, so a library call without arguments trains exactly as `refimpl train` does.
+DEFAULT_T0 = 2000            # stage-1 steps
+DEFAULT_T = 20_000           # stage-2 steps (and joint-baseline steps)
+DEFAULT_ETA0_SCALE = 0.2     # stage-1 step size eta0 = 0.2 / sqrt(d)
+DEFAULT_ETA_SCALE = 0.05     # stage-2 (and joint) step size eta = 0.05 / sqrt(d)
+DEFAULT_INIT = "zero"        # zero initialization of both matrices
+
+
+def require_dataset(ds, where):
+    """Raise TypeError unless ``ds`` is a :class:`~refimpl.data.RealizableDataset`.
+
+    ``where`` names the function in the message, e.g. "train_two_stage expects a
+    RealizableDataset (see refimpl.load_dataset / RealizableDataset(...)), got list".
+    """
+    from .data import RealizableDataset
+    if not isinstance(ds, RealizableDataset):
+        raise TypeError(f"{where} expects a RealizableDataset (see refimpl.load_dataset / "
+                        f"RealizableDataset(...)), got {type(ds).__name__}")
+    return ds
 
 
 # ============================================================== configuration
 @dataclass
 class TrainConfig:
-    """Configuration of Algorithm 1 (and of the joint baseline, which uses ``eta`` and ``T``)."""
+    """Configuration of Algorithm 1 (and of the joint baseline, which uses ``eta`` and ``T``).
+
+    The defaults are the paper's experiment (docs/reproduce.md), the same as
+    :func:`train_two_stage`, :class:`refimpl.reproduce.ReproduceConfig` and ``refimpl train``.
+
+    Parameters
+    ----------
+    eta0 : float > 0 or None, default None
+        Stage-1 step size; None -> ``0.2 / sqrt(d)``.
+    eta : float > 0 or None, default None
+        Stage-2 (and joint) step size; None -> ``0.05 / sqrt(d)``.
+    T0 : int >= 0, default 2000
+        Number of stage-1 steps.
+    T : int >= 0, default 20000
+        Number of stage-2 (or joint) steps.
+    d : int >= M or None, default None
+        Embedding width (``E`` = the first M columns of ``I_d``); None -> M. Sets the
+        default step sizes.
+    init : {"zero", "random", "given"}, default "zero"
+        Initialization: zeros, i.i.d. normal entries of standard deviation
+        ``init_scale``, or the matrices ``W_ov0`` / ``W_kq0`` passed to the trainer.
+    init_scale : float >= 0, default 0.1
+        Standard deviation of each entry of a random initialization.
+    seed : int >= 0, default 0
+        Seed of a random initialization.
+    record_dense_limit : int >= 0, default 2000
+        Record every step when a stage has at most this many steps.
+    record_points : int >= 2, default 2000
+        Otherwise about this many recorded steps (geometric + linear).
+
+    Returns
+    -------
+    TrainConfig
+        Not resolved: call :meth:`resolved` to validate it and fill in ``d``, ``eta0``, ``eta``.
+
+    Examples
+    --------
+    >>> from refimpl import TrainConfig
+    >>> cfg = TrainConfig().resolved(20)
+    >>> cfg.T0, cfg.T, round(cfg.eta0, 6), round(cfg.eta, 6)
+    (2000, 20000, 0.044721, 0.01118)
+    """
 
     eta0: float | None = None  # stage-1 step size; None -> 0.2 / sqrt(d)
     eta: float | None = None  # stage-2 (and joint) step size; None -> 0.05 / sqrt(d)
-    T0: int = 1000  # number of stage-1 steps
-    T: int = 1000  # number of stage-2 (or joint) steps
+    T0: int = DEFAULT_T0  # number of stage-1 steps
+    T: int = DEFAULT_T  # number of stage-2 (or joint) steps
     d: int | None = None  # embedding width, E = first M columns of I_d; None -> M; sets the default steps
-    init: str = "zero"  # "zero", "random" (i.i.d. normal entries) or "given" (W_ov0 / W_kq0 passed)
+    init: str = DEFAULT_INIT  # "zero", "random" (i.i.d. normal entries) or "given" (W_ov0 / W_kq0 passed)
     init_scale: float = 0.1  # standard deviation of each entry of a random initialization
     seed: int = 0  # seed of the random initialization
     record_dense_limit: int = 2000  # record every step when a stage has at most this many steps
@@ -73,8 +137,8 @@ class TrainConfig:
         Raises ConfigError naming the field and its value.
         """
         d = M if self.d is None else _int_field("d", self.d, M)
-        eta0 = 0.2 / math.sqrt(d) if self.eta0 is None else _positive_field("eta0", self.eta0)
-        eta = 0.05 / math.sqrt(d) if self.eta is None else _positive_field("eta", self.eta)
+        eta0 = DEFAULT_ETA0_SCALE / math.sqrt(d) if self.eta0 is None else _positive_field("eta0", self.eta0)
+        eta = DEFAULT_ETA_SCALE / math.sqrt(d) if self.eta is None else _positive_field("eta", self.eta)
         _int_field("T0", self.T0, 0)
         _int_field("T", self.T, 0)
         if self.init not in INITS:
@@ -128,7 +192,7 @@ class TrainResult:
     stop_reason: dict  # {"stage1": ..., "stage2": ...}: "completed", "zero_gradient at step t",
     #                    "non-finite at step t", "skipped (W_ov given)", "skipped (stage 1 non-finite)"
     config: TrainConfig  # the resolved configuration
-    O_star: np.ndarray  # W_ov*, the max-margin solution of SPEC section 5
+    O_star: np.ndarray  # W_ov*, the max-margin solution (docs/maxmargin.md)
     K_star: np.ndarray  # W_kq*
     gamma_ov: float  # 1 / ||W_ov*||_F
     gamma_kq: float  # 1 / ||W_kq*||_F (inf when there are no attention constraints)
@@ -394,6 +458,9 @@ def _init_pair(cfg, M, W_ov0, W_kq0):
 
 def run_two_stage(ds, config, *, W_ov0=None, W_kq0=None, W_ov=None, progress=None, stage2_callback=None):
     """Algorithm 1 with a :class:`TrainConfig`; see :func:`train_two_stage`."""
+    require_dataset(ds, "run_two_stage")
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"run_two_stage expects a TrainConfig as config, got {type(config).__name__}")
     ensure_valid(ds)
     check_training(ds)
     M = ds.vocab_size
@@ -422,7 +489,7 @@ def run_two_stage(ds, config, *, W_ov0=None, W_kq0=None, W_ov=None, progress=Non
             floor, log10_floor, vertex = math.nan, math.nan, np.zeros(ds.n_sentences, dtype=bool)
             K, traj2, reason2 = K0, Trajectory(STAGE2_COLUMNS, 0).finish(), "skipped (stage 1 non-finite)"
         else:
-            floor, log10_floor, vertex, details = stage2_floor(O, ds, return_details=True)
+            floor, log10_floor, vertex, details = stage2_floor(ds, O, return_details=True)
             excess = ExcessLoss(ds, O, floor, vertex, details["log_loss"])
             bar.set_description("stage 2")
             K, traj2, reason2 = _stage2(ds, cfg, O, K0, K_hat, excess, bar, T0, stage2_callback)
@@ -437,49 +504,120 @@ def run_two_stage(ds, config, *, W_ov0=None, W_kq0=None, W_ov=None, progress=Non
         runtime=runtime)
 
 
-def train_two_stage(ds, eta0=None, eta=None, T0=1000, T=1000, init="zero", seed=0, *, init_scale=0.1,
-                    d=None, W_ov0=None, W_kq0=None, W_ov=None, progress=None, record_dense_limit=2000,
-                    record_points=2000, stage2_callback=None):
-    """Algorithm 1 (SPEC section 4) on a realizable dataset.
+def train_two_stage(ds, eta0=None, eta=None, T0=DEFAULT_T0, T=DEFAULT_T, init=DEFAULT_INIT, seed=0, *,
+                    init_scale=0.1, d=None, W_ov0=None, W_kq0=None, W_ov=None, progress=None,
+                    record_dense_limit=2000, record_points=2000, stage2_callback=None):
+    """Algorithm 1 (two-stage normalized gradient descent, docs/reproduce.md) on a realizable dataset.
+
+    The defaults are the paper's experiment, the same as ``refimpl train`` and
+    :class:`refimpl.reproduce.ReproduceConfig`: T0 = 2000, T = 20000,
+    eta0 = 0.2/sqrt(d), eta = 0.05/sqrt(d), zero initialization.
 
     Parameters
     ----------
     ds : RealizableDataset
         Validated first; a non-realizable dataset raises its DatasetError.
-    eta0, eta : float > 0 or None
+    eta0, eta : float > 0 or None, default None
         Step sizes of stage 1 and stage 2; None -> 0.2/sqrt(d) and 0.05/sqrt(d).
-    T0, T : int >= 0
-        Numbers of steps.
-    init : "zero" | "random" | "given"
+    T0 : int >= 0, default 2000
+        Number of stage-1 steps.
+    T : int >= 0, default 20000
+        Number of stage-2 steps.
+    init : {"zero", "random", "given"}, default "zero"
         Initialization of both matrices; "given" uses ``W_ov0`` / ``W_kq0`` (M x M,
         token coordinates; a missing one is zero).
+    seed : int >= 0, default 0
+        Seed of a random initialization.
+    init_scale : float >= 0, default 0.1
+        Standard deviation of each entry of a random initialization.
+    d : int or None, default None
+        Embedding width; None -> M (sets the default step sizes).
+    W_ov0, W_kq0 : (M, M) arrays or None
+        Initial matrices for ``init="given"``.
     W_ov : (M, M) array or None
         A user-fixed stage-2 W_ov; stage 1 is skipped.
     progress : bool or None
         tqdm bar; None shows it only when stderr is a terminal.
+    record_dense_limit, record_points : int
+        Trajectory recording: every step up to ``record_dense_limit`` steps, otherwise
+        about ``record_points`` steps (:class:`TrainConfig`).
     stage2_callback : callable ``(t, K) -> None`` or None
         Called with every stage-2 iterate ``K_t`` (t = 0..T, token coordinates) before
         the step from it; ``K`` is the trainer's own buffer, so copy what you keep.
 
     Returns
     -------
-    TrainResult (``W_ov``, ``W_kq``, ``stage1``, ``stage2``, ``stop_reason``, ``config``, ...).
-    Raises ConfigError for a bad parameter, naming it.
+    TrainResult
+        ``W_ov``, ``W_kq`` (token coordinates, (M, M)), the trajectories ``stage1`` and
+        ``stage2``, ``stop_reason``, the resolved ``config``, the max-margin solutions
+        ``O_star``, ``K_star``, margins, the stage-2 floor and runtimes.
+
+    Raises
+    ------
+    TypeError
+        ``ds`` is not a RealizableDataset.
+    DatasetError
+        ``ds`` is not realizable (the specific subclass, naming the problem).
+    ConfigError
+        A bad parameter, naming it and its value.
+
+    Examples
+    --------
+    >>> import refimpl as ri
+    >>> ds = ri.generate(vocab_size=6, n_sentences=20, seed=4)
+    >>> res = ri.train_two_stage(ds, T0=200, T=300, progress=False)
+    >>> res.stop_reason
+    {'stage1': 'completed', 'stage2': 'completed'}
+    >>> res.W_kq.shape
+    (6, 6)
     """
+    require_dataset(ds, "train_two_stage")
     cfg = TrainConfig(eta0=eta0, eta=eta, T0=T0, T=T, d=d, init=init, init_scale=init_scale, seed=seed,
                       record_dense_limit=record_dense_limit, record_points=record_points)
     return run_two_stage(ds, cfg, W_ov0=W_ov0, W_kq0=W_kq0, W_ov=W_ov, progress=progress,
                          stage2_callback=stage2_callback)
 
 
-def train_joint(ds, eta=None, T=1000, init="zero", seed=0, *, init_scale=0.1, d=None, W_ov0=None,
+def train_joint(ds, eta=None, T=DEFAULT_T, init=DEFAULT_INIT, seed=0, *, init_scale=0.1, d=None, W_ov0=None,
                 W_kq0=None, progress=None, record_dense_limit=2000, record_points=2000):
-    """Joint single-stage NGD on (O, K), the baseline of SPEC section 4.
+    """Joint single-stage NGD on (O, K), the baseline of Algorithm 1 (docs/reproduce.md, "Joint baseline").
 
     ``(O, K) <- (O, K) - eta * (G_O, G_K) / ||(G_O, G_K)||_F`` for T steps on the
-    full loss L (no collocation stage). Parameters as in :func:`train_two_stage`.
-    Returns a :class:`JointResult`.
+    full loss L (no collocation stage).
+
+    Parameters
+    ----------
+    ds : RealizableDataset
+        Validated first; a non-realizable dataset raises its DatasetError.
+    eta : float > 0 or None, default None
+        Step size; None -> 0.05/sqrt(d) (stage 2's).
+    T : int >= 0, default 20000
+        Number of steps (stage 2's default).
+    init, seed, init_scale, d, W_ov0, W_kq0, progress, record_dense_limit, record_points
+        As in :func:`train_two_stage`.
+
+    Returns
+    -------
+    JointResult
+        ``W_ov``, ``W_kq`` (token coordinates), ``trajectory``, ``stop_reason``, the
+        resolved ``config`` and the ``runtime`` in seconds.
+
+    Raises
+    ------
+    TypeError
+        ``ds`` is not a RealizableDataset.
+    DatasetError, ConfigError
+        As in :func:`train_two_stage`.
+
+    Examples
+    --------
+    >>> import refimpl as ri
+    >>> ds = ri.generate(vocab_size=6, n_sentences=20, seed=4)
+    >>> res = ri.train_joint(ds, T=300, progress=False)
+    >>> res.stop_reason
+    'completed'
     """
+    require_dataset(ds, "train_joint")
     ensure_valid(ds)
     check_training(ds, "joint training")
     M = ds.vocab_size

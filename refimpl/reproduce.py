@@ -29,7 +29,7 @@ from .generator import generate
 from .io import json_safe, json_text
 from .outputs import open_output_set
 from .plots import six_panels_png
-from .train import TrainConfig, run_two_stage
+from .train import DEFAULT_INIT, DEFAULT_T, DEFAULT_T0, TrainConfig, run_two_stage
 
 __all__ = ["ReproduceConfig", "run_reproduce", "run_train", "OUTPUT_FILES"]
 
@@ -38,7 +38,11 @@ OUTPUT_FILES = ("figure.png", "stage1.csv", "stage2.csv", "summary.json", "confi
 
 @dataclass
 class ReproduceConfig:
-    """The built-in experiment: dataset generation plus Algorithm 1 (the paper's Figure 2 setting)."""
+    """The built-in experiment: dataset generation plus Algorithm 1 (the paper's Figure 2 setting).
+
+    The training defaults are :mod:`refimpl.train`'s ``DEFAULT_*`` constants, shared with
+    :func:`refimpl.train_two_stage`, :class:`refimpl.TrainConfig` and the command line.
+    """
 
     vocab_size: int = 20  # M = |V| (= d, E = I)
     n_sentences: int = 200  # N
@@ -47,9 +51,9 @@ class ReproduceConfig:
     data_seed: int = 0  # seed of the generated dataset
     eta0: float | None = None  # stage-1 step size; None -> 0.2 / sqrt(d)
     eta: float | None = None  # stage-2 step size; None -> 0.05 / sqrt(d)
-    T0: int = 2000  # stage-1 steps
-    T: int = 20_000  # stage-2 steps
-    init: str = "zero"  # "zero" or "random"
+    T0: int = DEFAULT_T0  # stage-1 steps (2000)
+    T: int = DEFAULT_T  # stage-2 steps (20000)
+    init: str = DEFAULT_INIT  # "zero" or "random"
     init_scale: float = 0.1  # standard deviation of each entry of a random initialization
     seed: int = 0  # seed of a random initialization
     record_points: int = 2000  # about this many recorded steps per stage (every step if <= 2000 steps)

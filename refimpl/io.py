@@ -24,7 +24,7 @@ import numpy as np
 
 from .data import RealizableDataset, validate
 from .errors import ConfigError, FileFormatError
-from .jsonfile import INT64_MAX, INT64_MIN, display_name, read_json_file
+from .jsonfile import INT64_MAX, INT64_MIN, display_name, read_json_arrays
 
 FORMAT_TAG = "refimpl/realizable-dataset@1"
 _FIELDS = ("format", "vocab_size", "collocation", "orders", "sentences", "next_tokens")
@@ -277,6 +277,111 @@ def dataset_from_dict(obj):
     return RealizableDataset(M, np.asarray(colloc, dtype=np.int64).reshape(-1, 2), sentences, nxt, orders)
 
 
+_CHUNKED_FIELDS = ("collocation", "sentences", "next_tokens")  # in the order dataset_from_dict checks them
+LOAD_BYTES_PER_BYTE = 6
+"""Peak memory of reading a dataset file per byte of file, asked of :func:`refimpl.budget.check_bytes`
+before parsing. Measured (bench/bench_validate.py): 2.1 to 2.3 with tokens of 8 digits, 3.4 with 3
+digits, 4.7 to 5.3 with one digit (two bytes of text per 8-byte token). Validation is not included."""
+
+
+class _IntArraySink:
+    """Receives the chunks of a dataset file's list fields (:func:`refimpl.jsonfile.read_json_arrays`),
+    checks them as :func:`dataset_from_dict` does and stores their integers in int64 buffers."""
+
+    keys = _CHUNKED_FIELDS
+    long_rows = ("sentences",)  # rows that may come in parts
+    _WIDTH = {"collocation": 2, "sentences": None, "next_tokens": 0}  # 0: a flat list of integers
+
+    def __init__(self):
+        self.values, self.count, self.lengths, self.errors = {}, {}, {}, {}
+
+    def begin(self, key, commas):
+        self.values[key] = np.empty(commas + 1, dtype=np.int64)  # enough for a well-formed array
+        self.count[key], self.lengths[key] = 0, []
+
+    def add(self, key, index, items, carried=0, open_end=False):
+        """Check and store ``items``, the elements of ``key`` from number ``index`` on; ``items[0]``
+        continues a row of which ``carried`` integers came before, and ``items[-1]`` goes on in the
+        next call when ``open_end``."""
+        if key in self.errors:  # only the first bad entry is reported; later pieces are parsed, not stored
+            return
+        width, lengths, flat = self._WIDTH[key], None, items
+        if width != 0:
+            if not set(map(type, items)) <= {list}:
+                return self._find_bad(key, index, items, carried)
+            lengths = np.fromiter(map(len, items), dtype=np.int64, count=len(items))
+            if width is not None and np.any(lengths != width):
+                return self._find_bad(key, index, items, carried)
+            flat = list(itertools.chain.from_iterable(items))
+        if not set(map(type, flat)) <= {int}:
+            return self._find_bad(key, index, items, carried)
+        n, buf = self.count[key], self.values[key]
+        if n + len(flat) > len(buf):  # not reached for well-formed text
+            buf = self.values[key] = np.concatenate([buf[:n], np.empty(max(len(flat), n), dtype=np.int64)])
+        try:
+            buf[n:n + len(flat)] = flat
+        except OverflowError:
+            return self._find_bad(key, index, items, carried)
+        self.count[key] = n + len(flat)
+        if lengths is not None:
+            if len(lengths):
+                lengths[0] += carried
+            self.lengths[key].append(lengths[:-1] if open_end else lengths)
+
+    def _find_bad(self, key, index, items, carried):
+        """Record the error :func:`dataset_from_dict` raises for the first bad entry among ``items``."""
+        width = self._WIDTH[key]
+        shape = f"a list of {width} integers" if width else "a list of integers"
+        try:
+            for j, item in enumerate(items, start=index):
+                if width == 0:
+                    _check_int_entry(item, f"field {key!r} entry {j}", key, j)
+                    continue
+                if not isinstance(item, list) or (width is not None and len(item) != width):
+                    raise FileFormatError(f"field {key!r} entry {j} must be {shape}, got {_describe(item)}",
+                                          field=key, entry=j)
+                for i, t in enumerate(item, start=carried if j == index else 0):
+                    _check_int_entry(t, f"field {key!r} entry {j} item {i}", key, j)
+        except FileFormatError as exc:
+            self.errors[key] = exc
+
+    def array(self, key):
+        """The integers of ``key``, int64 (a view of its buffer)."""
+        return self.values[key][:self.count[key]]
+
+    def offsets(self, key):
+        """int64 (rows + 1,): where each row of ``key`` starts in :meth:`array`, then its end."""
+        lengths = self.lengths[key]
+        out = np.zeros(sum(map(len, lengths)) + 1, dtype=np.int64)
+        np.cumsum(np.concatenate(lengths) if lengths else out[:0], out=out[1:])
+        return out
+
+
+def _dataset_from_chunks(obj, sink, chunked):
+    """:func:`dataset_from_dict` for a document whose fields ``chunked`` went to ``sink``
+    (and are ``[]`` in ``obj``): the same dataset, or the same first error."""
+    bad = next((k for k in _CHUNKED_FIELDS if k in chunked and k in sink.errors), None)
+    if bad is not None:
+        earlier = dict(obj)  # the fields checked before ``bad`` as they are, the others made harmless
+        for k in _CHUNKED_FIELDS[_CHUNKED_FIELDS.index(bad):]:
+            if k in earlier:
+                earlier[k] = []
+        if earlier.get("orders") is not None:
+            earlier["orders"] = None
+        dataset_from_dict(earlier)
+        raise sink.errors[bad]
+    ds = dataset_from_dict(obj)
+    if not chunked:
+        return ds
+    colloc = sink.array("collocation").reshape(-1, 2) if "collocation" in chunked else ds.collocation_pairs
+    if "sentences" in chunked:
+        flat, offsets = sink.array("sentences"), sink.offsets("sentences")
+    else:
+        flat, offsets = ds.flat_tokens, ds.offsets
+    nxt = sink.array("next_tokens") if "next_tokens" in chunked else ds.next_tokens
+    return RealizableDataset.from_flat(ds.vocab_size, colloc, flat, offsets, nxt, ds.orders)
+
+
 def load_dataset(path, *, check=True, max_bytes=None):
     """Read a dataset file and, unless ``check=False``, validate it.
 
@@ -284,7 +389,11 @@ def load_dataset(path, *, check=True, max_bytes=None):
     ----------
     path : str or os.PathLike
         The file (a regular file, a pipe or a character device), read by
-        :func:`refimpl.jsonfile.read_json_file`: strict JSON, UTF-8, within a size limit.
+        :func:`refimpl.jsonfile.read_json_arrays`: strict JSON, UTF-8, within a size limit,
+        with the same rules and messages as :func:`refimpl.jsonfile.read_json_file`. The
+        ``collocation``, ``sentences`` and ``next_tokens`` lists are parsed in pieces
+        straight into int64 arrays, so the peak memory of reading is a few times the file
+        size; it is checked against :func:`refimpl.budget.memory_limit` first.
     check : bool
         Run :func:`validate` (realizability) after reading.
     max_bytes : int, optional
@@ -301,13 +410,17 @@ def load_dataset(path, *, check=True, max_bytes=None):
         strictness"), with a one-line message naming the path.
     DatasetError
         The specific subclass for a dataset that is not realizable.
+    ResourceError
+        Reading the file would need more memory than this machine allows.
     """
-    obj = read_json_file(path, max_bytes=max_bytes)
+    sink = _IntArraySink()
+    obj, chunked = read_json_arrays(path, sink, max_bytes=max_bytes, bytes_per_byte=LOAD_BYTES_PER_BYTE)
     try:
-        ds = dataset_from_dict(obj)
+        ds = _dataset_from_chunks(obj, sink, chunked)
     except FileFormatError as exc:
         exc.args = (f"{display_name(path)}: {exc}",)  # name the file; the witness stays as it is
         raise
+    del obj, sink
     if check:
         validate(ds)
     return ds

@@ -1,9 +1,13 @@
 """Loading and validating a dataset file: time and peak memory against file size.
 
-Each case writes a realizable dataset file, then loads and validates it in a fresh
-subprocess (``refimpl.load_dataset``: strict JSON read, ragged storage, validation) and
-reports the wall time and the subprocess's peak resident memory, as a multiple of the
-file size and above the bare interpreter with refimpl imported.
+Each case writes a realizable dataset file, then, each in a fresh subprocess, loads it
+without validation (``refimpl.load_dataset(path, check=False)``: strict JSON read into
+ragged int64 arrays) and loads and validates it (``check=True``). For both it reports
+the wall time and the peak resident memory above the interpreter with refimpl
+imported, in MB and as a multiple of the file size. The peak is measured from a reset
+high-water mark (``/proc/self/clear_refs``, Linux) after the imports; elsewhere
+``ru_maxrss`` is used, which also counts the parent's memory at the fork and so
+underestimates small peaks.
 
 The files are built here, not with ``refimpl.generate``, so their size can be set
 independently of M: sentence tokens are drawn from a pool of distinct tokens spread over
@@ -11,7 +15,10 @@ independently of M: sentence tokens are drawn from a pool of distinct tokens spr
 sentence is its largest token (so every query's induced order is part of the numeric
 order and the file is realizable).
 
-Usage: ``python bench/bench_validate.py [--quick]``.
+"+MB" is the peak above the baseline; "x file" is that over the file size.
+
+Usage: ``python bench/bench_validate.py [--quick]`` (``--quick``: files a tenth the size,
+no 100 MB case).
 """
 from __future__ import annotations
 
@@ -26,16 +33,26 @@ import time
 import numpy as np
 
 CHILD = r"""
-import resource, sys, time
+import re, resource, sys, time
 import refimpl as ri
 from refimpl.data import validate
 import refimpl.io
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+def status(key):
+    with open("/proc/self/status") as f:
+        return int(re.search(key + r":\s+(\d+)", f.read()).group(1)) * 1024
+
+try:
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset the high-water mark of this process's resident memory
+    base, peak = status("VmRSS"), lambda: status("VmHWM")
+except OSError:
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 t = time.perf_counter()
-ds = ri.load_dataset(sys.argv[1])
+ds = ri.load_dataset(sys.argv[1], check=sys.argv[2] == "check")
 dt = time.perf_counter() - t
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(dt, base * 1024, peak * 1024, ds.n_sentences, ds.vocab_size)
+print(dt, base, peak(), ds.n_sentences, ds.vocab_size)
 """
 
 
@@ -59,8 +76,10 @@ def write_case(path, M, N, min_len, max_len, pool_size, seed=0, long_len=0):
     return os.path.getsize(path)
 
 
-def run_case(path):
-    out = subprocess.run([sys.executable, "-c", CHILD, path], capture_output=True, text=True, check=True)
+def run_case(path, check):
+    """(seconds, baseline bytes, peak bytes) of ``load_dataset(path, check=check)`` in a fresh process."""
+    out = subprocess.run([sys.executable, "-c", CHILD, path, "check" if check else "no-check"],
+                         capture_output=True, text=True, check=True)
     dt, base, peak, N, M = out.stdout.split()
     return float(dt), int(base), int(peak)
 
@@ -76,17 +95,24 @@ def main():
         ("M=1e8", dict(M=100_000_000, N=200_000 // scale, min_len=2, max_len=16, pool_size=100_000)),
         ("M=1e8 small", dict(M=100_000_000, N=3, min_len=2, max_len=3, pool_size=10)),
         ("long sentence", dict(M=1000, N=20_000, min_len=2, max_len=6, pool_size=1000, long_len=200_001)),
+        ("M=10", dict(M=10, N=200_000 // scale, min_len=2, max_len=16, pool_size=10)),
     ]
-    print(f"{'case':14s} {'file MB':>8s} {'load+validate s':>16s} {'MB/s':>7s} "
-          f"{'peak MB':>8s} {'above import MB':>16s} {'x file':>7s}")
+    if not args.quick:
+        cases.append(("M=1e8 100MB", dict(M=100_000_000, N=1_000_000, min_len=2, max_len=16, pool_size=100_000)))
+    print(f"{'':22s} {'----- load (check=False) -----':>30s}  {'------- load + validate -------':>31s}")
+    print(f"{'case':14s} {'file MB':>7s} {'s':>6s} {'MB/s':>6s} {'+MB':>7s} {'x file':>7s}  "
+          f"{'s':>7s} {'MB/s':>6s} {'+MB':>7s} {'x file':>7s}")
     with tempfile.TemporaryDirectory() as tmp:
         for name, kw in cases:
             path = os.path.join(tmp, "case.json")
             size = write_case(path, **kw)
-            dt, base, peak = run_case(path)
-            extra = peak - base
-            print(f"{name:14s} {size / 2**20:8.2f} {dt:16.3f} {size / 2**20 / dt:7.1f} "
-                  f"{peak / 2**20:8.1f} {extra / 2**20:16.1f} {extra / size:7.1f}")
+            row = f"{name:14s} {size / 2**20:7.2f}"
+            for check in (False, True):
+                dt, base, peak = run_case(path, check)
+                extra = peak - base
+                row += (f" {dt:{7 if check else 6}.2f} {size / 2**20 / dt:6.1f} {extra / 2**20:7.1f} "
+                        f"{extra / size:7.2f} ")
+            print(row.rstrip())
             sys.stdout.flush()
 
 

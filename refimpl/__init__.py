@@ -38,6 +38,8 @@ _PUBLIC = {
     "train_two_stage": "train", "train_joint": "train", "TrainConfig": "train",
     # generalization
     "predict": "prediction",
+    # the audit (refimpl.audit is the module, callable as refimpl.audit.audit)
+    "audit": "audit",
 }
 
 __all__ = sorted(_PUBLIC) + ["__version__"]
@@ -48,7 +50,8 @@ def __getattr__(name):
         module = _PUBLIC[name]
     except KeyError:
         raise AttributeError(f"module 'refimpl' has no attribute {name!r}") from None
-    value = getattr(import_module(f".{module}", __name__), name)
+    value = import_module(f".{module}", __name__)
+    value = value if name == module and callable(value) else getattr(value, name)   # a callable module: itself
     globals()[name] = value
     return value
 

@@ -33,7 +33,7 @@ from .shift import longest_chains
 from .train import TrainConfig, run_two_stage, stop_kind
 from .trajectory import attention_inert
 
-__all__ = ["AuditConfig", "run_audit", "format_table", "SCHEMA", "REGIMES"]
+__all__ = ["AuditConfig", "audit", "run_audit", "format_table", "SCHEMA", "REGIMES"]
 
 # @2: non-finite numbers as "inf" / "-inf" / null (standard JSON).
 # @3: rows carry "failure" (certified / measured / null); top-level "measured_failures" and
@@ -566,3 +566,73 @@ def format_table(report):
                      f"{meas or '-'} | {bnd or '-'}{why}")
     lines.append(summary_line(report))
     return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------ top-level entry point
+def audit(ds, *, progress=None, **config):
+    """Train on ``ds`` and evaluate every claim C1-C11: ``refimpl audit`` as a function.
+
+    A thin wrapper over :func:`run_audit`: ``audit(ds, T0=..., T=...)`` equals
+    ``run_audit(ds, AuditConfig(T0=..., T=...))``. The package attribute ``refimpl.audit``
+    is this module, made callable, so ``ri.audit(ds, ...)`` runs this function while
+    ``from refimpl import audit; audit.run_audit`` keeps working.
+
+    Parameters
+    ----------
+    ds : RealizableDataset
+        Validated first (DatasetError if not realizable).
+    progress : bool or None, default None
+        Progress bar of the training run (None: only on a terminal, as in
+        :func:`refimpl.train_two_stage`).
+    **config
+        Fields of :class:`AuditConfig`, with the keywords of :func:`refimpl.train_two_stage`:
+        ``T0`` (default 2000), ``T`` (default 20000), ``eta0`` (default 0.2/sqrt(d)), ``eta``
+        (default 0.05/sqrt(d)), ``init`` (default "zero"), ``seed``, ``init_scale``, and
+        the audit's own ``c5_T0``, ``c5_init_scale``, ``generalization``.
+
+    Returns
+    -------
+    dict
+        The report of :func:`run_audit` (schema ``refimpl/audit@3``, docs/audit.md):
+        ``claims`` (11 rows with ``verdict``), ``regime``, ``certified_failures``,
+        ``measured_failures``, ``stop_reason``, ...
+
+    Raises
+    ------
+    TypeError
+        ``ds`` is not a RealizableDataset.
+    ConfigError
+        An unknown keyword (naming it and the known ones) or a bad value.
+    DatasetError
+        ``ds`` is not realizable.
+
+    Examples
+    --------
+    >>> import refimpl as ri
+    >>> ds = ri.generate(vocab_size=6, n_sentences=20, seed=4)
+    >>> report = ri.audit(ds, T0=200, T=300, generalization=False, progress=False)
+    >>> [row["id"] for row in report["claims"]][:3], report["certified_failures"]
+    (['C1', 'C2', 'C3'], [])
+    """
+    import dataclasses
+
+    from .errors import ConfigError
+    from .train import require_dataset
+    require_dataset(ds, "audit")
+    names = [f.name for f in dataclasses.fields(AuditConfig)]
+    unknown = sorted(set(config) - set(names))
+    if unknown:
+        raise ConfigError(f"unknown audit option(s) {', '.join(unknown)}; known: {', '.join(names)}")
+    return run_audit(ds, AuditConfig(**config), progress=progress)
+
+
+class _CallableModule(type(math)):
+    """This module, callable as :func:`audit` (``ri.audit(ds, T0=...)``)."""
+
+    def __call__(self, ds, *, progress=None, **config):
+        return audit(ds, progress=progress, **config)
+
+
+import sys as _sys  # noqa: E402
+
+_sys.modules[__name__].__class__ = _CallableModule

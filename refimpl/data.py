@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from dataclasses import dataclass, fields
 from functools import cached_property
 
 import numpy as np
@@ -40,9 +41,11 @@ from .errors import (
     AmbiguousOptimalTokenError,
     CollocationConflictError,
     CountMismatchError,
+    DatasetError,
     EmptyDatasetError,
     EmptySentenceError,
     FileFormatError,
+    InputError,
     NoOptimalTokenError,
     OrderContradictionError,
     OrderCycleError,
@@ -52,7 +55,7 @@ from .errors import (
 from .orders import find_cycle, reachable_pairs, unique_relations
 from .orders import transitive_closure as _closure
 
-__all__ = ["RealizableDataset", "validate", "ensure_valid", "transitive_closure", "training_relations",
+__all__ = ["RealizableDataset", "DatasetArrays", "validate", "ensure_valid", "transitive_closure", "training_relations",
            "induced_relations", "extended_order", "pad_sentences", "FORMAT_TAG"]
 
 FORMAT_TAG = "refimpl/realizable-dataset@1"
@@ -120,6 +123,86 @@ def pad_sentences(sentences):
         return np.ascontiguousarray(tokens, dtype=np.int64), np.ascontiguousarray(lengths, dtype=np.int64)
     flat, offsets = _ragged(sentences)
     return _pad(flat, offsets), np.diff(offsets)
+
+
+@dataclass(frozen=True, eq=False)
+class DatasetArrays:
+    """A dataset as padded NumPy arrays, from :meth:`RealizableDataset.to_arrays`.
+
+    A frozen dataclass with attribute access (``a.tokens``) and key access (``a["tokens"]``,
+    ``a.keys()``, ``dict(a.items())``, ``**a.as_dict()``). The arrays are fresh writable copies
+    that share no memory with the dataset. N sentences, Lmax = the longest sentence, M tokens.
+
+    Attributes
+    ----------
+    tokens : int64 (N, Lmax)
+        Sentence i in ``tokens[i, :lengths[i]]``; every other entry holds ``pad``.
+    mask : bool (N, Lmax)
+        ``mask[i, l]`` iff ``l < lengths[i]``: the positions that hold a token.
+    lengths : int64 (N,)
+        Sentence lengths, in 1..Lmax.
+    queries : int64 (N,)
+        q = x_L, the last token of each sentence (``tokens[i, lengths[i] - 1]``).
+    optimal : int64 (N,)
+        x*, the optimal token of each sentence (docs/datasets.md).
+    next_tokens : int64 (N,)
+        y, the next token of each sentence.
+    colloc_tokens, colloc_next : int64 (n_c,)
+        The collocation C in increasing order and n(x) for each x in it (the stage-1 data).
+    vocab_size : int
+        M; tokens are 0..M-1.
+    pad : int
+        The value at the masked positions of ``tokens``. The default M is one past the last
+        token, so indexing an (M, ...) table with an unmasked pad raises (NumPy ``IndexError``,
+        PyTorch ``IndexError`` or a device assertion) instead of silently reading token M-1,
+        which is what the -1 padding of :attr:`RealizableDataset.tokens` does.
+    embeddings : float64 (d, M) or None
+        None from :meth:`~RealizableDataset.to_arrays`; the embedding matrix E where the
+        arrays are handed to an implementation under test (:mod:`refimpl.oracle`).
+    """
+
+    tokens: np.ndarray
+    mask: np.ndarray
+    lengths: np.ndarray
+    queries: np.ndarray
+    optimal: np.ndarray
+    next_tokens: np.ndarray
+    colloc_tokens: np.ndarray
+    colloc_next: np.ndarray
+    vocab_size: int
+    pad: int
+    embeddings: np.ndarray | None = None
+
+    def keys(self):
+        """The field names, in the order listed above."""
+        return [f.name for f in fields(self)]
+
+    def __getitem__(self, key):
+        if key not in self.keys():
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def __contains__(self, key):
+        return key in self.keys()
+
+    def __iter__(self):
+        return iter(self.keys())
+
+    def __len__(self):
+        return len(fields(self))
+
+    def items(self):
+        """``(name, value)`` pairs of every field."""
+        return [(k, getattr(self, k)) for k in self.keys()]
+
+    def as_dict(self):
+        """The fields as a plain dict (the same array objects, no copies)."""
+        return dict(self.items())
+
+    def __repr__(self):
+        N, L = self.tokens.shape
+        d = None if self.embeddings is None else self.embeddings.shape[0]
+        return f"DatasetArrays(N={N}, Lmax={L}, M={self.vocab_size}, pad={self.pad}, d={d})"
 
 
 class RealizableDataset:
@@ -266,28 +349,104 @@ class RealizableDataset:
         off = self.offsets.tolist()
         return [flat[a:b] for a, b in zip(off[:-1], off[1:])]
 
+    def to_arrays(self, pad=None):
+        """The dataset as padded NumPy arrays for another implementation (a PyTorch or NumPy model).
+
+        Parameters
+        ----------
+        pad : int or None
+            The value written at the masked positions of ``tokens``; None means M
+            (``vocab_size``), one past the last token, so that an implementation which reads a
+            padded position as a token fails with an ``IndexError`` instead of reading token
+            M-1 (what -1 padding does under NumPy and PyTorch negative indexing). Any int in
+            the int64 range is accepted.
+
+        Returns
+        -------
+        DatasetArrays
+            ``tokens`` int64 (N, Lmax), ``mask`` bool (N, Lmax), ``lengths``, ``queries``,
+            ``optimal`` (x*), ``next_tokens`` int64 (N,), ``colloc_tokens``, ``colloc_next``
+            int64 (n_c,), ``vocab_size``, ``pad``; attribute and key access.
+
+        Raises
+        ------
+        DatasetError
+            The subclass :func:`validate` raises: ``optimal`` and the collocation are defined
+            only for a realizable dataset (validated once, then cached).
+        InputError
+            ``pad`` is not an integer in the int64 range.
+        ResourceError
+            The (N, Lmax) arrays would not fit in memory (checked before allocating).
+
+        Examples
+        --------
+        >>> a = ri.generate(5, 4, 1, 3, seed=0).to_arrays()
+        >>> a.tokens[2], a.mask[2], a.pad
+        (array([4, 3, 5]), array([ True,  True, False]), 5)
+        >>> np.eye(5)[a.tokens]                  # IndexError: index 5 is out of bounds
+        >>> X = np.eye(5)[np.where(a.mask, a.tokens, 0)]   # then give masked scores -inf
+        """
+        if pad is None:
+            pad = self.vocab_size
+        if isinstance(pad, bool) or not isinstance(pad, (int, np.integer)) or not _INT64[0] <= int(pad) <= _INT64[1]:
+            raise InputError(f"pad must be an integer in the int64 range, got {pad!r}"[:200])
+        self._require_valid()
+        mask = self.valid_mask
+        tokens = _pad(self.flat_tokens, self.offsets, fill=int(pad))
+        return DatasetArrays(
+            tokens=tokens, mask=mask, lengths=self.lengths.copy(), queries=self.queries.copy(),
+            optimal=self.optimal.copy(), next_tokens=self.next_tokens.copy(),
+            colloc_tokens=self.colloc_tokens.copy(), colloc_next=self.colloc_next.copy(),
+            vocab_size=int(self.vocab_size), pad=int(pad))
+
     # ----------------------------------------------------------------- I/O
     def to_dict(self):
         """The file-format object (``refimpl/realizable-dataset@1``, docs/datasets.md):
-        plain Python ints and lists."""
+        plain Python ints and lists.
+
+        ``"optimal": [x*_0, ..., x*_{N-1}]`` follows ``next_tokens`` when the dataset is
+        valid: validation runs here if it has not run yet (its result is cached), and a
+        dataset that fails it is still written, without the field, so that invalid files
+        (the corrupted test corpus) can be produced. The field is left out too while the
+        reader of this version (:func:`refimpl.io.load_dataset`) does not accept it, so every
+        file written here can be read back.
+        """
         out = {"format": FORMAT_TAG, "vocab_size": self.vocab_size,
                "collocation": self.collocation_pairs.tolist()}
         if self.orders is not None:
             out["orders"] = {str(q): rel.tolist() for q, rel in sorted(self.orders.items())}
         out["sentences"] = self.sentences()
         out["next_tokens"] = self.next_tokens.tolist()
+        optimal = self._optimal_for_file()
+        if optimal is not None:
+            out["optimal"] = optimal
         return out
 
+    def _optimal_for_file(self):
+        """x* as a list of ints for the file, or None (not valid, or a reader without the field)."""
+        if not _reader_accepts_optimal():
+            return None
+        try:
+            ensure_valid(self)
+        except DatasetError:
+            return None
+        return self.optimal.tolist()
+
     def to_json_text(self):
-        """The file's text: :meth:`to_dict` as JSON with one sentence per line."""
+        """The file's text: :meth:`to_dict` as JSON with one sentence per line
+        (``next_tokens`` and ``optimal`` on one line each, at the end)."""
         obj = self.to_dict()
+        tail = ("sentences", "next_tokens", "optimal")
         lines = ["{"]
         for k, v in obj.items():
-            if k not in ("sentences", "next_tokens"):
+            if k not in tail:
                 lines.append(f" {json.dumps(k)}: {json.dumps(v, separators=(',', ':'))},")
         sents = ",\n  ".join(json.dumps(s, separators=(",", ":")) for s in obj["sentences"])
         lines.append(f' "sentences": [\n  {sents}\n ],' if obj["sentences"] else ' "sentences": [],')
-        lines.append(f' "next_tokens": {json.dumps(obj["next_tokens"], separators=(",", ":"))}')
+        end = "," if "optimal" in obj else ""
+        lines.append(f' "next_tokens": {json.dumps(obj["next_tokens"], separators=(",", ":"))}{end}')
+        if "optimal" in obj:
+            lines.append(f' "optimal": {json.dumps(obj["optimal"], separators=(",", ":"))}')
         lines.append("}")
         return "\n".join(lines) + "\n"
 
@@ -311,6 +470,13 @@ class RealizableDataset:
                 and np.array_equal(self.flat_tokens, other.flat_tokens))
 
     __hash__ = None
+
+
+def _reader_accepts_optimal():
+    """Whether :func:`refimpl.io.load_dataset` accepts the ``optimal`` field; files are written
+    only with fields the reader of the same version reads back."""
+    from . import io
+    return "optimal" in getattr(io, "_FIELDS", ())
 
 
 def _as_int64(value, what):

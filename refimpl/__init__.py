@@ -16,6 +16,7 @@ __version__ = "0.1.0"
 _PUBLIC = {
     # datasets
     "RealizableDataset": "data", "validate": "data", "extended_order": "data",
+    "DatasetArrays": "data",
     "transitive_closure": "data", "induced_relations": "data",
     "generate": "generator",
     "load_dataset": "io", "save_dataset": "io",
@@ -29,6 +30,7 @@ _PUBLIC = {
     "NonOrthonormalEmbeddingError": "errors", "FileFormatError": "errors", "ConfigError": "errors",
     # model
     "loss_and_grads": "model", "stage1_loss_and_grad": "model",
+    "to_token_coords": "model", "from_token_coords": "model",
     # max-margin
     "w_ov_star": "maxmargin", "w_kq_star": "maxmargin", "stage2_floor": "maxmargin",
     "grade_w_kq": "maxmargin",

@@ -25,7 +25,7 @@ from .checks import check_sentences, check_tokens, check_weights
 from .errors import NonOrthonormalEmbeddingError, ShapeError
 
 __all__ = ["loss_and_grads", "stage1_loss_and_grad", "check_orthonormal", "to_token_coords",
-           "cross_entropy", "forward", "backward"]
+           "from_token_coords", "cross_entropy", "forward", "backward"]
 
 _CHUNK = 2048          # sentences per block at most
 _PAIR_ELEMS = 1 << 22  # bound on the (block, L, L, d) pair differences of a block (32 MB)
@@ -58,9 +58,74 @@ def check_orthonormal(E, tol=1e-12):
 
 
 def to_token_coords(W, E):
-    """E^T W E: a (d, d) matrix in token coordinates, shape (M, M) (docs/model.md, section 4)."""
+    """Token coordinates of an embedding-space weight matrix: E^T W E (docs/model.md, section 4).
+
+    Parameters
+    ----------
+    W : float (d, d)
+        Embedding-space weights (W_ov, W_kq or a gradient of either).
+    E : float (d, M)
+        The embedding matrix, column v = e_v.
+
+    Returns
+    -------
+    float64 (M, M)
+        ``K[a, b] = e_a^T W e_b``: row = key (or output) token a, column = query (or input)
+        token b. This is what the trainer returns (``TrainResult.W_ov``, ``W_kq``) and what
+        the max-margin solutions are written in.
+
+    Notes
+    -----
+    Defined for any E, but it is a change of coordinates only when E is orthonormal
+    (E^T E = I, d >= M; theory code checks this with :func:`check_orthonormal`). Then the
+    model sees W only through E^T W E (scores e_x^T W_kq e_q, logits E^T W_ov h with h in
+    range(E)), gradients satisfy E^T (dL/dW) E = dL/dK with equal Frobenius norms, and
+    :func:`from_token_coords` is the inverse: exact for d = M, and for d > M the map forgets
+    the part of W outside range(E) (``to_token_coords(W, E) = to_token_coords(P W P, E)``,
+    P = E E^T).
+    """
     E = np.asarray(E, dtype=np.float64)
     return E.T @ np.asarray(W, dtype=np.float64) @ E
+
+
+def from_token_coords(K, E, tol=1e-12):
+    """Embedding-space weights from token coordinates: W = E K E^T (inverse of :func:`to_token_coords`).
+
+    Parameters
+    ----------
+    K : float (M, M), finite
+        Token-coordinate weights (row = key token, column = query token), e.g. the
+        ``W_ov`` / ``W_kq`` of a :class:`~refimpl.train.TrainResult` or ``w_kq_star(ds)[0]``.
+    E : float (d, M), finite, orthonormal columns (E^T E = I, so d >= M)
+        The embedding matrix. The trainer's embedding is ``np.eye(d)[:, :M]``.
+    tol : float
+        Largest accepted max |E^T E - I| (:func:`check_orthonormal`).
+
+    Returns
+    -------
+    W : float64 (d, d), E K E^T
+        ``to_token_coords(W, E) = E^T E K E^T E = K`` (up to rounding). For d = M, E is
+        orthogonal and W is the only matrix with that property, so
+        ``from_token_coords(to_token_coords(W, E), E) = W``. For d > M many W have
+        E^T W E = K (anything can be added outside range(E)); E K E^T is the one that is
+        zero outside range(E) (W = P W P with P = E E^T), and the one of least Frobenius
+        norm: any W' with E^T W' E = K has P W' P = E K E^T = W and
+        ||W'||_F^2 = ||P W' P||_F^2 + ||W' - P W' P||_F^2 >= ||W||_F^2. It is also what
+        gradient training from zero in embedding space produces, since every gradient
+        E (dL/dK) E^T lies in range(E) (docs/model.md, section 4).
+
+    Raises
+    ------
+    NonOrthonormalEmbeddingError
+        max |E^T E - I| > tol (for a general E, E K E^T does not invert E^T W E).
+    ShapeError, NonFiniteError
+        E not 2-D, K not (M, M), or non-finite entries.
+    """
+    E = check_weights(E, (None, None), "embeddings")
+    M = E.shape[1]
+    K = check_weights(K, (M, M), "K")
+    check_orthonormal(E, tol)
+    return E @ K @ E.T
 
 
 # ============================================================ loss of logits

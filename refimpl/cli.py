@@ -4,7 +4,15 @@ Data goes to stdout (or files), messages to stderr. Exit codes: 0 success,
 1 a certified claim failed (audit) or training stopped at a non-finite value
 (train, reproduce, audit, generalize: one line naming the stage and step), 2 bad
 input (a one-line message naming what was wrong; nothing is written), 130
-interrupted (Ctrl-C), 143 terminated (SIGTERM). Output folders are opened as
+interrupted (Ctrl-C), 143 terminated (SIGTERM). A reader that closes stdout early
+(``refimpl generate --out - | head``) ends the command quietly with exit 0: no
+message, because the reader chose to stop reading and got what it asked for
+(exit 0 also keeps ``set -o pipefail`` scripts working).
+
+Global flags (``-q/--quiet``) go before or after the command; ``--version``
+prints ``refimpl X.Y.Z``. The first training run on a machine compiles the Numba
+kernels (20-50 s, cached afterwards); a one-line notice says so on stderr unless
+``-q``. Output folders are opened as
 :class:`refimpl.outputs.OutputSet` before any loading or training, so a bad,
 locked or unwritable ``--out`` fails first, and a run's files appear together
 or not at all.
@@ -13,13 +21,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
+from . import __version__
 from .errors import ConfigError, DatasetError, InputError
 from .io import json_text
-from .outputs import OutputSet, Terminated, check_file_target
-from .train import NonFiniteTrainingError
+from .outputs import OutputError, OutputSet, Terminated, check_file_target
+from .train import (DEFAULT_ETA0_SCALE, DEFAULT_ETA_SCALE, DEFAULT_INIT, DEFAULT_T, DEFAULT_T0,
+                    NonFiniteTrainingError)
 
 EXIT_OK, EXIT_CLAIM_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -28,10 +39,24 @@ class UsageError(Exception):
     """Bad command-line input detected after argument parsing (exit 2)."""
 
 
+# ``--out`` values that mean stdout: "-", and the names of stdout itself (written to as
+# stdout rather than resolved: behind a pipe or a terminal they are no regular file).
+STDOUT_NAMES = ("-", "/dev/stdout", "/dev/fd/1", "/proc/self/fd/1")
+
+
 def _out_file(path):
-    """``--out FILE`` checked before any work: a directory, device, FIFO or socket
-    (also behind a symbolic link), or a missing folder, raises OutputError."""
-    check_file_target(path)
+    """``--out FILE`` checked before any work; None for stdout (:data:`STDOUT_NAMES`).
+
+    A directory, device, FIFO or socket (also behind a symbolic link) raises OutputError
+    naming the path and pointing to ``--out -``; a missing folder raises OutputError."""
+    if os.path.normpath(path) in STDOUT_NAMES or path == "-":
+        return None
+    try:
+        check_file_target(path)
+    except OutputError as exc:
+        if "not a regular file" not in str(exc):
+            raise
+        raise OutputError(f"{exc}; to write to stdout use --out -", path=path) from None
     return Path(path)
 
 
@@ -45,11 +70,38 @@ def _note(args, message):
         print(f"refimpl {args.command}: {message}", file=sys.stderr)
 
 
+COMPILE_NOTICE = "refimpl: compiling kernels (once, about 20-50 s)..."
+
+
+def kernels_cold():
+    """True when Numba's cache holds no usable compiled code for the kernels every training run
+    calls (so the next training compiles them, 20-50 s).
+
+    Reads the cache index of four kernels (a small pickle each, the file Numba itself reads);
+    missing, stale (the source changed) or from another Numba version counts as cold. Any
+    failure to tell answers False: no notice rather than a wrong one.
+    """
+    try:
+        from . import kernels, kernels_chunk
+        for f in (kernels.compensated_step, kernels._attention, kernels._logits, kernels_chunk._drive_serial):
+            if not f._cache._cache_file._load_index():
+                return True
+        return False
+    except Exception:                    # noqa: BLE001 (a private Numba API: never fail a run over a notice)
+        return False
+
+
+def _compile_notice(args):
+    """Before training: one line on stderr if the kernels are about to compile (not with -q)."""
+    if not args.quiet and kernels_cold():
+        print(COMPILE_NOTICE, file=sys.stderr, flush=True)
+
+
 # ------------------------------------------------------------------ commands
 def cmd_generate(args):
     from .generator import generate
     from .io import dataset_to_dict, save_dataset
-    out = None if args.out == "-" else _out_file(args.out)
+    out = _out_file(args.out)
     ds = generate(args.vocab_size, args.sentences, args.min_len, args.max_len, args.seed,
                   n_colloc=args.n_colloc, order_dim=args.order_dim, store_orders=args.store_orders)
     if out is None:
@@ -100,6 +152,8 @@ def cmd_reproduce(args):
     from .reproduce import OUTPUT_FILES, ReproduceConfig, run_reproduce
     config = ReproduceConfig(**_train_overrides(args))
     with OutputSet(args.out) as out:                   # checked and locked before any work
+        config.train_config().resolved(config.vocab_size)       # bad options fail before the notice
+        _compile_notice(args)
         summary = run_reproduce(config, out, progress=_progress(args))
     code = _emit_run(args, summary, Path(args.out), OUTPUT_FILES)
     return _non_finite_exit(args, summary.get("stop_reason")) or code
@@ -111,6 +165,8 @@ def cmd_train(args):
     config = ReproduceConfig(**_train_overrides(args))
     with OutputSet(args.out) as out:                   # checked and locked before loading or training
         ds = load_dataset(args.file)
+        config.train_config().resolved(ds.vocab_size)           # bad options fail before the notice
+        _compile_notice(args)
         summary = run_train(ds, config, out, progress=_progress(args))
     code = _emit_run(args, summary, Path(args.out), OUTPUT_FILES)
     return _non_finite_exit(args, summary.get("stop_reason")) or code
@@ -120,6 +176,8 @@ def cmd_audit(args):
     from .audit import AuditConfig, format_table, run_audit, summary_line
     from .io import load_dataset
     ds = load_dataset(args.file)
+    AuditConfig(**_train_overrides(args)).train_config().resolved(ds.vocab_size)   # bad options first
+    _compile_notice(args)
     config = AuditConfig(**_train_overrides(args))
     report = run_audit(ds, config, progress=_progress(args))
     if args.json:
@@ -145,6 +203,7 @@ def cmd_generalize(args):
     from .io import load_dataset
     with nullcontext() if args.out is None else OutputSet(args.out) as out:   # before loading or training
         ds = load_dataset(args.file)
+        _compile_notice(args)
         summary = run_generalize(ds, out_dir=out, **_train_overrides(args))
     sys.stdout.write(json_text(summary))
     return EXIT_OK
@@ -152,22 +211,43 @@ def cmd_generalize(args):
 
 # ------------------------------------------------------------------ parser
 def _add_train_args(p):
-    g = p.add_argument_group("training (defaults: the built-in configuration)")
-    g.add_argument("--eta0", type=float, help="stage-1 step size (default 0.2/sqrt(d))")
-    g.add_argument("--eta", type=float, help="stage-2 step size (default 0.05/sqrt(d))")
-    g.add_argument("--T0", type=int, help="stage-1 steps")
-    g.add_argument("--T", type=int, help="stage-2 steps")
-    g.add_argument("--init", choices=("zero", "random"), help="initialization (default zero)")
-    g.add_argument("--seed", type=int, help="seed of a random initialization")
+    g = p.add_argument_group("training (defaults: the paper's experiment, as refimpl.train_two_stage)")
+    g.add_argument("--eta0", type=float, help=f"stage-1 step size (default {DEFAULT_ETA0_SCALE:g}/sqrt(d))")
+    g.add_argument("--eta", type=float, help=f"stage-2 step size (default {DEFAULT_ETA_SCALE:g}/sqrt(d))")
+    g.add_argument("--T0", type=int, help=f"stage-1 steps (default {DEFAULT_T0})")
+    g.add_argument("--T", type=int, help=f"stage-2 steps (default {DEFAULT_T})")
+    g.add_argument("--init", choices=("zero", "random"), help=f"initialization (default {DEFAULT_INIT})")
+    g.add_argument("--seed", type=int, help="seed of a random initialization (default 0)")
+
+
+def _global_flags():
+    """Flags accepted before or after the command (``refimpl -q train ...`` = ``refimpl train ... -q``).
+
+    Their defaults are SUPPRESS in both parsers, so the subcommand's parser never overwrites
+    a flag given before the command; :func:`main` fills in the real defaults."""
+    flags = argparse.ArgumentParser(add_help=False)
+    flags.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                       help="no progress bars or messages on stderr (before or after the command)")
+    return flags
+
+
+GLOBAL_DEFAULTS = {"quiet": False}
 
 
 def build_parser():
+    flags = _global_flags()
     parser = argparse.ArgumentParser(
-        prog="refimpl",
+        prog="refimpl", parents=[flags],
         description="Reference implementation of training a one-layer transformer for next-token "
                     "prediction (Huang, Liang & Yang, NeurIPS 2024).")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars or messages on stderr")
+    parser.add_argument("--version", action="version", version=f"refimpl {__version__}",
+                        help="print 'refimpl X.Y.Z' and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _add_parser = sub.add_parser
+
+    def add_parser(name, **kwargs):                    # every command takes the global flags too
+        return _add_parser(name, parents=[flags], **kwargs)
+    sub.add_parser = add_parser
 
     p = sub.add_parser("reproduce", help="the paper's experiment (Figure 2) on the built-in default",
                        description="Run Algorithm 1 on the built-in default dataset and write figure.png, "
@@ -186,7 +266,8 @@ def build_parser():
     p.add_argument("--n-colloc", type=int, default=None, help="|C| (default M: a permutation)")
     p.add_argument("--order-dim", type=int, default=2, help="rankings intersected per query (default 2)")
     p.add_argument("--store-orders", action="store_true", help="write the generating orders (M <= 200)")
-    p.add_argument("--out", required=True, help="output file, or - for stdout")
+    p.add_argument("--out", required=True,
+                   help="output file, or - for stdout (also /dev/stdout); devices and folders are refused")
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("validate", help="check that a dataset file is realizable",
@@ -211,21 +292,45 @@ def build_parser():
     _add_train_args(p)
     p.set_defaults(func=cmd_audit)
 
-    p = sub.add_parser("generalize", help="accuracy on unseen sentences (SPEC C11)",
+    p = sub.add_parser("generalize", help="accuracy on unseen sentences (claim C11, docs/generalization.md)",
                        description="Train on FILE and measure prediction on unseen sentences decided by the "
                                    "extended orders, by the scores of K*, or undecided.")
     p.add_argument("file")
-    p.add_argument("--out", default=None, help="folder for the figure and summary (optional)")
+    p.add_argument("--out", default=None,
+                   help="folder for the figure and summary (default: none, the summary goes to stdout only)")
     _add_train_args(p)
     p.set_defaults(func=cmd_generalize)
     return parser
 
 
+def _stdout_closed():
+    """The reader of stdout went away (``refimpl generate --out - | head -c 10``): exit 0, no message.
+
+    stdout is pointed at /dev/null so that the interpreter's final flush of what is still
+    buffered cannot fail again ("Exception ignored ... BrokenPipeError", exit 120)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, sys.stdout.fileno())
+        finally:
+            os.close(devnull)
+    except (OSError, ValueError):        # stdout without a file descriptor (an embedding program)
+        pass
+    return EXIT_OK
+
+
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
+    for name, value in GLOBAL_DEFAULTS.items():
+        if not hasattr(args, name):
+            setattr(args, name, value)
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()               # a reader that went away shows here, not at interpreter exit
+        return code
+    except BrokenPipeError:
+        return _stdout_closed()
     except (DatasetError, ConfigError, InputError, UsageError) as exc:
         print(f"refimpl {args.command}: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -9,7 +9,7 @@ import random
 import time
 
 import refimpl as ri
-from proofs import exact
+from refimpl_proofs import exact
 from refimpl import maxmargin as mm
 
 

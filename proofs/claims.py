@@ -6,15 +6,15 @@ symbols of ``proofs.symbols`` and the closed forms of ``proofs.derivations``;
 algebra (``docs/theory.md`` gives the proof in words). ``reading`` names the
 SPEC "(our reading)" choices the claim depends on (keys of ``READINGS``).
 
-    from proofs import claims
+    from refimpl_proofs import claims
     c = claims.get("C4"); c.status      # 'certified'
 """
 from dataclasses import dataclass
 
 import sympy as sp
 
-from proofs import derivations as dv
-from proofs.symbols import M, b, c1, eta0, k_chain, t
+from . import derivations as dv
+from .symbols import M, b, c1, eta0, k_chain, t
 
 STATUSES = (
     "certified",                                        # proved bound, every run satisfies it

@@ -14,8 +14,8 @@ import itertools
 import sympy as sp
 from sympy.codegen.cfunctions import expm1, log1p
 
-from proofs.symbols import (HALF, LOG_TINY, SQRT2, M, a, b, c1, c8, eta, eta0,
-                            gamma_kq, gamma_ov, lu, m, mat, n_c, norm0, t, vec, x)
+from .symbols import (HALF, LOG_TINY, SQRT2, M, a, b, c1, c8, eta, eta0,
+                      gamma_kq, gamma_ov, lu, m, mat, n_c, norm0, t, vec, x)
 
 # ----------------------------------------------------------------------------
 # Closed forms (SPEC section 6); all exact, no floats.

@@ -23,9 +23,9 @@ import numpy as np
 import sympy as sp
 from sympy.codegen.cfunctions import log1p
 
-from proofs import derivations as dv
-from proofs.symbols import (LOG_TINY, M, a, c1, c8, eta, eta0, gamma_kq, gamma_ov, lu,
-                            n_c, norm0, t)
+from . import derivations as dv
+from .symbols import (LOG_TINY, M, a, c1, c8, eta, eta0, gamma_kq, gamma_ov, lu,
+                      n_c, norm0, t)
 
 LN10 = math.log(10.0)
 _LOG_TINY = float(LOG_TINY)

@@ -23,8 +23,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from proofs import claims as registry
-from proofs import numeric as bounds
+from refimpl_proofs import claims as registry
+from refimpl_proofs import numeric as bounds
 
 from .data import ensure_valid, induced_relations
 from .maxmargin import w_ov_star

@@ -18,8 +18,8 @@ import pytest
 import sympy as sp
 
 import refimpl as ri
-from proofs import derivations as dv
-from proofs import numeric as nu
+from refimpl_proofs import derivations as dv
+from refimpl_proofs import numeric as nu
 from refimpl import audit
 from refimpl.cli import main
 from refimpl.generalize import GeneralizeConfig, _stage2_path, generalization_report

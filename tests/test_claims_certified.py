@@ -25,7 +25,7 @@ import pytest
 from hypothesis import event, given, note
 from hypothesis import strategies as st
 
-from proofs import numeric
+from refimpl_proofs import numeric
 from refimpl.data import induced_relations
 from refimpl.io import load_dataset
 from refimpl.maxmargin import KKT_TOL, w_kq_star

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import refimpl as ri
-from proofs import numeric
+from refimpl_proofs import numeric
 from refimpl.kernels import attention
 from refimpl.train import train_two_stage
 

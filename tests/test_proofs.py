@@ -15,7 +15,7 @@ import pytest
 import sympy as sp
 from scipy.optimize import nnls as scipy_nnls
 
-from proofs import claims, derivations as dv, exact, numeric as nu
+from refimpl_proofs import claims, derivations as dv, exact, numeric as nu
 
 mpmath.mp.dps = 50
 DEFAULT = dict(M=20, n_c=20, eta0=0.2 / math.sqrt(20))      # SPEC Figure 2 settings

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import refimpl as ri
-from proofs.numeric import c2_log10_loss
+from refimpl_proofs.numeric import c2_log10_loss
 from refimpl.errors import ConfigError, DatasetError
 from refimpl.train import TrainConfig, train_joint, train_two_stage
 from refimpl.trajectory import STAGE1_COLUMNS, STAGE2_COLUMNS, Trajectory, record_steps

@@ -228,6 +228,28 @@ class RealizableDataset:
         A padded pair whose lengths exceed its width.
     TokenOutOfRangeError, FileFormatError
         Values that are not 64-bit integers.
+
+    Notes
+    -----
+    Attributes versus methods follow one rule. Attributes (``tokens``, ``lengths``,
+    ``next_tokens``, ``optimal``, ``queries``, ``colloc``, ``n_sentences``, ...) are
+    NumPy arrays or numbers that are stored, or computed once and cached, so reading
+    one twice costs nothing. Methods (``sentences()``, ``sentence(i)``, ``to_arrays()``,
+    ``to_dict()``) build new objects on every call: ``sentences()`` makes a fresh list of
+    Python lists, O(number of tokens) time and memory each call, which is why it stays a
+    method (``ds.sentences`` without the call is the bound method, not the sentences). For
+    arrays use ``ds.tokens`` / ``ds.lengths`` (padded) or ``ds.flat_tokens`` / ``ds.offsets``
+    (ragged). Attributes that need a realizable dataset (``optimal``, ``queries``,
+    ``colloc``) validate it on first use.
+
+    Examples
+    --------
+    >>> import refimpl as ri
+    >>> ds = ri.RealizableDataset(3, {0: 1, 1: 2, 2: 0}, [[0, 1], [2]], [2, 0])
+    >>> ds.n_sentences, ds.lengths.tolist(), ds.optimal.tolist()
+    (2, [2, 1], [1, 2])
+    >>> ds.sentences()
+    [[0, 1], [2]]
     """
 
     def __init__(self, vocab_size, collocation, sentences, next_tokens, orders=None, *, _flat=None):

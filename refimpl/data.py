@@ -159,6 +159,13 @@ class DatasetArrays:
     embeddings : float64 (d, M) or None
         None from :meth:`~RealizableDataset.to_arrays`; the embedding matrix E where the
         arrays are handed to an implementation under test (:mod:`refimpl.oracle`).
+
+    Examples
+    --------
+    >>> import refimpl as ri
+    >>> a = ri.RealizableDataset(3, {0: 1, 1: 2, 2: 0}, [[0, 1], [2]], [2, 0]).to_arrays()
+    >>> a.tokens.tolist(), a["optimal"].tolist(), a.pad
+    ([[0, 1], [2, 3]], [1, 2], 3)
     """
 
     tokens: np.ndarray
@@ -707,6 +714,30 @@ def validate(ds):
 
     Time and memory are near-linear in the number of tokens plus relations; nothing of
     size M is allocated.
+
+    Parameters
+    ----------
+    ds : RealizableDataset
+
+    Returns
+    -------
+    None
+        When ``ds`` is realizable.
+
+    Raises
+    ------
+    DatasetError
+        The subclass naming the first problem (e.g. :class:`~refimpl.errors.OrderCycleError`
+        with the sentences and the cycle).
+
+    Examples
+    --------
+    >>> import refimpl as ri
+    >>> ri.validate(ri.RealizableDataset(3, {0: 1, 1: 2, 2: 0}, [[0, 1], [2]], [2, 0]))
+    >>> ri.validate(ri.RealizableDataset(3, {0: 1, 1: 1}, [[0, 1]], [1]))
+    Traceback (most recent call last):
+    ...
+    refimpl.errors.AmbiguousOptimalTokenError: sentence 0 [0, 1] (query 1): tokens [0, 1] all have n(x) = ...
     """
     _check_counts_and_ranges(ds)
     _check_collocation(ds)
@@ -733,9 +764,33 @@ def validate(ds):
 def transitive_closure(relations, M):
     """Strict order from generating relations: bool (M, M), ``less[a, b]`` iff a < b.
 
-    ``relations`` : int array (R, 2) of (lower, upper). Exact for any chain length and
-    fan width (reachability on the sparse graph, :func:`refimpl.orders.transitive_closure`);
-    the M x M result is allocated after a memory check.
+    Exact for any chain length and fan width (reachability on the sparse graph,
+    :func:`refimpl.orders.transitive_closure`); the M x M result is allocated after a
+    memory check.
+
+    Parameters
+    ----------
+    relations : int array (R, 2)
+        Pairs (lower, upper), meaning lower < upper.
+    M : int
+        Number of tokens.
+
+    Returns
+    -------
+    less : bool (M, M)
+        ``less[a, b]`` iff a < b in the transitive closure.
+
+    Raises
+    ------
+    ResourceError
+        The M x M matrix does not fit the memory budget (docs/datasets.md).
+
+    Examples
+    --------
+    >>> import refimpl as ri
+    >>> less = ri.transitive_closure([[0, 1], [1, 2]], 3)
+    >>> bool(less[0, 2]), bool(less[2, 0])
+    (True, False)
     """
     budget.check_bytes(M * M, f"an M x M order matrix (M={M})")
     return _closure(np.asarray(relations, dtype=np.int64).reshape(-1, 2), M)
@@ -754,8 +809,25 @@ def induced_relations(ds, q=None):
     """Training relations ``(lower, upper)`` induced by the sentences: each sentence with
     query q and optimal token x* gives ``x' <_q x*`` for its other distinct tokens x'.
 
-    Returns int64 (R, 2) for query ``q``, or a dict ``q -> (R, 2)`` when ``q`` is None
-    (slices of the cached, q-sorted :func:`training_relations`: no pass over the sentences).
+    Parameters
+    ----------
+    ds : RealizableDataset
+        Validated on first use.
+    q : int or None, default None
+        A query token, or None for every query.
+
+    Returns
+    -------
+    int64 (R, 2) or dict
+        The pairs (lower, upper) of query ``q``, or a dict ``q -> (R, 2)`` when ``q`` is None
+        (slices of the cached, q-sorted :func:`training_relations`: no pass over the sentences).
+
+    Examples
+    --------
+    >>> import refimpl as ri
+    >>> ds = ri.RealizableDataset(3, {0: 1, 1: 2, 2: 0}, [[0, 1], [2]], [2, 0])
+    >>> ri.induced_relations(ds, 1).tolist()          # sentence [0, 1]: 0 <_1 1
+    [[0, 1]]
     """
     q_arr, lo, up = training_relations(ds)
     if q is not None:
@@ -771,5 +843,25 @@ def extended_order(ds, q):
     iff a <_q b in the transitive closure of the training relations of q, the pairs
     ``x' <_q x*`` of the sentences with query q. Exact for any chain length. Supplied
     generating relations that no sentence uses are not included: they are no constraint of
-    W_kq*, so C6 and C11 say nothing about them (docs/theory.md, errata, item 1)."""
+    W_kq*, so C6 and C11 say nothing about them (docs/theory.md, errata, item 1).
+
+    Parameters
+    ----------
+    ds : RealizableDataset
+    q : int
+        The query token.
+
+    Returns
+    -------
+    less : bool (M, M)
+        ``less[a, b]`` iff a <_q b.
+
+    Examples
+    --------
+    >>> import refimpl as ri
+    >>> ds = ri.RealizableDataset(4, {0: 1, 1: 2, 2: 3, 3: 0}, [[0, 1, 3], [1, 2, 3]], [2, 3])
+    >>> less = ri.extended_order(ds, 3)          # 0 < 1 and 1 < 2 give 0 < 2
+    >>> bool(less[0, 2]), bool(less[2, 0])
+    (True, False)
+    """
     return transitive_closure(induced_relations(ds, q), ds.vocab_size)

@@ -132,8 +132,9 @@ class DatasetArrays:
     A frozen dataclass with attribute access (``a.tokens``) and key access (``a["tokens"]``,
     ``a.keys()``, ``dict(a.items())``, ``**a.as_dict()``). The arrays are fresh writable copies
     that share no memory with the dataset. N sentences, Lmax = the longest sentence, M tokens.
+    Built by :meth:`RealizableDataset.to_arrays` (the parameters are its fields).
 
-    Attributes
+    Parameters
     ----------
     tokens : int64 (N, Lmax)
         Sentence i in ``tokens[i, :lengths[i]]``; every other entry holds ``pad``.

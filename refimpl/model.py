@@ -83,6 +83,16 @@ def to_token_coords(W, E):
     :func:`from_token_coords` is the inverse: exact for d = M, and for d > M the map forgets
     the part of W outside range(E) (``to_token_coords(W, E) = to_token_coords(P W P, E)``,
     P = E E^T).
+
+    Examples
+    --------
+    >>> import numpy as np, refimpl as ri
+    >>> E = np.eye(4)[:, :3]                       # d = 4, M = 3: the trainer's embedding
+    >>> W = np.arange(16.0).reshape(4, 4)
+    >>> ri.to_token_coords(W, E)                   # the top-left 3 x 3 block
+    array([[ 0.,  1.,  2.],
+           [ 4.,  5.,  6.],
+           [ 8.,  9., 10.]])
     """
     E = np.asarray(E, dtype=np.float64)
     return E.T @ np.asarray(W, dtype=np.float64) @ E
@@ -120,6 +130,17 @@ def from_token_coords(K, E, tol=1e-12):
         max |E^T E - I| > tol (for a general E, E K E^T does not invert E^T W E).
     ShapeError, NonFiniteError
         E not 2-D, K not (M, M), or non-finite entries.
+
+    Examples
+    --------
+    >>> import numpy as np, refimpl as ri
+    >>> ds = ri.generate(5, 20, seed=0)
+    >>> res = ri.train_two_stage(ds, T0=100, T=100, progress=False)    # token coordinates (5, 5)
+    >>> E = np.linalg.qr(np.random.default_rng(0).standard_normal((8, 8)))[0][:, :5]   # d = 8
+    >>> W_ov, W_kq = ri.from_token_coords(res.W_ov, E), ri.from_token_coords(res.W_kq, E)
+    >>> loss, g_ov, g_kq = ri.loss_and_grads(W_ov, W_kq, ds, E)       # embedding space (8, 8)
+    >>> np.allclose(ri.to_token_coords(W_kq, E), res.W_kq)
+    True
     """
     E = check_weights(E, (None, None), "embeddings")
     M = E.shape[1]

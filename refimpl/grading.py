@@ -146,6 +146,16 @@ class Grade:
     ``W*`` (columns without constraints; for W_kq* also rows of tokens that appear in no
     relation of the column) are 0 in ``W*`` and in every ``A_j``: they count in full in
     ``rel_distance``, ``cosine``, ``norm_ratio`` and ``stationarity``.
+
+    Made by :func:`refimpl.grade_w_kq` and :func:`refimpl.grade_w_ov`, not by hand.
+
+    Examples
+    --------
+    >>> import refimpl as ri
+    >>> ds = ri.generate(vocab_size=6, n_sentences=20, seed=4)
+    >>> g = ri.grade_w_kq(ds, ri.w_kq_star(ds)[0])
+    >>> g.problem, g.ok(), g.failing()
+    ('W_kq*', True, [])
     """
 
     problem: str

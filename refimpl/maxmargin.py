@@ -170,6 +170,15 @@ def grade_w_kq(ds, W, *, tol=GRADE_TOL):
         ``W`` is not (M, M), or has NaN or +-inf entries.
 
     Computes :func:`w_kq_star` (certified) for the comparison.
+
+    Examples
+    --------
+    >>> import refimpl as ri
+    >>> ds = ri.generate(vocab_size=6, n_sentences=20, seed=4)
+    >>> K_star, _ = ri.w_kq_star(ds)
+    >>> g = ri.grade_w_kq(ds, 2 * K_star)          # the right direction, twice the norm
+    >>> round(g.cosine, 12), round(g.norm_ratio, 12), g.max_violation
+    (1.0, 2.0, 0.0)
     """
     W = check_candidate(W, ds.vocab_size, "W_kq")
     K_star, _ = w_kq_star(ds)
@@ -203,6 +212,15 @@ def grade_w_ov(ds, W, *, tol=GRADE_TOL):
         ``W`` is not (M, M), or has NaN or +-inf entries.
 
     Uses the closed form of :func:`w_ov_star` (claim C1).
+
+    Examples
+    --------
+    >>> import refimpl as ri
+    >>> ds = ri.generate(vocab_size=6, n_sentences=20, seed=4)
+    >>> O_star, _ = ri.w_ov_star(ds)
+    >>> g = ri.grade_w_ov(ds, O_star)
+    >>> g.ok(), g.rel_distance
+    (True, 0.0)
     """
     M = ds.vocab_size
     W = check_candidate(W, M, "W_ov")
@@ -226,6 +244,36 @@ def w_ov_star(ds, method="closed_form"):
     columns elsewhere, certified with multipliers ``alpha_v = 1/M`` for every v != n(x).
     ``method="solve"``: each column by :func:`least_distance` (cross-check of C1).
     The certificate is checked before returning.
+
+    Parameters
+    ----------
+    ds : RealizableDataset
+        Validated on first use (its collocation).
+    method : {"closed_form", "solve"}, default "closed_form"
+
+    Returns
+    -------
+    O_star : float64 (M, M)
+        Row = output token, column = source token (docs/maxmargin.md, section 1).
+    certificate : Certificate
+        KKT certificate, already checked (``certificate.ok`` is True).
+
+    Raises
+    ------
+    CertificateError
+        The KKT conditions fail beyond 1e-10 relative (never seen; a bug).
+    ResourceError
+        The (M, M) matrices would not fit the memory budget.
+    ValueError
+        An unknown ``method``.
+
+    Examples
+    --------
+    >>> import refimpl as ri
+    >>> ds = ri.RealizableDataset(3, {0: 1, 1: 2, 2: 0}, [[0, 1], [2]], [2, 0])
+    >>> O_star, cert = ri.w_ov_star(ds)
+    >>> O_star[:, 0].round(4).tolist(), cert.ok       # e_{n(0)} - 1/3
+    ([-0.3333, 0.6667, -0.3333], True)
     """
     M = ds.vocab_size
     check_bytes(8 * 4 * M * M, f"W_ov* and its certificate at M={M}")
@@ -259,6 +307,33 @@ def w_kq_star(ds):
     coordinates of the tokens those relations involve (the others are 0 at the optimum),
     then is embedded back. Columns of queries that never occur are zero. Certificate
     rows are pairs (x*, x'); it is checked on the embedded matrix before returning.
+
+    Parameters
+    ----------
+    ds : RealizableDataset
+        Validated on first use (its training relations).
+
+    Returns
+    -------
+    K_star : float64 (M, M)
+        Row = key token, column = query token (docs/maxmargin.md, section 1).
+    certificate : Certificate
+        KKT certificate, already checked (``certificate.ok`` is True).
+
+    Raises
+    ------
+    CertificateError, InfeasibleError
+        A column's solve fails (naming the column; never seen on a valid dataset).
+    ResourceError
+        The (M, M) matrices would not fit the memory budget.
+
+    Examples
+    --------
+    >>> import refimpl as ri
+    >>> ds = ri.RealizableDataset(3, {0: 1, 1: 2, 2: 0}, [[0, 1], [2]], [2, 0])
+    >>> K_star, cert = ri.w_kq_star(ds)
+    >>> K_star[:, 1].round(12).tolist(), cert.ok      # query 1: 0 <_1 1, margin 1
+    ([-0.5, 0.5, 0.0], True)
     """
     M = ds.vocab_size
     check_bytes(8 * 4 * M * M, f"W_kq* and its certificate at M={M}")

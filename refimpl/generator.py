@@ -304,6 +304,15 @@ def generate(vocab_size=20, n_sentences=200, min_len=2, max_len=6, seed=0, *,
     ResourceError
         The estimate of :func:`generation_bytes` exceeds the memory limit; raised
         before any work.
+
+    Examples
+    --------
+    >>> import refimpl as ri
+    >>> ds = ri.generate(vocab_size=20, n_sentences=200, seed=0)     # the built-in default
+    >>> ds
+    RealizableDataset(M=20, N=200, |C|=20, Lmax=6, orders=induced)
+    >>> ds == ri.generate(20, 200, 2, 6, 0)                          # deterministic
+    True
     """
     M = _check_int("vocab_size", vocab_size, 2, _MAX_INT)
     N = _check_int("n_sentences", n_sentences, 1, _MAX_INT)

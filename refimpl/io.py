@@ -412,6 +412,15 @@ def load_dataset(path, *, check=True, max_bytes=None):
         The specific subclass for a dataset that is not realizable.
     ResourceError
         Reading the file would need more memory than this machine allows.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> import refimpl as ri
+    >>> path = os.path.join(tempfile.mkdtemp(), "ds.json")
+    >>> ri.save_dataset(ri.generate(vocab_size=6, n_sentences=20, seed=4), path)
+    >>> ri.load_dataset(path)
+    RealizableDataset(M=6, N=20, |C|=6, Lmax=6, orders=induced)
     """
     sink = _IntArraySink()
     obj, chunked = read_json_arrays(path, sink, max_bytes=max_bytes, bytes_per_byte=LOAD_BYTES_PER_BYTE)
@@ -427,7 +436,38 @@ def load_dataset(path, *, check=True, max_bytes=None):
 
 
 def save_dataset(ds, path):
-    """Write ``ds`` to ``path`` in the SPEC JSON format, atomically. One sentence per line."""
+    """Write ``ds`` to ``path`` in the dataset file format (docs/datasets.md), atomically.
+
+    One sentence per line. The data goes to a temporary file in the same folder that then
+    replaces ``path`` (:func:`refimpl.outputs.write_file_atomic`): a reader sees the old
+    file or the new one, never a part.
+
+    Parameters
+    ----------
+    ds : RealizableDataset
+    path : str or os.PathLike
+        The file; a symbolic link is written through.
+
+    Returns
+    -------
+    None
+
+    Raises
+    ------
+    OutputError
+        ``path`` is a directory, device, FIFO or socket, its folder does not exist, or the
+        system refuses the write (one line naming ``path``, never the temporary file).
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> import refimpl as ri
+    >>> ds = ri.generate(vocab_size=6, n_sentences=20, seed=4)
+    >>> path = os.path.join(tempfile.mkdtemp(), "ds.json")
+    >>> ri.save_dataset(ds, path)
+    >>> ri.load_dataset(path) == ds
+    True
+    """
     obj = dataset_to_dict(ds)
     head = {k: v for k, v in obj.items() if k not in ("sentences", "next_tokens")}
     lines = ["{"]

@@ -1,10 +1,11 @@
-"""The registry of claims C1..C11 (SPEC section 6).
+"""The registry of claims C1..C11 (docs/theory.md).
 
 Each claim is a frozen ``Claim``: its statement is a SymPy relation over the
-symbols of ``proofs.symbols`` and the closed forms of ``proofs.derivations``;
+symbols of ``symbols`` and the closed forms of ``derivations``;
 ``proof_steps`` name the ``derivations.ALL_CHECKS`` entries that check its
 algebra (``docs/theory.md`` gives the proof in words). ``reading`` names the
-SPEC "(our reading)" choices the claim depends on (keys of ``READINGS``).
+readings of the paper the claim depends on, where its statement leaves a choice
+(keys of ``READINGS``).
 
     from refimpl_proofs import claims
     c = claims.get("C4"); c.status      # 'certified'
@@ -26,14 +27,15 @@ STATUSES = (
 )
 
 READINGS = {
-    "R1-realizable": "SPEC 3: Assumption 1 read as unique optimal token x* in C with "
+    "R1-realizable": "datasets: Assumption 1 read as unique optimal token x* in C with "
                      "y = n(x*), and no other distinct token x' of the sentence with n(x') = y.",
-    "R2-fixed-Wov": "SPEC 4: stage 2 keeps W_ov exactly as stage 1 left it (no rescaling).",
-    "R3-floor": "SPEC 5: the stage-2 floor is the per-sentence convex relaxation "
+    "R2-fixed-Wov": "Algorithm 1: stage 2 keeps W_ov exactly as stage 1 left it (no rescaling).",
+    "R3-floor": "max-margin problems: the stage-2 floor is the per-sentence convex relaxation "
                 "min over the attention simplex.",
     "R4-training-relations": "C6/C11: the relations of <_q are the pairs (x', x*) of training "
                              "sentences with query q (not supplied generating relations that "
-                             "no sentence uses); see 'Errata to SPEC' in docs/theory.md.",
+                             "no sentence uses); see 'Corrections to earlier statements of the "
+                             "claims' in docs/theory.md.",
 }
 
 # Quantities measured on a run (names only; the audit supplies their values).
@@ -53,11 +55,11 @@ excess_limit = sp.Symbol("lim_t excess", nonnegative=True)
 
 @dataclass(frozen=True)
 class Claim:
-    """One claim of SPEC section 6."""
+    """One claim of docs/theory.md."""
     id: str                    # "C1" .. "C11"
     title: str                 # short name
     status: str                # one of STATUSES
-    spec_ref: str              # SPEC section
+    doc_ref: str               # where docs/ states and proves it
     reading: tuple             # keys of READINGS the claim depends on
     preconditions: tuple       # ((SymPy relation or str, reason), ...)
     statement: object          # SymPy relation (or And of relations)
@@ -71,24 +73,26 @@ class Claim:
 
 
 _M2 = (sp.Ge(M, 2), "a one-token vocabulary has zero loss and no margin")
-_ORTHO = ("E^T E = I", "token coordinates equal embedding coordinates (SPEC 2)")
+_ORTHO = ("E^T E = I", "token coordinates equal embedding coordinates (docs/model.md)")
 _C4_STEP = (sp.Lt(eta0 * sp.exp(dv.SQRT2 * eta0), 1), "c1 > 0: descent beats curvature")
 
 _CLAIMS = (
-    Claim("C1", "closed form of W_ov*", "certified", "SPEC 6 C1, 5", ("R1-realizable",),
+    Claim("C1", "closed form of W_ov*", "certified", "docs/theory.md C1; docs/maxmargin.md",
+          ("R1-realizable",),
           (_M2, _ORTHO),
           sp.Eq(norm_sq_Ostar, dv.C1_NORM_SQ),
           ("check_c1_closed_form",)),
-    Claim("C2", "exact stage-1 trajectory from zero", "certified", "SPEC 6 C2, 4",
+    Claim("C2", "exact stage-1 trajectory from zero", "certified",
+          "docs/theory.md C2; docs/reproduce.md",
           ("R1-realizable",),
           (_M2, _ORTHO, ("O_0 = 0", "the trajectory is a ray only from the origin")),
           sp.Eq(L0_t, dv.C2_LOSS),
           ("check_c2_trajectory", "check_c1_closed_form", "check_log_space_forms")),
-    Claim("C3", "stage-1 norm growth", "certified", "SPEC 6 C3", (),
+    Claim("C3", "stage-1 norm growth", "certified", "docs/theory.md C3", (),
           (_M2, _ORTHO),
           sp.And(sp.Le(dist_ov, dv.C3_NORM_UPPER), sp.Ge(proj_ov, dv.C3_PROJ_LOWER)),
           ("check_inner_product_identity", "check_residual_norm_bound")),
-    Claim("C4", "stage-1 linear loss convergence, any init", "certified", "SPEC 6 C4", (),
+    Claim("C4", "stage-1 linear loss convergence, any init", "certified", "docs/theory.md C4", (),
           (_M2, _ORTHO, _C4_STEP,
            (sp.Lt(eta0 * dv.C4_C1, 1), "F increasing; implied by the previous one "
                                        "(eta0 c1 <= sqrt(2)/4), kept explicit")),
@@ -99,41 +103,43 @@ _CLAIMS = (
            "check_c4_recursion_monotone", "check_c4_linear_rate", "check_c4_lower_algebra",
            "check_log_space_forms")),
     Claim("C5", "stage-1 directional convergence",
-          "certified from zero init, measured otherwise", "SPEC 6 C5", (),
+          "certified from zero init, measured otherwise", "docs/theory.md C5", (),
           (_M2, ("random init", "from zero it is exact by C2: cos = 1 for t >= 1")),
           sp.Eq(sp.Limit(cos_gap_ov(t), t, sp.oo), 0),
           ("check_c2_trajectory",)),
-    Claim("C6", "W_kq* certificate and order consistency", "certified", "SPEC 6 C6, 5",
+    Claim("C6", "W_kq* certificate and order consistency", "certified",
+          "docs/theory.md C6; docs/maxmargin.md",
           ("R1-realizable", "R4-training-relations"),
           (("every link of the chain is a training relation with query q",
-            "supplied relations no sentence uses are not constraints (Errata)"),
+            "supplied relations no sentence uses are not constraints (Corrections)"),
            ("KKT of the solver holds", "K* is the exact minimizer")),
           sp.Ge(kstar_diff, k_chain),
           ("check_c6_chain",)),
-    Claim("C7", "stage-2 norm growth", "certified upper, measured slope", "SPEC 6 C7",
+    Claim("C7", "stage-2 norm growth", "certified upper, measured slope", "docs/theory.md C7",
           ("R2-fixed-Wov",), (),
           sp.Le(dist_kq, dv.C7_NORM_UPPER),
           ()),
     Claim("C8", "stage-2 linear loss convergence", "certified lower, measured rate",
-          "SPEC 6 C8, 5", ("R1-realizable", "R2-fixed-Wov", "R3-floor"),
+          "docs/theory.md C8; docs/maxmargin.md", ("R1-realizable", "R2-fixed-Wov", "R3-floor"),
           (("Delta_i > 0 for every sentence i", "vertex x* strictly optimal in the floor; "
             "holds for zero-init stage 1 with T0 >= 1 (check_c8_zero_init_gap)"),
            ("c8 = (1/N) min_i Delta_i / L_i", "L_i = positions of sentence i")),
           sp.Ge(excess_t, dv.C8_LOWER),
           ("check_c8_vertex_gradient", "check_hessian_bound", "check_c8_lower_algebra",
            "check_c8_zero_init_gap")),
-    Claim("C9", "stage-2 directional convergence", "measured", "SPEC 6 C9",
+    Claim("C9", "stage-2 directional convergence", "measured", "docs/theory.md C9",
           ("R2-fixed-Wov",), (("Delta_i > 0 for every sentence i", "as C8"),),
           sp.Eq(sp.Limit(cos_gap_kq(t), t, sp.oo), 0),
           ()),
-    Claim("C10", "precondition of stage 2 (weak stage 1)", "measured", "SPEC 6 C10",
+    Claim("C10", "precondition of stage 2 (weak stage 1)", "measured", "docs/theory.md C10",
           ("R2-fixed-Wov", "R3-floor"),
           (("small T0 or a user-supplied W_ov", "from zero-init stage 1 the floor "
             "vertex is optimal for every T0 >= 1, so a positive excess is a dynamics effect"),),
           sp.Gt(excess_limit, 0),
           ("check_c8_zero_init_gap",)),
     Claim("C11", "generalization via extended orders",
-          "certified for K*, measured for trained weights", "SPEC 6 C11",
+          "certified for K*, measured for trained weights",
+          "docs/theory.md C11; docs/generalization.md",
           ("R1-realizable", "R4-training-relations"),
           (("the sentence's distinct tokens have a unique maximum xhat under the "
             "closure of the training relations of q", "C6 then applies to each other token"),
@@ -143,7 +149,7 @@ _CLAIMS = (
 )
 
 CLAIMS = {c.id: c for c in _CLAIMS}
-"""Claim id -> Claim, in SPEC order."""
+"""Claim id -> Claim, in the order C1..C11."""
 
 
 def get(claim_id):

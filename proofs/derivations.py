@@ -6,7 +6,7 @@ side is nonnegative by construction (products of nonnegative factors, sums of
 squares weighted by probabilities), so the check is an exact ``expand(...) == 0``
 or ``cancel(...) == 0``; each docstring says which identity is checked.
 
-The closed forms the claims use (and ``proofs.numeric`` lambdifies) are
+The closed forms the claims use (and ``numeric`` lambdifies) are
 defined here, next to the checks that justify them.
 """
 import itertools
@@ -18,7 +18,7 @@ from .symbols import (HALF, LOG_TINY, SQRT2, M, a, b, c1, c8, eta, eta0,
                       gamma_kq, gamma_ov, lu, m, mat, n_c, norm0, t, vec, x)
 
 # ----------------------------------------------------------------------------
-# Closed forms (SPEC section 6); all exact, no floats.
+# Closed forms of the claims (docs/theory.md); all exact, no floats.
 # ----------------------------------------------------------------------------
 C1_NORM_SQ = n_c * (M - 1) / M                                   # ||O*||^2
 C2_LOSS = sp.log(1 + (M - 1) * sp.exp(-gamma_ov * eta0 * t))      # L0(O_t), O_0 = 0
@@ -68,10 +68,10 @@ def _probabilities(M_, y):
 
 
 # ----------------------------------------------------------------------------
-# SPEC section 2: the gradient in token coordinates
+# The gradient in token coordinates (docs/model.md, docs/theory.md section 0)
 # ----------------------------------------------------------------------------
 def check_gradient_formula(M_, L_, sentence, y):
-    """Model gradient (SPEC section 2), proved by symbolic differentiation.
+    """Model gradient (docs/model.md), proved by symbolic differentiation.
 
     Loss ``log sum_v exp(z_v) - z_y`` with ``z = sum_l phi_l O[:, x_l]``,
     ``phi = softmax(s)``, ``s_l = K[x_l, q]``, symbolic O, K (M_ x M_), a
@@ -360,7 +360,7 @@ def check_c8_lower_algebra():
 
 
 # ----------------------------------------------------------------------------
-# Log-space forms used by proofs.numeric
+# Log-space forms used by numeric
 # ----------------------------------------------------------------------------
 def check_log_space_forms():
     """The log-space closed forms equal the logs of the plain ones.

@@ -1,6 +1,6 @@
 """Exact rational least-distance programs: an independent check of the float solver.
 
-Problem (SPEC section 5, one column of W_kq* or W_ov*)::
+Problem (docs/maxmargin.md, one column of W_kq* or W_ov*)::
 
     min ||k||^2   s.t.   G k >= 1        G : rows g_j (length M), here e_a - e_b
 

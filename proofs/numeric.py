@@ -1,7 +1,7 @@
 """Certified bounds as float64 callables: the only place SymPy becomes NumPy.
 
 Every function here is ``sympy.lambdify`` of a closed form in
-``proofs.derivations`` (modules="numpy", float64; the scalar loop of the C4
+``derivations`` (modules="numpy", float64; the scalar loop of the C4
 recursion uses modules="math", the same float64 arithmetic without NumPy's
 per-call overhead). The audit and the tests import bounds from here and never
 re-derive them. All functions broadcast over NumPy arrays of ``t``.

@@ -1,6 +1,6 @@
-"""SymPy symbols with assumptions, shared by every module of ``proofs``.
+"""SymPy symbols with assumptions, shared by every module of ``refimpl_proofs``.
 
-Conventions (SPEC sections 1-6): ``M`` vocabulary size, ``n_c = |C|``,
+Conventions (docs/theory.md, "Definitions"): ``M`` vocabulary size, ``n_c = |C|``,
 ``N`` sentences, ``L`` positions, ``t`` step counter, ``eta0``/``eta`` the
 stage-1/stage-2 step sizes, ``gamma_ov = 1/||O*||``, ``gamma_kq = 1/||K*||``.
 Exact constants only (``Rational``, ``sqrt``); no float literals anywhere.

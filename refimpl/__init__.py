@@ -40,6 +40,7 @@ _PUBLIC = {
     "train_two_stage": "train", "train_joint": "train", "TrainConfig": "train",
     # generalization
     "predict": "prediction",
+    "audit_trajectory": "audit_trajectory", "save_checkpoints": "audit_trajectory",
     # the audit (refimpl.audit is the module, callable as refimpl.audit.audit)
     "audit": "audit",
 }

@@ -111,6 +111,30 @@ def _early(reason):
     return reason if kind not in ("completed",) else ""
 
 
+# Checkpoints made elsewhere (refimpl.audit_trajectory) may be sparse: a fit also needs this many
+# recorded steps in the last half of the recorded span. refimpl's own schedule always has more
+# (>= 51 for a stage of >= 100 steps, docs/audit.md), so this never decides an ordinary audit.
+MIN_FIT_CHECKPOINTS = 10
+
+
+def _too_sparse(steps):
+    """The NOT APPLICABLE reason for a fit over too few recorded steps, or None."""
+    steps = np.asarray(steps)
+    if len(steps) == 0:
+        return f"too few checkpoints to fit: 0, need >= {MIN_FIT_CHECKPOINTS}"
+    n = int(np.sum(steps >= steps[0] + (steps[-1] - steps[0]) / 2))
+    if n >= MIN_FIT_CHECKPOINTS:
+        return None
+    return (f"too few checkpoints to fit: {n} in the last half of the recorded steps, need >= "
+            f"{MIN_FIT_CHECKPOINTS}")
+
+
+def _fit_short(traj, why):
+    """Why a rate of this stage's trajectory cannot be fitted (too few steps, or too few recorded
+    steps in the fit window), or None."""
+    return too_short(_steps_of(traj), why) or _too_sparse(traj.step)
+
+
 def _window_start(steps, values):
     """The value at the first recorded step of the last decade [T/10, T]."""
     i = int(np.searchsorted(steps, steps[-1] / 10.0))
@@ -127,7 +151,7 @@ def _direction_verdict(steps, one_minus_cos, n_steps, why_short):
     if len(later) and np.all(later <= DIRECTION_EXACT):
         return PASS, None, (f"exactly along the target direction: 1 - cos <= {DIRECTION_EXACT:g} at every "
                             "recorded t >= 1")
-    short = too_short(n_steps, why_short)
+    short = too_short(n_steps, why_short) or _too_sparse(steps)
     if short:
         return NA, None, short
     expo = fit_power_law(steps, one_minus_cos, floor=DIRECTION_EXACT)
@@ -230,7 +254,7 @@ def _c4(ds, res):
     tol = 1e-9 * np.maximum(np.abs(up), 1.0)  # log10 values: ~1e-15 relative rounding each
     ok_up = bool(np.all(s1.log10_loss <= up + tol))
     ok_lo = bool(np.all(s1.log10_loss >= lo - tol))
-    short = too_short(T0, _early(res.stop_reason["stage1"]))
+    short = _fit_short(s1, _early(res.stop_reason["stage1"]))
     rate = None if short else fit_exponential_rate(steps, s1.log10_loss * math.log(10))
     measured = {"final_log10_loss": float(s1.log10_loss[-1]), "fitted_rate_per_step": rate}
     if short:
@@ -298,7 +322,7 @@ def _c7(ds, res, inert):
     t = s2.step.astype(float)
     up = bounds.c7_norm_upper(cfg.eta, t)
     slack = float(np.min(up * (1 + REL_TOL) - s2.dist_from_init))
-    short = too_short(n, _early(res.stop_reason["stage2"]))
+    short = _fit_short(s2, _early(res.stop_reason["stage2"]))
     slope = None if short else fit_linear_slope(s2.step, s2.norm)
     measured = {"final_dist_from_init": float(s2.dist_from_init[-1]), "fitted_norm_slope": slope}
     if short:
@@ -313,7 +337,7 @@ def _c7(ds, res, inert):
 def _excess_rate(res):
     """(fitted rate of ln(excess) per step over the last half, too-short reason or None)."""
     s2 = res.stage2
-    short = too_short(_steps_of(s2), _early(res.stop_reason["stage2"]))
+    short = _fit_short(s2, _early(res.stop_reason["stage2"]))
     if short:
         return None, short
     return fit_exponential_rate(s2.step, s2.log10_excess * math.log(10)), None
@@ -422,8 +446,12 @@ def _c10(ds, res, gaps, inert):
                 "excess keeps decaying"), "converging"
 
 
-def _c11(ds, res, regime, inert):
+def _c11(ds, res, regime, inert, run=None):
     """C11 on unseen sentences; returns (row, generalization summary without per-step series).
+
+    ``run`` is what :func:`refimpl.generalize.generalization_report` evaluates: None replays
+    stage 2 of ``res``; ``(W_ov, [(step, W_kq), ...])`` evaluates given checkpoints
+    (:mod:`refimpl.audit_trajectory`).
 
     Certified part: K* ranks the closure maximum first by its chain length (a violation is a
     certified FAIL). Measured part (docs/theory.md section 11): the trained model's accuracy on
@@ -432,7 +460,7 @@ def _c11(ds, res, regime, inert):
     from .generalize import SERIES, generalization_report
     if inert:
         return _row("C11", NA, {}, {}, f"{inert} (W_kq* = 0 ranks nothing)"), None
-    rep = generalization_report(ds, res, K_star=res.K_star)
+    rep = generalization_report(ds, res if run is None else run, K_star=res.K_star)
     summary = {k: v for k, v in rep.items() if k not in SERIES and k != "steps"}
     cert, final = rep["certified"], rep["final"]
     acc = final["closure_accuracy"]

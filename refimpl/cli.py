@@ -175,15 +175,25 @@ def cmd_train(args):
 def cmd_audit(args):
     from .audit import AuditConfig, format_table, run_audit, summary_line
     from .io import load_dataset
+    if args.trajectory is not None:
+        given = sorted(_train_overrides(args))
+        if given:                                       # before loading anything
+            raise UsageError(f"--trajectory audits the run in {args.trajectory} as it was made: "
+                             f"--{given[0]} does not apply")
     ds = load_dataset(args.file)
     AuditConfig(**_train_overrides(args)).train_config().resolved(ds.vocab_size)   # bad options first
     _compile_notice(args)
-    config = AuditConfig(**_train_overrides(args))
-    report = run_audit(ds, config, progress=_progress(args))
+    if args.trajectory is not None:
+        from .audit_trajectory import audit_trajectory
+        from .audit_trajectory import format_table as table
+        report = audit_trajectory(ds, args.trajectory)
+    else:
+        config = AuditConfig(**_train_overrides(args))
+        report, table = run_audit(ds, config, progress=_progress(args)), format_table
     if args.json:
         sys.stdout.write(json_text(report))
     else:
-        sys.stdout.write(format_table(report))
+        sys.stdout.write(table(report))
     stopped = _non_finite_exit(args, report["stop_reason"])
     if stopped is not None:
         return stopped
@@ -289,6 +299,9 @@ def build_parser():
                                    "one fails, 2 on bad input.")
     p.add_argument("file")
     p.add_argument("--json", action="store_true", help="print the report as JSON (schema in docs/audit.md)")
+    p.add_argument("--trajectory", metavar="RUN.npz",
+                   help="audit the checkpoints of a run made elsewhere instead of training (file schema in "
+                        "docs/audit.md, 'Auditing a trajectory made elsewhere'); no training options apply")
     _add_train_args(p)
     p.set_defaults(func=cmd_audit)
 

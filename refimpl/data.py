@@ -844,7 +844,7 @@ def extended_order(ds, q):
     iff a <_q b in the transitive closure of the training relations of q, the pairs
     ``x' <_q x*`` of the sentences with query q. Exact for any chain length. Supplied
     generating relations that no sentence uses are not included: they are no constraint of
-    W_kq*, so C6 and C11 say nothing about them (docs/theory.md, errata, item 1).
+    W_kq*, so C6 and C11 say nothing about them (docs/theory.md, corrections, item 1).
 
     Parameters
     ----------

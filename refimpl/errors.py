@@ -1,4 +1,4 @@
-"""Exceptions for datasets that are not realizable or not readable (SPEC section 3).
+"""Exceptions for datasets that are not realizable or not readable (docs/datasets.md).
 
 Every error raised for bad data is a subclass of :class:`DatasetError`. Each
 carries the place it found the problem:

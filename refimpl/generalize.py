@@ -1,10 +1,10 @@
-"""Generalization to unseen sentences through extended orders (SPEC claim C11, the paper's Section 6).
+"""Generalization to unseen sentences through extended orders (claim C11, the paper's Section 6).
 
 Definitions (our reading; ``docs/generalization.md`` works an example by hand):
 
 ``training relations`` of query q: ``x' <_q x*`` for every training sentence with
     query q, optimal token x* and other distinct token x' (:func:`refimpl.data.induced_relations`).
-    These are exactly the constraints of ``W_kq*`` (SPEC section 5). Supplied orders
+    These are exactly the constraints of ``W_kq*`` (docs/maxmargin.md). Supplied orders
     are *not* added: ``K*`` never sees them, so C6 says nothing about them.
 ``extended order`` of q: the transitive closure of the training relations of q.
 ``chain length`` k(x', x): the largest number of training relations on a chain

@@ -1,4 +1,4 @@
-"""JSON file format ``refimpl/realizable-dataset@1`` (SPEC section 3), atomic writes and the
+"""JSON file format ``refimpl/realizable-dataset@1`` (docs/datasets.md), atomic writes and the
 one JSON encoding of reports (:func:`json_safe`, :func:`json_text`).
 
 ::

@@ -1,4 +1,4 @@
-"""Numba kernels in token coordinates: losses and scale-free gradients (SPEC sections 2 and 4).
+"""Numba kernels in token coordinates: losses and scale-free gradients (docs/model.md).
 
 Token coordinates: ``O = E^T W_ov E`` and ``K = E^T W_kq E``, float64 (M, M),
 row = key token, column = query token. For a sentence x (length L, query q):
@@ -160,7 +160,7 @@ def _run(O, K, tokens, lengths, ys, want_o, want_k, chunks=None):
 
 
 class Stage1Direction:
-    """The stage-1 NGD direction of the collocation loss L0 (SPEC section 4), one compiled
+    """The stage-1 NGD direction of the collocation loss L0 (docs/reproduce.md), one compiled
     call per step.
 
     Prepared once from xs, ys : int64 (n_c,) = colloc_tokens, colloc_next and M: the
@@ -186,7 +186,7 @@ class Stage1Direction:
 
 
 def stage1_grad(O, xs, ys):
-    """Collocation loss L0 and its scale-free gradient (SPEC section 4).
+    """Collocation loss L0 and its scale-free gradient (docs/model.md).
 
     O : float64 (M, M); xs, ys : int64 (n_c,) = colloc_tokens, colloc_next.
     Returns (Gs (M, M), log_scale, loss, log10_loss), dL0/dO = exp(log_scale) * Gs,
@@ -198,7 +198,7 @@ def stage1_grad(O, xs, ys):
 
 
 def stage2_grad(O, K, tokens, lengths, ys, *, chunks=None):
-    """dL/dK with O fixed, scale-free (SPEC section 4, stage 2).
+    """dL/dK with O fixed, scale-free (docs/model.md; stage 2 of Algorithm 1).
 
     O, K : float64 (M, M); tokens : int64 (N, Lmax) padded, or flat (T,) (:func:`ragged`);
     lengths, ys : int64 (N,).
@@ -228,7 +228,7 @@ def stage2_loss(O, K, tokens, lengths, ys, *, chunks=None):
 
 
 class Stage2Direction:
-    """The stage-2 NGD direction with O fixed, one compiled call per step (SPEC section 4).
+    """The stage-2 NGD direction with O fixed, one compiled call per step (docs/reproduce.md).
 
     Prepared once from O : float64 (M, M), tokens : int64 (N, Lmax) padded or flat (T,) and
     lengths, ys : int64 (N,); O^T and the integer arrays are converted here, not per step.

@@ -1,4 +1,4 @@
-"""Least-distance programming: ``min ||k|| s.t. G k >= 1`` with a KKT certificate (SPEC section 5).
+"""Least-distance programming: ``min ||k|| s.t. G k >= 1`` with a KKT certificate (docs/maxmargin.md).
 
 Lawson-Hanson's reduction of least distance to non-negative least squares,
 followed by a polish on the active set; :func:`kkt_residuals` measures the four
@@ -17,7 +17,7 @@ from threadpoolctl import threadpool_limits
 
 __all__ = ["KKT_TOL", "CertificateError", "InfeasibleError", "kkt_residuals", "least_distance", "serial_blas"]
 
-KKT_TOL = 1e-10      # SPEC section 5: KKT conditions to 1e-10 relative
+KKT_TOL = 1e-10      # docs/maxmargin.md: KKT conditions to 1e-10 relative
 _EPS = np.finfo(np.float64).eps
 _TINY = np.finfo(np.float64).tiny
 _ACTIVE_TOL = 1e-9   # a row with slack (G k)_j - 1 below this is treated as tight when polishing

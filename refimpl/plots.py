@@ -1,4 +1,4 @@
-"""Figures: the six-panel layout of the paper's Figure 2 (SPEC section 4, "Experiment").
+"""Figures: the six-panel layout of the paper's Figure 2 (docs/reproduce.md, "The figure").
 
 Drawn with matplotlib's object API on an Agg canvas (no pyplot, no global
 backend switch). :func:`six_panels_png` and :func:`generalization_png` return

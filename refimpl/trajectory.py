@@ -1,4 +1,4 @@
-"""Training trajectories: which steps are recorded and how a record is stored (SPEC section 4).
+"""Training trajectories: which steps are recorded and how a record is stored (docs/reproduce.md).
 
 A :class:`Trajectory` is a table with one float64 (or int64) numpy array per
 column, all of the same length, the rows being the recorded steps in
@@ -54,7 +54,7 @@ STAGE2_COLUMNS = {
     "normalized_distance": "||hat K_t - hat K*||_F, NaN when undefined",
     "attention_margin": "min over training constraints of K_t[x*, q] - K_t[x', q] (+inf if none)",
     "train_accuracy": "fraction of sentences whose logit y is strictly largest",
-    "floor": "L_floor(O), the stage-2 floor of SPEC section 5 (constant)",
+    "floor": "L_floor(O), the stage-2 floor of docs/maxmargin.md (constant)",
     "excess_loss": "L(O, K_t) - L_floor(O), computed per sentence without cancellation",
     "log10_excess": "log10 of excess_loss (-inf when it is exactly 0)",
 }

@@ -6,7 +6,7 @@ M tokens (vocabulary size), d embedding width, n_c = |C| collocation size.
 Token coordinates: O = E^T W_ov E, K = E^T W_kq E (M x M), row = key token,
 column = query token.
 
-Public names (SPEC section 7) are loaded on first use, so ``import refimpl``
+Public names (the public API, README.md) are loaded on first use, so ``import refimpl``
 stays cheap and the Numba kernels compile only when needed.
 """
 from importlib import import_module

@@ -1,8 +1,8 @@
 """``refimpl audit``: every claim C1-C11 (docs/theory.md) evaluated on one dataset.
 
 The audit trains Algorithm 1 with stated hyperparameters (:class:`AuditConfig`),
-then evaluates each claim of the registry :mod:`proofs.claims` against the run.
-Certified bounds come only from :mod:`proofs.numeric` (the one place where
+then evaluates each claim of the registry :mod:`refimpl_proofs.claims` against the run.
+Certified bounds come only from :mod:`refimpl_proofs.numeric` (the one place where
 SymPy becomes NumPy); measured claims are fitted as the protocols of
 ``docs/theory.md`` say. The C8/C10 quantities (vertex gaps, ``c8``, the excess)
 are taken in log space, so the verdicts hold for any ``T0`` (the gaps are of size

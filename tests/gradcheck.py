@@ -1,4 +1,4 @@
-"""The project's single gradient-check helper (STYLE 6).
+"""The project's single gradient-check helper.
 
 Two checks, both at float64 with a fixed seed:
 

@@ -1,4 +1,4 @@
-"""Certified claims of SPEC section 6 as Hypothesis properties over random realizable datasets.
+"""Certified claims of docs/theory.md as Hypothesis properties over random realizable datasets.
 
 Each property trains Algorithm 1 on a drawn dataset (M from 2 to 40, N, lengths,
 zero or random initialization with a drawn scale, step sizes inside the claim's
@@ -63,12 +63,12 @@ def _sentence_gaps(ds, O):
 @given(ds=datasets, eta0=st.floats(1e-3, 1.0), T0=st.integers(1, 5000))
 def test_c2_exact_stage1_trajectory_from_zero(ds, eta0, T0):
     """C2: from O_0 = 0, O_t = eta0 t hat O* and L0(O_t) = log(1 + (M-1) exp(-gamma_ov eta0 t))
-    at every recorded step (log10-loss to 1e-9 relative, SPEC C2)."""
+    at every recorded step (log10-loss to 1e-9 relative, C2 in docs/theory.md)."""
     res = _stage1(ds, ("zero", 0.1, 0), eta0, T0)
     s1, M = res.stage1, ds.vocab_size
     t = s1.step.astype(np.float64)
     expected = numeric.c2_log10_loss(M, eta0, res.gamma_ov, t)
-    # 1e-9 relative (SPEC); plus 1e-12 absolute because log10 L0 crosses 0 (L0 = 1) for M >= 3,
+    # 1e-9 relative (docs/theory.md); plus 1e-12 absolute because log10 L0 crosses 0 (L0 = 1) for M >= 3,
     # where a relative tolerance is empty: 1e-12 in log10 is 2.3e-12 relative in the loss.
     np.testing.assert_allclose(s1.log10_loss, expected, rtol=1e-9, atol=1e-12)
     # The iterate is eta0 t hat O*: its norm and its projection on hat O* are eta0 t (1e-12

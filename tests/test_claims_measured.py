@@ -1,6 +1,6 @@
-"""Measured claims of SPEC section 6 (C4 rate, C5, C7 slope, C8 rate, C9) and the C10 regime.
+"""Measured claims of docs/theory.md (C4 rate, C5, C7 slope, C8 rate, C9) and the C10 regime.
 
-Rates are tested as rates (STYLE 10): on one fixed run, the quantity is read on the
+Rates are tested as rates: on one fixed run, the quantity is read on the
 recorded schedule (geometric points for power laws, linear points for exponential
 rates) over the last decade ``t in [T/10, T]`` (docs/theory.md section 11), the slope
 is fitted in log space with ``np.polyfit``, the slope is asserted, and the certified

@@ -1,4 +1,4 @@
-"""The command line: exit codes, one-line errors, atomic outputs (DEVELOPERS.md, SPEC section 7)."""
+"""The command line: exit codes, one-line errors, atomic outputs (README.md, "Command line")."""
 import json
 import subprocess
 import sys

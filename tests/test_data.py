@@ -1,4 +1,4 @@
-"""Datasets: validation, the error hierarchy, JSON round trips, orders, generation (SPEC section 3)."""
+"""Datasets: validation, the error hierarchy, JSON round trips, orders, generation (docs/datasets.md)."""
 import json
 import itertools
 
@@ -165,7 +165,7 @@ def test_generation_has_partial_orders_and_lengths():
 
 @pytest.mark.parametrize("lo,hi", [(1, 1), (1, 3)])
 def test_partial_collocation_keeps_lengths_in_range(lo, hi):
-    """SPEC 3: lengths lie in [min_len, max_len] even when C is partial; a length-1
+    """docs/datasets.md: lengths lie in [min_len, max_len] even when C is partial; a length-1
     sentence [q] needs q in C (it is its own optimal token), so its query comes from C."""
     for seed in range(4):
         ds = ri.generate(10, 300, lo, hi, seed=seed, n_colloc=3)

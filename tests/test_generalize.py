@@ -1,4 +1,5 @@
-"""Generalization to unseen sentences (SPEC claim C11): prediction, test sets, classification, report."""
+"""Generalization to unseen sentences (claim C11, docs/generalization.md): prediction, test sets,
+classification, report."""
 import json
 
 import numpy as np
@@ -97,7 +98,7 @@ def test_hand_example_predictions():
 # -------------------------------------------------------------- prediction
 @given(realizable_datasets(max_vocab=8, max_sentences=10), st.integers(0, 2**32 - 1))
 def test_predict_matches_dense_reference(ds, seed):
-    """predict (token coordinates) equals the dense model of SPEC section 2 with E = I."""
+    """predict (token coordinates) equals the dense model of docs/model.md with E = I."""
     M = ds.vocab_size
     rng = np.random.default_rng(seed)
     O, K = rng.standard_normal((2, M, M)) * 3

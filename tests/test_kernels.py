@@ -31,7 +31,7 @@ def _args(ds):
 @pytest.mark.parametrize("chunks", [1, 3], ids=["serial", "3 chunks"])
 @pytest.mark.parametrize("seed", [0, 1])
 def test_kernels_match_dense_reference(seed, chunks):
-    """Token-coordinate reduction (SPEC section 2): with orthonormal E, O = E^T W_ov E,
+    """Token-coordinate reduction (docs/model.md): with orthonormal E, O = E^T W_ov E,
     K = E^T W_kq E and dL/dK = E^T (dL/dW_kq) E. 1e-12 relative: both are exact formulas
     in float64; they differ only in summation order (~1e-15)."""
     M, d = 9, 12
@@ -106,7 +106,7 @@ def test_attention_and_logits_shapes():
 
 
 def test_normalize_zero_gradient():
-    """A zero gradient gives a zero direction and norm 0.0, never NaN (SPEC section 4)."""
+    """A zero gradient gives a zero direction and norm 0.0, never NaN (a zero gradient ends a stage)."""
     D, n = kn.normalize(np.zeros((3, 3)))
     assert n == 0.0 and not np.any(D)
     DO, DK, n = kn.normalize_pair(np.zeros((3, 3)), np.zeros((3, 3)))
@@ -374,7 +374,7 @@ def test_compensated_step_is_the_kahan_update():
 
 
 def test_kernel_step_memory_does_not_grow_with_n(tmp_path):
-    """SPEC 2 / issue 3: the per-step kernel path allocates nothing of size N*L*M and
+    """docs/model.md: the per-step kernel path allocates nothing of size N*L*M and
     nothing that grows with N. Run in a child process whose address space is capped at
     its current size + 1 GiB, with N*Lmax*M*8 bytes = 2.6 GB: one array of that size
     cannot be allocated (checked as a control), one kernel step still runs. The number of

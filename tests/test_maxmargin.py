@@ -1,10 +1,10 @@
-"""Max-margin solutions, their KKT certificates and the stage-2 floor (SPEC section 5; claims C1, C6).
+"""Max-margin solutions, their KKT certificates and the stage-2 floor (docs/maxmargin.md; claims C1, C6).
 
 Tolerances (float64 throughout):
 - 1e-12 for solutions against closed forms or exact rationals: the solver ends with a
   QR solve of a system with O(1) entries and condition number below ~M^2, so its
   error is a few hundred ulps at the sizes used here.
-- 1e-10 relative for KKT residuals: the SPEC section 5 acceptance level.
+- 1e-10 relative for KKT residuals: the acceptance level of docs/maxmargin.md.
 - 1e-9 absolute for order consistency (C6): K* entries are O(M) and each chain step
   is one feasibility row, accurate to ~1e-13.
 """
@@ -92,7 +92,7 @@ def test_c6_kq_certificate_and_order_consistency(ds):
     K*[x, q] - K*[x', q] >= k."""
     K, cert = mm.w_kq_star(ds)
     assert cert.ok, cert.worst()
-    assert max(cert.worst().values()) <= 1e-10           # SPEC section 5 acceptance level
+    assert max(cert.worst().values()) <= 1e-10           # docs/maxmargin.md acceptance level
     M = ds.vocab_size
     constrained = {c.column for c in cert.columns}
     for q in range(M):
@@ -206,7 +206,7 @@ def test_least_distance_degenerate_balanced_cycle():
 
 @pytest.mark.parametrize("M,N", [(20, 200), (200, 10_000)])
 def test_kq_certified_at_benchmark_sizes(M, N):
-    """W_kq* at the sizes of the brief carries a passing KKT certificate (its time is
+    """W_kq* at the benchmark sizes S and L carries a passing KKT certificate (its time is
     measured by bench/bench_maxmargin.py, not asserted here)."""
     ds = ri.generate(vocab_size=M, n_sentences=N, seed=0)
     K, _ = mm.w_kq_star(ds)
@@ -244,7 +244,7 @@ def test_log_loss_is_stable():
 @pytest.mark.parametrize("c", [0.1, 1.0, 10.0, 100.0, 1000.0])
 @pytest.mark.parametrize("n_c", [None, 12])
 def test_floor_at_stage1_output_is_the_vertex(c, n_c):
-    """SPEC section 5: at O = c O*/||O*|| (stage 1 from zero) every vertex e_{x*} is optimal and
+    """docs/maxmargin.md: at O = c O*/||O*|| (stage 1 from zero) every vertex e_{x*} is optimal and
     the floor equals the perfect-attention loss (also after it underflows, via log10)."""
     ds = ri.generate(vocab_size=20, n_sentences=200, seed=3, n_colloc=n_c)
     O_star, _ = mm.w_ov_star(ds)

@@ -1,4 +1,4 @@
-"""Dense reference model (refimpl.model): gradients, numerics, embeddings helpers (SPEC section 2)."""
+"""Dense reference model (refimpl.model): gradients, numerics, embeddings helpers (docs/model.md)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -98,7 +98,7 @@ def test_stage1_directional(case):
 
 
 def test_stage1_is_model_on_one_token_sentences():
-    """L0 is the model loss on the sentences [x] with next token n(x) (SPEC section 4)."""
+    """L0 is the model loss on the sentences [x] with next token n(x) (docs/model.md)."""
     ds, E, W_ov, W_kq = CASES[4].build()
     l0, g0 = stage1_loss_and_grad(W_ov, ds, E)
     one = RealizableDataset(M, ds.collocation_pairs, [[x] for x in ds.colloc_tokens], ds.colloc_next)

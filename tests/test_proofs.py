@@ -1,9 +1,9 @@
-"""Tests of proofs/: symbolic steps, numeric bounds, exact least-distance solver.
+"""Tests of proofs/ (package refimpl_proofs): symbolic steps, numeric bounds, exact LDP solver.
 
-Each test names the claim it checks (proofs.claims). Tolerances sit next to
+Each test names the claim it checks (refimpl_proofs.claims). Tolerances sit next to
 each assertion with the reason. Independent references: mpmath at 50 digits,
 direct NumPy recursions, brute-force active-set enumeration, and small NumPy
-simulations of NGD written here from the SPEC formulas (not from refimpl).
+simulations of NGD written here from the formulas of docs/theory.md (not from refimpl).
 """
 import itertools
 import math
@@ -18,7 +18,7 @@ from scipy.optimize import nnls as scipy_nnls
 from refimpl_proofs import claims, derivations as dv, exact, numeric as nu
 
 mpmath.mp.dps = 50
-DEFAULT = dict(M=20, n_c=20, eta0=0.2 / math.sqrt(20))      # SPEC Figure 2 settings
+DEFAULT = dict(M=20, n_c=20, eta0=0.2 / math.sqrt(20))      # the paper's Figure 2 settings
 DEFAULT["gamma_ov"] = float(nu.c1_gamma_ov(DEFAULT["M"], DEFAULT["n_c"]))
 
 
@@ -31,7 +31,7 @@ def test_derivation_check_proves(name):
 
 @pytest.mark.parametrize("M_,sentence,y", [(2, [1, 1], 0), (3, [0, 1, 0], 2), (3, [2, 1, 2], 0)])
 def test_gradient_formula_sizes(M_, sentence, y):
-    """SPEC 2: token-coordinate gradient equals symbolic differentiation (repeats included)."""
+    """docs/model.md: token-coordinate gradient equals symbolic differentiation (repeats included)."""
     assert dv.check_gradient_formula(M_, len(sentence), sentence, y)
 
 
@@ -66,7 +66,7 @@ def test_c2_against_mpmath_deep_underflow():
     for tt, g in zip(T_GRID, got):
         x = mpmath.mpf(p["gamma_ov"]) * mpmath.mpf(p["eta0"]) * mpmath.mpf(float(tt))
         ref = _mp_log10_log1p(mpmath.log(p["M"] - 1) - x)
-        # 1e-12 relative (SPEC asks 1e-9); 1e-14 absolute where log10 L ~ 0 at t=0
+        # 1e-12 relative (docs/theory.md section 11 asks 1e-9); 1e-14 absolute where log10 L ~ 0 at t=0
         assert abs(g - float(ref)) <= 1e-12 * abs(float(ref)) + 1e-14, (tt, g, ref)
     direct = np.log(1 + (p["M"] - 1) * np.exp(-p["gamma_ov"] * p["eta0"] * T_GRID[:5]))
     # plain formula before underflow: only rounding of exp/log, 1e-13 relative
@@ -177,7 +177,7 @@ def test_stage1_ngd_respects_c3_c4(seed, eta0, scale):
     g = 1 / np.linalg.norm(Ostar)
     assert g == pytest.approx(float(nu.c1_gamma_ov(M_, nc)), rel=1e-14)
 
-    def loss(O_):                          # SPEC 2: log1p(sum_{v != y} e^{z_v - z_y})
+    def loss(O_):                          # docs/model.md: log1p(sum_{v != y} e^{z_v - z_y})
         D = O_[:, C] - O_[Y, C]
         D[Y, np.arange(nc)] = -np.inf
         mx = D.max(axis=0)
@@ -255,7 +255,7 @@ def test_stage2_excess_respects_c8_lower():
             r = p.copy()
             r[y] -= 1.0
             gl = O[:, s].T @ r
-            np.add.at(G[:, q], s, phi * (gl - phi @ gl))   # SPEC 2 formula (proved above)
+            np.add.at(G[:, q], s, phi * (gl - phi @ gl))   # docs/model.md formula (proved above)
         return excess / len(sents), G / len(sents)
 
     K = 0.3 * rng.standard_normal((M_, M_))
@@ -321,7 +321,7 @@ def test_exact_matches_brute_force_and_float():
         E = np.vstack([np.array(rows, float).T, np.ones(len(rows))])
         u, _ = scipy_nnls(E, np.r_[np.zeros(M_), 1.0])
         r = E @ u - np.r_[np.zeros(M_), 1.0]
-        # float LDP vs exact: 1e-10 as in SPEC 5 certificate tolerance
+        # float LDP vs exact: 1e-10, the certificate tolerance of docs/maxmargin.md
         np.testing.assert_allclose(-r[:M_] / r[M_], [float(v) for v in k], atol=1e-10)
 
 
@@ -360,7 +360,8 @@ def test_c6_chains_exact():
 
 
 def test_c6_erratum_supplied_relations():
-    """Errata: a supplied relation no sentence uses is not certified (K* gap 1/2 < 1)."""
+    """docs/theory.md, corrections, item 1: a supplied relation no sentence uses is not certified
+    (K* gap 1/2 < 1)."""
     # supplied order a=0 < b=1 < c=2 on query c; only sentence (a, c): row e_c - e_a
     k, _ = exact.exact_least_distance([[-1, 0, 1]])
     assert k[1] - k[0] == sp.Rational(1, 2) and k[2] - k[0] == 1     # chain a<b<c has 2 links

@@ -81,7 +81,7 @@ def test_non_realizable_dataset_writes_nothing(tmp_path):
 
 @pytest.mark.slow
 def test_builtin_default_meets_acceptance(tmp_path):
-    """The built-in experiment converges in both stages (issue 4 acceptance): stage-2 training
+    """The built-in experiment converges in both stages: stage-2 training
     accuracy 100%, excess loss below 1e-10 and 1 - cos(K_T, W_kq*) below 1e-2. The measured values
     (about 5e-17 and 1.8e-3 at T = 20000) leave margins of 10^6 and 5x; C9's fitted decay of
     1 - cos is about t^-1.9 (docs/reproduce.md), so the margin does not hinge on rounding."""

@@ -1,4 +1,4 @@
-"""Algorithm 1, the joint baseline, recording schedules and trajectories (SPEC section 4, C1, C2)."""
+"""Algorithm 1, the joint baseline, recording schedules and trajectories (docs/reproduce.md, C1, C2)."""
 import math
 
 import mpmath
@@ -57,7 +57,7 @@ def test_c2_exact_trajectory_from_zero(ds20, c2_run):
     assert np.all(s1.normalized_distance[1:] <= 1e-12)  # same direction as O* at every t >= 1
     assert np.isnan(s1.cos_to_star[0])  # O_0 = 0 has no direction
 
-    # Loss: 1e-9 relative in log10 (SPEC C2), against proofs.numeric.
+    # Loss: 1e-9 relative in log10 (C2, docs/theory.md), against refimpl_proofs.numeric.
     expected = np.array([c2_log10_loss(M, cfg.eta0, res.gamma_ov, tt) for tt in t])
     np.testing.assert_allclose(s1.log10_loss, expected, rtol=1e-9, atol=0)
     underflowed = s1.loss == 0.0

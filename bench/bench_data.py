@@ -1,4 +1,4 @@
-"""Time generation plus validation of a large dataset (issue 2: M=1000, N=10^5, lengths 2..16).
+"""Time generation plus validation of a large dataset (M=1000, N=10^5, lengths 2..16).
 
 Prints seconds for each phase; no assertion (machines are shared and noisy).
 Usage: python bench/bench_data.py [M N]

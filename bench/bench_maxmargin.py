@@ -1,4 +1,4 @@
-"""Time the max-margin solvers: float W_kq* (with its KKT certificate) at the brief's sizes
+"""Time the max-margin solvers: float W_kq* (with its KKT certificate) at the benchmark sizes
 S (M=20, N=200) and L (M=200, N=10^4), and the exact rational solver on M=6, 30 rows.
 
 Prints seconds (best of 3); no assertion (machines are shared and noisy). These timings

@@ -146,7 +146,7 @@ def _longest_chains(relations, M):
                               min_len=1, max_len=8, orders="either"))
 def test_c6_kq_star_certificate_and_chains(ds):
     """C6: the KKT certificate of W_kq* holds, and every chain x' = a_0 <_q ... <_q a_k = x of
-    TRAINING relations of q (pairs (x', x*) of sentences with query q; docs/theory.md erratum 1)
+    TRAINING relations of q (pairs (x', x*) of sentences with query q; docs/theory.md, correction 1)
     gives K*[x, q] - K*[x', q] >= k."""
     K, cert = w_kq_star(ds)
     assert cert.ok, cert.worst()

@@ -191,7 +191,7 @@ def test_large_generation_is_valid():
 
 
 def test_extended_order_ignores_supplied_relations_no_sentence_uses():
-    """C11 / theory.md erratum 1: the extended order closes the training relations only.
+    """C11 / docs/theory.md, correction 1: the extended order closes the training relations only.
     Supplied 0 < 4 < 1 < 2 on query 4 is not training data: 0 < 4 stays out of the closure."""
     ds = small_dataset(orders={4: [[0, 4], [4, 1], [1, 2]]})
     ri.validate(ds)

@@ -475,7 +475,7 @@ def _stage2_trajectory(ds, steps, Ks, O, K_hat):
     """The trainer's stage-2 columns at the checkpoints (the same metrics as its ``record``)."""
     tokens, lengths, y = ds.tokens, ds.lengths, ds.next_tokens
     constraints = attention_constraints(ds)
-    floor, _, vertex, details = stage2_floor(O, ds, return_details=True)
+    floor, _, vertex, details = stage2_floor(ds, O, return_details=True)
     excess = ExcessLoss(ds, O, floor, vertex, details["log_loss"])
     direction = kernels.Stage2Direction(O, ds.flat_tokens, lengths, y)
     traj = Trajectory(STAGE2_COLUMNS, len(steps))

@@ -249,7 +249,7 @@ def test_floor_at_stage1_output_is_the_vertex(c, n_c):
     ds = ri.generate(vocab_size=20, n_sentences=200, seed=3, n_colloc=n_c)
     O_star, _ = mm.w_ov_star(ds)
     O = c * O_star / np.linalg.norm(O_star)
-    floor, log10_floor, vertex = mm.stage2_floor(O, ds)
+    floor, log10_floor, vertex = mm.stage2_floor(ds, O)
     assert vertex.all()
     logl = mm.log_loss(O[:, ds.optimal].T, ds.next_tokens)
     perfect = np.log10(np.mean(np.exp(logl - logl.max()))) + logl.max() / np.log(10)
@@ -265,7 +265,7 @@ def test_floor_below_vertex_with_certified_gap(seed, scale):
     M = 12
     ds = ri.generate(vocab_size=M, n_sentences=60, max_len=7, seed=seed)
     O = np.random.default_rng(seed).normal(size=(M, M)) * scale
-    floor, log10_floor, vertex, det = mm.stage2_floor(O, ds, return_details=True)
+    floor, log10_floor, vertex, det = mm.stage2_floor(ds, O, return_details=True)
     assert (~vertex).any()
     vloss = np.exp(mm.log_loss(O[:, ds.optimal].T, ds.next_tokens))
     assert floor < vloss.mean()
@@ -310,7 +310,7 @@ def test_floor_when_the_loss_is_tiny_matches_mpmath():
     ds = ri.RealizableDataset(3, {1: 0, 2: 1, 0: 2}, [[1, 2], [0]], [0, 2])
     O = np.zeros((3, 3))
     O[:, 1], O[:, 2], O[:, 0] = (40, 0, -40), (40, -40, 0), (0, 0, 40)
-    floor, _, vertex = stage2_floor(O, ds)
+    floor, _, vertex = stage2_floor(ds, O)
     mpmath.mp.dps = 40
     f = lambda t: mpmath.log(1 + mpmath.exp(-40 - 40 * t) + mpmath.exp(-40 - 40 * (1 - t)))
     t = mpmath.findroot(lambda t: mpmath.diff(f, t), 0.5)        # phi = (t, 1 - t) on (1, 2)

@@ -441,8 +441,28 @@ def refimpl_checkpoints(ds, config=None, *, stage1_steps=None, stage2_steps=None
 def save_checkpoints(path, ds, config=None, *, stage1_steps=None, stage2_steps=None, embeddings=None):
     """Write :func:`refimpl_checkpoints` to ``path`` as an ``.npz`` archive (atomically).
 
-    Parameters as :func:`refimpl_checkpoints`; ``path`` is used as given (no ``.npz`` is
-    appended). Returns the mapping that was written.
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The archive, used as given (no ``.npz`` is appended).
+    ds, config, stage1_steps, stage2_steps, embeddings
+        As in :func:`refimpl_checkpoints`.
+
+    Returns
+    -------
+    dict
+        The mapping that was written (keys of :data:`KEYS`).
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> import refimpl as ri
+    >>> from refimpl.audit import AuditConfig
+    >>> ds = ri.generate(vocab_size=6, n_sentences=20, seed=4)
+    >>> path = os.path.join(tempfile.mkdtemp(), "own.npz")
+    >>> data = ri.save_checkpoints(path, ds, AuditConfig(T0=200, T=300))
+    >>> ri.audit_trajectory(ds, path)["certified_failures"]
+    []
     """
     from .io import atomic_write_bytes
     data = refimpl_checkpoints(ds, config, stage1_steps=stage1_steps, stage2_steps=stage2_steps,
@@ -608,6 +628,17 @@ def audit_trajectory(ds, run):
     checkpoint at ``t = 0`` equal to zero. C5 is measured on the given stage-1 run (``refimpl
     audit`` measures it on an extra random-start run; the same protocol). C3, C4, C7 and C8
     are checked from the first checkpoint of their stage (module docstring).
+
+    Examples
+    --------
+    >>> import refimpl as ri
+    >>> from refimpl.audit import AuditConfig
+    >>> from refimpl.audit_trajectory import refimpl_checkpoints
+    >>> ds = ri.generate(vocab_size=6, n_sentences=20, seed=4)
+    >>> run = refimpl_checkpoints(ds, AuditConfig(T0=200, T=300))   # or an .npz made elsewhere
+    >>> report = ri.audit_trajectory(ds, run)
+    >>> report["source"], report["certified_failures"]
+    ('trajectory', [])
     """
     ensure_valid(ds)
     check_training(ds, "auditing a trajectory")

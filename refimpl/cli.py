@@ -301,7 +301,8 @@ def build_parser():
     p.add_argument("--json", action="store_true", help="print the report as JSON (schema in docs/audit.md)")
     p.add_argument("--trajectory", metavar="RUN.npz",
                    help="audit the checkpoints of a run made elsewhere instead of training (file schema in "
-                        "docs/audit.md, 'Auditing a trajectory made elsewhere'); no training options apply")
+                        "docs/audit.md, 'Auditing a trajectory made elsewhere'); no training options apply "
+                        "(default: none, train and audit that run)")
     _add_train_args(p)
     p.set_defaults(func=cmd_audit)
 

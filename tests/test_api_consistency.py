@@ -21,9 +21,11 @@ from refimpl.train import (DEFAULT_ETA0_SCALE, DEFAULT_ETA_SCALE, DEFAULT_INIT, 
 # The paper's experiment (Figure 2, docs/reproduce.md): the one set of defaults.
 PAPER = {"T0": 2000, "T": 20_000, "eta0_scale": 0.2, "eta_scale": 0.05, "init": "zero"}
 
-# Public functions that take a dataset after matrices (their module is not part of this
-# change; listed so that a new function cannot join them unnoticed).
-MATRIX_FIRST = {"loss_and_grads", "stage1_loss_and_grad"}
+# Public functions that still take the dataset after other arguments: loss_and_grads(W_ov,
+# W_kq, ds), stage1_loss_and_grad(W_ov, ds) and save_checkpoints(path, ds) (save_dataset is
+# (ds, path)). Their signatures are for their modules to change (with an alias for the old
+# order, as stage2_floor has); listed so that no new function joins them unnoticed.
+NOT_DATASET_FIRST = {"loss_and_grads", "stage1_loss_and_grad", "save_checkpoints"}
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +100,7 @@ def test_library_default_run_is_the_command_lines(ds):
 def test_public_functions_take_the_dataset_first():
     for name in ri.__all__:
         obj = getattr(ri, name)
-        if not callable(obj) or isinstance(obj, type) or name in MATRIX_FIRST:
+        if not callable(obj) or isinstance(obj, type) or name in NOT_DATASET_FIRST:
             continue
         try:
             params = list(inspect.signature(obj).parameters)

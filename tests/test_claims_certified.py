@@ -2,14 +2,14 @@
 
 Each property trains Algorithm 1 on a drawn dataset (M from 2 to 40, N, lengths,
 zero or random initialization with a drawn scale, step sizes inside the claim's
-preconditions) and checks the bound of ``proofs.numeric`` at EVERY recorded
-step. Bounds are imported from ``proofs.numeric`` only, never re-derived here.
+preconditions) and checks the bound of ``refimpl_proofs.numeric`` at EVERY recorded
+step. Bounds are imported from ``refimpl_proofs.numeric`` only, never re-derived here.
 
 Tolerances. Training uses compensated (Kahan) summation, so an iterate after t
 unit steps carries O(eps) relative rounding, not O(t eps); the kernels' losses
 and gradients carry a few ulps. Bounds with no accumulation are therefore checked
 with ``REL = 1e-12`` relative slack (docs/theory.md section 11); the C4 recursion
-is iterated in float64 by ``proofs.numeric`` and accumulates one rounding per step,
+is iterated in float64 by ``refimpl_proofs.numeric`` and accumulates one rounding per step,
 so its slack grows with t (see ``_c4_slack``).
 
 Runs record on a sparse schedule (``record_dense_limit=0``, a few hundred

@@ -128,7 +128,8 @@ def test_kq_certificate_sweep(block):
 
 @pytest.mark.parametrize("kw", SMALL)
 def test_kq_matches_exact_rational_solver(kw):
-    """C6: each column of W_kq* equals proofs.exact.exact_least_distance (rational Lawson-Hanson)."""
+    """C6: each column of W_kq* equals refimpl_proofs.exact.exact_least_distance (rational
+    Lawson-Hanson)."""
     from refimpl_proofs.exact import exact_least_distance
     ds = ri.generate(**kw)
     K, cert = mm.w_kq_star(ds)

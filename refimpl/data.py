@@ -699,7 +699,11 @@ def _show_cycle(c, limit=16):
 
 def ensure_valid(ds):
     """:func:`validate` unless ``ds`` already passed it (a dataset validates once, however
-    many entry points it goes through: loading, training, the audit)."""
+    many entry points it goes through: loading, training, the audit). A non-dataset is a
+    TypeError naming what was given."""
+    if not isinstance(ds, RealizableDataset):
+        raise TypeError(f"expected a RealizableDataset (see refimpl.load_dataset / RealizableDataset(...)), "
+                        f"got {type(ds).__name__}")
     if not ds._valid:
         validate(ds)
 
@@ -740,6 +744,9 @@ def validate(ds):
     ...
     refimpl.errors.AmbiguousOptimalTokenError: sentence 0 [0, 1] (query 1): tokens [0, 1] all have n(x) = ...
     """
+    if not isinstance(ds, RealizableDataset):
+        raise TypeError(f"validate expects a RealizableDataset (see refimpl.load_dataset / "
+                        f"RealizableDataset(...)), got {type(ds).__name__}")
     _check_counts_and_ranges(ds)
     _check_collocation(ds)
     optimal = _optimal_tokens(ds)

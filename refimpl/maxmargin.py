@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .budget import check_bytes
-from .data import induced_relations
+from .data import ensure_valid, induced_relations
 from .floor import log_loss, stage2_floor  # noqa: F401 (public here as well)
 from .grading import (GRADE_TOL, Grade, _difference_matrix, check_candidate,  # noqa: F401
                       fit_multipliers, grade)
@@ -275,6 +275,7 @@ def w_ov_star(ds, method="closed_form"):
     >>> O_star[:, 0].round(4).tolist(), cert.ok       # e_{n(0)} - 1/3
     ([-0.3333, 0.6667, -0.3333], True)
     """
+    ensure_valid(ds)
     M = ds.vocab_size
     check_bytes(8 * 4 * M * M, f"W_ov* and its certificate at M={M}")
     O = np.zeros((M, M))
@@ -335,6 +336,7 @@ def w_kq_star(ds):
     >>> K_star[:, 1].round(12).tolist(), cert.ok      # query 1: 0 <_1 1, margin 1
     ([-0.5, 0.5, 0.0], True)
     """
+    ensure_valid(ds)
     M = ds.vocab_size
     check_bytes(8 * 4 * M * M, f"W_kq* and its certificate at M={M}")
     K = np.zeros((M, M))

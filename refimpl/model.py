@@ -19,9 +19,12 @@ Shapes: N sentences, L = Lmax padded positions, M tokens, d embedding width.
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from .checks import check_sentences, check_tokens, check_weights
+from .data import RealizableDataset
 from .errors import NonOrthonormalEmbeddingError, ShapeError
 
 __all__ = ["loss_and_grads", "stage1_loss_and_grad", "check_orthonormal", "to_token_coords",
@@ -274,15 +277,19 @@ def backward(r, W_ov, E, cache):
     return G_ov, G_kq
 
 
-def loss_and_grads(W_ov, W_kq, ds, embeddings=None):
+def loss_and_grads(ds, W_ov, W_kq, embeddings=None):
     """Mean loss L(theta) = (1/N) sum_i loss(theta; x^(i), y^(i)) and its gradients.
+
+    The dataset comes first, as in every function that takes one. The earlier order
+    ``loss_and_grads(W_ov, W_kq, ds)`` is recognised by type and still works for one
+    release, with a DeprecationWarning.
 
     Parameters
     ----------
-    W_ov, W_kq : float (d, d), finite
     ds : RealizableDataset; only ``tokens`` (N, Lmax), ``lengths`` (N,), ``next_tokens``
         (N,) and ``vocab_size`` M are read. Validity (realizability) is not required, but
         lengths must be in 1..Lmax and tokens and next tokens in 0..M-1 (InputError).
+    W_ov, W_kq : float (d, d), finite
     embeddings : float (d, M) or None (E = I, d = M)
 
     Returns
@@ -301,10 +308,14 @@ def loss_and_grads(W_ov, W_kq, ds, embeddings=None):
     --------
     >>> import numpy as np, refimpl as ri
     >>> ds = ri.generate(vocab_size=6, n_sentences=20, seed=4)
-    >>> loss, g_ov, g_kq = ri.loss_and_grads(np.zeros((6, 6)), np.zeros((6, 6)), ds)
+    >>> loss, g_ov, g_kq = ri.loss_and_grads(ds, np.zeros((6, 6)), np.zeros((6, 6)))
     >>> bool(np.isclose(loss, np.log(6))), g_ov.shape     # uniform prediction over M = 6 tokens
     (True, (6, 6))
     """
+    if isinstance(W_kq, RealizableDataset) and not isinstance(ds, RealizableDataset):
+        warnings.warn("loss_and_grads(W_ov, W_kq, ds) is deprecated: pass the dataset first, "
+                      "loss_and_grads(ds, W_ov, W_kq)", DeprecationWarning, stacklevel=2)
+        ds, W_ov, W_kq = W_kq, ds, W_ov
     M = int(ds.vocab_size)
     E = _embeddings(embeddings, M)
     d = E.shape[0]
@@ -336,14 +347,17 @@ def _loss_and_grads(W_ov, W_kq, tokens, lengths, ys, E):
     return float(total / N), G_ov / N, G_kq / N
 
 
-def stage1_loss_and_grad(W_ov, ds, embeddings=None):
+def stage1_loss_and_grad(ds, W_ov, embeddings=None):
     """Collocation loss L0(W_ov) = (1/|C|) sum_{x in C} loss(W_ov; [x], n(x)) and its gradient.
+
+    The dataset comes first; the earlier order ``stage1_loss_and_grad(W_ov, ds)`` is
+    recognised by type and still works for one release, with a DeprecationWarning.
 
     Parameters
     ----------
-    W_ov : float (d, d), finite
     ds : RealizableDataset; ``colloc_tokens`` and ``colloc_next`` (n_c,) are read and
         must lie in 0..M-1
+    W_ov : float (d, d), finite
     embeddings : float (d, M) or None (E = I)
 
     Returns
@@ -359,10 +373,14 @@ def stage1_loss_and_grad(W_ov, ds, embeddings=None):
     --------
     >>> import numpy as np, refimpl as ri
     >>> ds = ri.generate(vocab_size=6, n_sentences=20, seed=4)
-    >>> loss, grad = ri.stage1_loss_and_grad(ri.w_ov_star(ds)[0], ds)
+    >>> loss, grad = ri.stage1_loss_and_grad(ds, ri.w_ov_star(ds)[0])
     >>> bool(loss < np.log(6)), grad.shape               # W_ov* already predicts n(x)
     (True, (6, 6))
     """
+    if isinstance(W_ov, RealizableDataset) and not isinstance(ds, RealizableDataset):
+        warnings.warn("stage1_loss_and_grad(W_ov, ds) is deprecated: pass the dataset first, "
+                      "stage1_loss_and_grad(ds, W_ov)", DeprecationWarning, stacklevel=2)
+        ds, W_ov = W_ov, ds
     M = int(ds.vocab_size)
     E = _embeddings(embeddings, M)
     d = E.shape[0]

@@ -219,6 +219,30 @@ def cmd_generalize(args):
     return EXIT_OK
 
 
+def cmd_sweep(args):
+    from .sweep import run_sweep
+    from .sweep_spec import load_spec
+    spec = load_spec(args.sweep_file)                  # a bad sweep file fails before any cluster starts
+    stats = run_sweep(spec, args.out, scheduler=args.scheduler, workers=args.workers,
+                      max_tasks=args.max_tasks, quiet=args.quiet)
+    _note(args, f"{stats['ran']} tasks run ({stats['errors']} errors), {stats['skipped']} already done, "
+                f"{stats['pending']} pending; results in {Path(args.out) / 'results'}/")
+    if stats["errors"]:
+        print(f"refimpl sweep: {stats['errors']} task(s) ended in an error row; "
+              f"see refimpl sweep-report {args.out}", file=sys.stderr)
+        return EXIT_CLAIM_FAILED
+    return EXIT_OK
+
+
+def cmd_sweep_report(args):
+    from .sweep_report import format_summary, summary_json, sweep_report
+    summary = sweep_report(args.dir, figure=not args.no_figure)
+    sys.stdout.write(summary_json(summary) if args.json else format_summary(summary))
+    if not args.no_figure:
+        _note(args, f"wrote {Path(args.dir) / 'report.png'}")
+    return EXIT_OK
+
+
 # ------------------------------------------------------------------ parser
 def _add_train_args(p):
     g = p.add_argument_group("training (defaults: the paper's experiment, as refimpl.train_two_stage)")
@@ -314,6 +338,28 @@ def build_parser():
                    help="folder for the figure and summary (default: none, the summary goes to stdout only)")
     _add_train_args(p)
     p.set_defaults(func=cmd_generalize)
+
+    p = sub.add_parser("sweep", help="run a sweep file's grid of tasks on Dask (docs/sweeps.md)",
+                       description="Run every task of SWEEP_FILE (TOML or JSON) on dask.distributed and append "
+                                   "one row per task to the Parquet table in OUT/results/. A rerun skips "
+                                   "finished tasks. Exit 0, 1 if a task ended in an error row, 2 on bad input.")
+    p.add_argument("sweep_file", metavar="SWEEP_FILE")
+    p.add_argument("--out", required=True, help="sweep folder (created; locked while the sweep runs)")
+    p.add_argument("--scheduler", metavar="ADDRESS",
+                   help="address of an existing Dask scheduler, e.g. tcp://host:8786 (default: a LocalCluster)")
+    p.add_argument("--workers", type=int, help="worker processes of the LocalCluster, 1 thread each "
+                                               "(default: one per core)")
+    p.add_argument("--max-tasks", type=int, metavar="N",
+                   help="run at most N pending tasks and stop (default: all)")
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("sweep-report", help="summarize a sweep folder's results (docs/sweeps.md)",
+                       description="Read DIR/results/, print tasks, errors, verdict counts per claim and fitted "
+                                   "vs certified rates, and write DIR/report.png.")
+    p.add_argument("dir", metavar="DIR")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--no-figure", action="store_true", help="do not write DIR/report.png")
+    p.set_defaults(func=cmd_sweep_report)
     return parser
 
 

@@ -222,8 +222,8 @@ def cmd_generalize(args):
 def cmd_sweep(args):
     from .sweep import run_sweep
     from .sweep_spec import load_spec
-    spec = load_spec(args.sweep_file)                  # a bad sweep file fails before any cluster starts
-    stats = run_sweep(spec, args.out, scheduler=args.scheduler, workers=args.workers,
+    plan = load_spec(args.sweep_file)                  # a bad sweep file fails before any cluster starts
+    stats = run_sweep(plan, args.out, scheduler=args.scheduler, workers=args.workers,
                       max_tasks=args.max_tasks, quiet=args.quiet)
     _note(args, f"{stats['ran']} tasks run ({stats['errors']} errors), {stats['skipped']} already done, "
                 f"{stats['pending']} pending; results in {Path(args.out) / 'results'}/")

@@ -335,13 +335,13 @@ def _client(scheduler, workers):
     return Client(cluster), cluster
 
 
-def run_sweep(spec, out, *, scheduler=None, workers=None, max_tasks=None, quiet=False, task_fn=None,
+def run_sweep(plan, out, *, scheduler=None, workers=None, max_tasks=None, quiet=False, task_fn=None,
               retries=2, in_flight=None, flush_seconds=60.0):
     """Run every task of a sweep not yet in ``out``'s results table.
 
     Parameters
     ----------
-    spec : SweepSpec, dict, str or Path
+    plan : SweepSpec, dict, str or Path
         A validated specification, a mapping for :func:`parse_spec`, or a sweep file.
     out : str or Path
         The sweep folder (created if missing; locked for the duration of the sweep).
@@ -376,8 +376,8 @@ def run_sweep(spec, out, *, scheduler=None, workers=None, max_tasks=None, quiet=
     SweepSpecError, OutputBusyError, OutputError, SweepDependencyError, InputError
     """
     _require()
-    if not isinstance(spec, SweepSpec):
-        spec = load_spec(spec) if isinstance(spec, (str, os.PathLike)) else parse_spec(spec)
+    if not isinstance(plan, SweepSpec):
+        plan = load_spec(plan) if isinstance(plan, (str, os.PathLike)) else parse_spec(plan)
     if max_tasks is not None and max_tasks < 0:
         raise InputError(f"--max-tasks must be >= 0, got {max_tasks}")
     if workers is not None and workers < 1:
@@ -387,18 +387,18 @@ def run_sweep(spec, out, *, scheduler=None, workers=None, max_tasks=None, quiet=
     with SweepLock(out):
         done = set(read_results(out)["task_id"])
         tasks, seen = [], set()
-        for task in spec.tasks():
+        for task in plan.tasks():
             tid = task.task_id
             if tid not in done and tid not in seen:
                 seen.add(tid)
                 tasks.append(task)
-        skipped = spec.n_tasks - len(tasks)
+        skipped = plan.n_tasks - len(tasks)
         todo = tasks if max_tasks is None else tasks[:max_tasks]
-        stats = {"total": spec.n_tasks, "skipped": skipped, "ran": 0, "errors": 0,
+        stats = {"total": plan.n_tasks, "skipped": skipped, "ran": 0, "errors": 0,
                  "pending": len(tasks), "seconds": 0.0}
         if not todo:
             if not quiet:
-                print(f"refimpl sweep: nothing to do ({skipped} of {spec.n_tasks} tasks already in "
+                print(f"refimpl sweep: nothing to do ({skipped} of {plan.n_tasks} tasks already in "
                       f"{Path(out) / RESULTS})", file=sys.stderr)
             return stats
         from distributed import as_completed
@@ -452,7 +452,7 @@ def run_sweep(spec, out, *, scheduler=None, workers=None, max_tasks=None, quiet=
                 stats["ran"] += 1
                 stats["errors"] += row.get("status") == "error"
                 progress.update(row)
-                if len(pending_rows) >= spec.batch_size or time.monotonic() - last_flush >= flush_seconds:
+                if len(pending_rows) >= plan.batch_size or time.monotonic() - last_flush >= flush_seconds:
                     flush()
                 nxt = submit()
                 if nxt is not None:

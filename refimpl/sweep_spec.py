@@ -243,10 +243,10 @@ def parse_spec(data, source="<dict>"):
     for init in training["init"]:
         if init not in ("zero", "random"):
             raise SweepSpecError(f"{source}: training.init: expected \"zero\" or \"random\", got {init!r}")
-    spec = SweepSpec(tuple(reports), dataset, training, batch, source)
-    if spec.n_tasks > MAX_TASKS:
-        raise SweepSpecError(f"{source}: {spec.n_tasks} tasks, more than the limit {MAX_TASKS}")
-    return spec
+    plan = SweepSpec(tuple(reports), dataset, training, batch, source)
+    if plan.n_tasks > MAX_TASKS:
+        raise SweepSpecError(f"{source}: {plan.n_tasks} tasks, more than the limit {MAX_TASKS}")
+    return plan
 
 
 def load_spec(path):

@@ -38,8 +38,8 @@ TINY = {
 }
 
 
-def _ids(spec):
-    return {t.task_id for t in parse_spec(spec).tasks()}
+def _ids(plan):
+    return {t.task_id for t in parse_spec(plan).tasks()}
 
 
 def counted_task(task, marker_dir):
@@ -70,9 +70,9 @@ def scheduler():
         yield cluster.scheduler_address
 
 
-def _write_spec(tmp_path, spec, name="sweep.json"):
+def _write_spec(tmp_path, plan, name="sweep.json"):
     path = tmp_path / name
-    path.write_text(json.dumps(spec))
+    path.write_text(json.dumps(plan))
     return path
 
 
@@ -135,14 +135,14 @@ def test_resume_computes_only_missing_tasks(tmp_path, scheduler):
 
 
 def test_a_task_that_raises_is_an_error_row(tmp_path, scheduler):
-    spec = {"dataset": {"M": 5, "N": 10, "min_len": [2, 5], "max_len": 4},
+    plan = {"dataset": {"M": 5, "N": 10, "min_len": [2, 5], "max_len": 4},
             "training": {"T0": 50, "T": 50, "c5_T0": 100, "generalization": False}}
-    stats = run_sweep(spec, tmp_path / "out", scheduler=scheduler, quiet=True)
+    stats = run_sweep(plan, tmp_path / "out", scheduler=scheduler, quiet=True)
     df = read_results(tmp_path / "out").set_index("min_len")
     assert len(df) == 2 and stats["errors"] == 1
     assert df.loc[2, "status"] == "ok" and df.loc[5, "status"] == "error"
     assert "ConfigError" in df.loc[5, "error"] and "\n" not in df.loc[5, "error"]
-    spec_file = _write_spec(tmp_path, spec)                               # rerun: nothing recomputed
+    spec_file = _write_spec(tmp_path, plan)                               # rerun: nothing recomputed
     assert run_sweep(spec_file, tmp_path / "out", scheduler=scheduler, quiet=True)["ran"] == 0
 
 
@@ -162,9 +162,9 @@ def test_a_task_that_raises_is_an_error_row(tmp_path, scheduler):
     ('[dataset\n', "not a valid TOML file"),
 ])
 def test_bad_sweep_files_one_line_exit_2(tmp_path, capsys, text, words):
-    spec = tmp_path / "bad.toml"
-    spec.write_text(text)
-    assert main(["sweep", str(spec), "--out", str(tmp_path / "out")]) == 2
+    plan = tmp_path / "bad.toml"
+    plan.write_text(text)
+    assert main(["sweep", str(plan), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("refimpl sweep: ") and words in err, err
     assert not (tmp_path / "out").exists()                                # nothing started, nothing written
@@ -189,12 +189,12 @@ def test_a_second_sweep_into_a_folder_in_use_is_refused(tmp_path, capsys):
 
 
 def test_ranges_grids_and_the_example_file():
-    spec = parse_spec({"dataset": {"M": [5, 6], "seed": {"start": 0, "stop": 6, "step": 2}},
+    plan = parse_spec({"dataset": {"M": [5, 6], "seed": {"start": 0, "stop": 6, "step": 2}},
                        "training": {"eta": {"start": 0.01, "stop": 1.0, "num": 3, "log": True}}})
-    assert spec.n_tasks == 2 * 3 * 3 == len(list(spec.tasks()))
-    assert spec.dataset["seed"] == (0, 2, 4)
-    assert spec.training["eta"] == pytest.approx((0.01, 0.1, 1.0))
-    ids = [t.task_id for t in spec.tasks()]
-    assert len(set(ids)) == len(ids) and ids == [t.task_id for t in spec.tasks()]   # stable, distinct
+    assert plan.n_tasks == 2 * 3 * 3 == len(list(plan.tasks()))
+    assert plan.dataset["seed"] == (0, 2, 4)
+    assert plan.training["eta"] == pytest.approx((0.01, 0.1, 1.0))
+    ids = [t.task_id for t in plan.tasks()]
+    assert len(set(ids)) == len(ids) and ids == [t.task_id for t in plan.tasks()]   # stable, distinct
     example = load_spec(ROOT / "sweeps" / "example.toml")
     assert example.reports == ("audit",) and example.n_tasks > 1

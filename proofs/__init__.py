@@ -6,7 +6,10 @@ Modules
 -------
 symbols      SymPy symbols with assumptions, exact constants.
 derivations  symbolic checks of every algebraic proof step (each returns bool).
-claims       the registry of the claims C1..C11 (``CLAIMS``, ``get``; docs/theory.md).
+claims       the registry of the claims C1..C12 (``CLAIMS``, ``get``, ``check``;
+             docs/theory.md).
+certify      each claim as hypotheses => conclusion: derives its constants again and
+             returns a ``ClaimResult`` (verdict and every step checked).
 numeric      the only place SymPy becomes NumPy (``lambdify``): certified bounds
              as float64 callables for the audit and the tests.
 exact        exact rational least-distance solver (independent check of the
@@ -15,3 +18,10 @@ exact        exact rational least-distance solver (independent check of the
 Letters as in docs/theory.md: M tokens, n_c = |C| collocation pairs, N sentences,
 L positions, t step counter. This package imports nothing from ``refimpl``.
 """
+
+
+def check_all():
+    """Check every claim of the registry; a ``certify.Summary`` (``ok``, ``proved``,
+    ``measured``, ``failed`` and one ``ClaimResult`` per claim, in registry order)."""
+    from . import certify, claims
+    return certify.Summary(tuple(claims.check(cid) for cid in claims.CLAIMS))

@@ -2,20 +2,26 @@
 
 Each claim is a frozen ``Claim``: its statement is a SymPy relation over the
 symbols of ``symbols`` and the closed forms of ``derivations``;
-``proof_steps`` name the ``derivations.ALL_CHECKS`` entries that check its
-algebra (``docs/theory.md`` gives the proof in words). ``reading`` names the
+``constants`` name the SymPy expressions the statement is built from (the
+bounds and closed forms; ``numeric`` lambdifies exactly these), and ``check``
+derives each of them again from the hypotheses of its proof (``certify``) and
+returns a ``certify.ClaimResult`` listing every step checked, so a wrong
+constant fails. ``proof_steps`` name the ``derivations.ALL_CHECKS`` entries
+cited in ``docs/theory.md``. ``reading`` names the
 readings of the paper the claim depends on, where its statement leaves a choice
 (keys of ``READINGS``).
 
     from refimpl_proofs import claims
     c = claims.get("C4"); c.status      # 'certified'
+    claims.check("C4").verdict          # 'proved'
+    claims.check("C9").verdict          # 'measured'
 """
 from dataclasses import dataclass
 
 import sympy as sp
 
 from . import derivations as dv
-from .symbols import M, b, c1, eta0, k_chain, t
+from .symbols import M, b, c1, eta0, gamma_mm, k_chain, margin_W, norm_W, t
 
 STATUSES = (
     "certified",                                        # proved bound, every run satisfies it
@@ -51,6 +57,9 @@ cos_gap_kq = sp.Function("one_minus_cos_K")
 kstar_diff = sp.Symbol("K*[x,q]-K*[x',q]", real=True)
 kstar_first = sp.Symbol("K*[xhat,q]-max_{x'!=xhat}K*[x',q]", real=True)
 excess_limit = sp.Symbol("lim_t excess", nonnegative=True)
+c8_min_term = sp.Symbol("c8 (min over sentences)", positive=True)
+delta_zero_init = sp.Symbol("Delta_i (zero-init stage 1)", real=True)
+cos_W_Wstar = sp.Symbol("cos(W,W*)", real=True)
 
 
 @dataclass(frozen=True)
@@ -64,6 +73,15 @@ class Claim:
     preconditions: tuple       # ((SymPy relation or str, reason), ...)
     statement: object          # SymPy relation (or And of relations)
     proof_steps: tuple         # names in derivations.ALL_CHECKS
+    constants: tuple = ()      # ((name, SymPy expression), ...) the statement is built from
+
+    def constant(self, name):
+        """The SymPy expression of the named constant (KeyError names the known ones)."""
+        for key, expr in self.constants:
+            if key == name:
+                return expr
+        raise KeyError(f"{self.id} has no constant {name!r}; known: "
+                       f"{', '.join(k for k, _ in self.constants)}")
 
     def __post_init__(self):
         assert self.status in STATUSES, f"{self.id}: unknown status {self.status!r}"
@@ -81,59 +99,73 @@ _CLAIMS = (
           ("R1-realizable",),
           (_M2, _ORTHO),
           sp.Eq(norm_sq_Ostar, dv.C1_NORM_SQ),
-          ("check_c1_closed_form",)),
+          ("check_c1_closed_form",),
+          (("norm_sq", dv.C1_NORM_SQ),)),
     Claim("C2", "exact stage-1 trajectory from zero", "certified",
           "docs/theory.md C2; docs/reproduce.md",
           ("R1-realizable",),
           (_M2, _ORTHO, ("O_0 = 0", "the trajectory is a ray only from the origin")),
           sp.Eq(L0_t, dv.C2_LOSS),
-          ("check_c2_trajectory", "check_c1_closed_form", "check_log_space_forms")),
+          ("check_c2_trajectory", "check_c1_closed_form", "check_log_space_forms"),
+          (("loss", dv.C2_LOSS),)),
     Claim("C3", "stage-1 norm growth", "certified", "docs/theory.md C3", (),
           (_M2, _ORTHO),
           sp.And(sp.Le(dist_ov, dv.C3_NORM_UPPER), sp.Ge(proj_ov, dv.C3_PROJ_LOWER)),
-          ("check_inner_product_identity", "check_residual_norm_bound")),
+          ("check_inner_product_identity", "check_residual_norm_bound"),
+          (("norm_upper", dv.C3_NORM_UPPER), ("proj_lower", dv.C3_PROJ_LOWER))),
     Claim("C4", "stage-1 linear loss convergence, any init", "certified", "docs/theory.md C4", (),
           (_M2, _ORTHO, _C4_STEP,
            (sp.Lt(eta0 * dv.C4_C1, 1), "F increasing; implied by the previous one "
                                        "(eta0 c1 <= sqrt(2)/4), kept explicit")),
           sp.And(sp.Le(L0_t, b_t), sp.Ge(L0_t, dv.C4_LOWER),
-                 sp.Eq(sp.Symbol("b_{t+1}"), dv.C4_STEP.subs({b: b_t, c1: dv.C4_C1}))),
+                 sp.Eq(sp.Symbol("b_{t+1}"), dv.C4_STEP.subs({b: b_t, c1: dv.C4_C1})),
+                 sp.Eq(c1, dv.C4_C1)),
           ("check_hessian_bound", "check_growth_factor", "check_residual_norm_bound",
            "check_inner_product_identity", "check_subadditivity", "check_c4_descent_algebra",
            "check_c4_recursion_monotone", "check_c4_linear_rate", "check_c4_lower_algebra",
-           "check_log_space_forms")),
+           "check_log_space_forms"),
+          (("c1", dv.C4_C1), ("lower", dv.C4_LOWER), ("step", dv.C4_STEP))),
     Claim("C5", "stage-1 directional convergence",
           "certified from zero init, measured otherwise", "docs/theory.md C5", (),
-          (_M2, ("random init", "from zero it is exact by C2: cos = 1 for t >= 1")),
+          (_M2, _ORTHO, ("random init", "from zero it is exact by C2: cos = 1 for t >= 1")),
           sp.Eq(sp.Limit(cos_gap_ov(t), t, sp.oo), 0),
           ("check_c2_trajectory",)),
     Claim("C6", "W_kq* certificate and order consistency", "certified",
           "docs/theory.md C6; docs/maxmargin.md",
           ("R1-realizable", "R4-training-relations"),
-          (("every link of the chain is a training relation with query q",
+          (_ORTHO,
+           ("every link of the chain is a training relation with query q",
             "supplied relations no sentence uses are not constraints (Corrections)"),
            ("KKT of the solver holds", "K* is the exact minimizer")),
           sp.Ge(kstar_diff, k_chain),
-          ("check_c6_chain",)),
+          ("check_c6_chain",),
+          (("chain_gap", k_chain),)),
     Claim("C7", "stage-2 norm growth", "certified upper, measured slope", "docs/theory.md C7",
-          ("R2-fixed-Wov",), (),
+          ("R2-fixed-Wov",), (_ORTHO,),
           sp.Le(dist_kq, dv.C7_NORM_UPPER),
-          ()),
-    Claim("C8", "stage-2 linear loss convergence", "certified lower, measured rate",
+          (),
+          (("norm_upper", dv.C7_NORM_UPPER),)),
+    Claim("C8", "stage-2 excess loss: certified linear lower bound",
+          "certified lower, measured rate",
           "docs/theory.md C8; docs/maxmargin.md", ("R1-realizable", "R2-fixed-Wov", "R3-floor"),
-          (("Delta_i > 0 for every sentence i", "vertex x* strictly optimal in the floor; "
+          (_ORTHO,
+           ("Delta_i > 0 for every sentence i", "vertex x* strictly optimal in the floor; "
             "holds for zero-init stage 1 with T0 >= 1 (check_c8_zero_init_gap)"),
            ("c8 = (1/N) min_i Delta_i / L_i", "L_i = positions of sentence i")),
-          sp.Ge(excess_t, dv.C8_LOWER),
+          sp.And(sp.Ge(excess_t, dv.C8_LOWER), sp.Eq(c8_min_term, dv.C8_CONSTANT_TERM),
+                 sp.Ge(delta_zero_init, dv.C8_GAP_ZERO_INIT)),
           ("check_c8_vertex_gradient", "check_hessian_bound", "check_c8_lower_algebra",
-           "check_c8_zero_init_gap")),
+           "check_c8_zero_init_gap"),
+          (("lower", dv.C8_LOWER), ("c8", dv.C8_CONSTANT_TERM),
+           ("gap_zero_init", dv.C8_GAP_ZERO_INIT))),
     Claim("C9", "stage-2 directional convergence", "measured", "docs/theory.md C9",
-          ("R2-fixed-Wov",), (("Delta_i > 0 for every sentence i", "as C8"),),
+          ("R2-fixed-Wov",), (_ORTHO, ("Delta_i > 0 for every sentence i", "as C8"),),
           sp.Eq(sp.Limit(cos_gap_kq(t), t, sp.oo), 0),
           ()),
     Claim("C10", "precondition of stage 2 (weak stage 1)", "measured", "docs/theory.md C10",
           ("R2-fixed-Wov", "R3-floor"),
-          (("small T0 or a user-supplied W_ov", "from zero-init stage 1 the floor "
+          (_ORTHO,
+           ("small T0 or a user-supplied W_ov", "from zero-init stage 1 the floor "
             "vertex is optimal for every T0 >= 1, so a positive excess is a dynamics effect"),),
           sp.Gt(excess_limit, 0),
           ("check_c8_zero_init_gap",)),
@@ -141,19 +173,29 @@ _CLAIMS = (
           "certified for K*, measured for trained weights",
           "docs/theory.md C11; docs/generalization.md",
           ("R1-realizable", "R4-training-relations"),
-          (("the sentence's distinct tokens have a unique maximum xhat under the "
+          (_ORTHO,
+           ("the sentence's distinct tokens have a unique maximum xhat under the "
             "closure of the training relations of q", "C6 then applies to each other token"),
            ("xhat in C", "n(xhat) must exist; automatic when xhat is above some token")),
           sp.Ge(kstar_first, 1),
           ("check_c6_chain",)),
+    Claim("C12", "margin-to-cosine lemma for least-distance optima", "certified",
+          "docs/theory.md C12", (),
+          (_ORTHO,
+           ("W* minimizes ||W|| s.t. <A_j, W> >= 1 (j = 1..J), with KKT multipliers lambda_j",
+            "W* = sum_j lambda_j A_j, lambda_j >= 0, complementary slackness"),
+           ("m(W) = min_j <A_j, W> > 0", "the bound is vacuous otherwise")),
+          sp.Ge(cos_W_Wstar, margin_W / (gamma_mm * norm_W)),
+          (),
+          (("cos_lower", margin_W / (gamma_mm * norm_W)),)),
 )
 
 CLAIMS = {c.id: c for c in _CLAIMS}
-"""Claim id -> Claim, in the order C1..C11."""
+"""Claim id -> Claim, in the order C1..C12."""
 
 
 def get(claim_id):
-    """The Claim with id ``claim_id`` ("C1" .. "C11"); KeyError names the known ids."""
+    """The Claim with id ``claim_id`` ("C1" .. "C12"); KeyError names the known ids."""
     try:
         return CLAIMS[claim_id]
     except KeyError:
@@ -161,6 +203,12 @@ def get(claim_id):
 
 
 def check(claim_id):
-    """Run every derivation check listed for the claim; True iff all pass."""
-    return all(dv.ALL_CHECKS[name]() for name in get(claim_id).proof_steps)
+    """Check the claim: a ``certify.ClaimResult`` listing every step checked.
+
+    ``verdict`` is 'proved' (every step proved), 'proved (certified part; the rest is
+    measured)', 'measured' (C5, C9, C10: never 'proved') or 'failed'; ``bool(result)``
+    is True only for a proved claim. The constants are read from ``CLAIMS`` at call time.
+    """
+    from . import certify
+    return certify.check(get(claim_id), CLAIMS)
 

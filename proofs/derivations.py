@@ -14,7 +14,7 @@ import itertools
 import sympy as sp
 from sympy.codegen.cfunctions import expm1, log1p
 
-from .symbols import (HALF, LOG_TINY, SQRT2, M, a, b, c1, c8, eta, eta0,
+from .symbols import (HALF, LOG_TINY, SQRT2, M, N, a, b, c1, c8, eta, eta0,
                       gamma_kq, gamma_ov, lu, m, mat, n_c, norm0, t, vec, x)
 
 # ----------------------------------------------------------------------------
@@ -30,6 +30,9 @@ C4_LOWER = sp.log(1 + sp.exp(-gamma_ov * (norm0 + eta0 * t))) / n_c
 C7_NORM_UPPER = eta * t                                          # ||K_t - K_0||
 C8_LOWER = c8 * sp.exp(-gamma_kq * (norm0 + eta * t))            # excess loss >=
 C8_GAP_ZERO_INIT = a * (M - 1) / (sp.exp(a) + M - 1)             # Delta_i >=, a = gamma_ov eta0 T0
+# c8 = min over sentences i of C8_CONSTANT_TERM at (Delta_i, L_i, N)
+Delta_i, L_i = sp.Symbol("Delta_i", positive=True), sp.Symbol("L_i", positive=True)
+C8_CONSTANT_TERM = Delta_i / (L_i * N)
 
 # the same with log1p for float evaluation (log(1 + tiny) loses digits); equal by rewrite
 C2_LOSS_LOG1P = log1p((M - 1) * sp.exp(-gamma_ov * eta0 * t))

@@ -1,7 +1,9 @@
 """Certified bounds as float64 callables: the only place SymPy becomes NumPy.
 
-Every function here is ``sympy.lambdify`` of a closed form in
-``derivations`` (modules="numpy", float64; the scalar loop of the C4
+Every bound here is ``sympy.lambdify`` of a constant of its claim in the registry
+(``claims.get(id).constant(name)``, the expression the claim's statement is built
+from and ``certify`` derives again), or of a log-space form in ``derivations``
+that ``certify`` checks to equal the log of that constant (modules="numpy", float64; the scalar loop of the C4
 recursion uses modules="math", the same float64 arithmetic without NumPy's
 per-call overhead). The audit and the tests import bounds from here and never
 re-derive them. All functions broadcast over NumPy arrays of ``t``.
@@ -23,9 +25,10 @@ import numpy as np
 import sympy as sp
 from sympy.codegen.cfunctions import log1p
 
+from . import claims as _claims
 from . import derivations as dv
-from .symbols import (LOG_TINY, M, a, c1, c8, eta, eta0, gamma_kq, gamma_ov, lu,
-                      n_c, norm0, t)
+from .symbols import (LOG_TINY, M, N, a, c1, c8, eta, eta0, gamma_kq, gamma_mm, gamma_ov,
+                      lu, margin_W, n_c, norm0, norm_W, t)
 
 LN10 = math.log(10.0)
 _LOG_TINY = float(LOG_TINY)
@@ -51,21 +54,46 @@ def _numpy(args, expr):
     return wrapped
 
 
-_c1_norm_sq = _numpy((M, n_c), dv.C1_NORM_SQ)
-_c2_loss = _numpy((M, eta0, gamma_ov, t), dv.C2_LOSS_LOG1P)
+def _const(claim_id, name):
+    """The SymPy expression of a claim's constant (the registry is the only copy)."""
+    return _claims.get(claim_id).constant(name)
+
+
+def _with_log1p(expr):
+    """``expr`` with every ``log(1 + X)`` written ``log1p(X)`` (equal; accurate for tiny X)."""
+    return expr.replace(lambda e: isinstance(e, sp.log) and e.args[0].is_Add and 1 in e.args[0].args,
+                        lambda e: log1p(e.args[0] - 1))
+
+
+_c1_norm_sq = _numpy((M, n_c), _const("C1", "norm_sq"))
+_c2_loss = _numpy((M, eta0, gamma_ov, t), _with_log1p(_const("C2", "loss")))
 _c2_log_loss = _numpy((M, eta0, gamma_ov, t), dv.C2_LOG_LOSS)
-_c3_norm_upper = _numpy((eta0, t), dv.C3_NORM_UPPER)
-_c3_proj_lower = _numpy((eta0, gamma_ov, t), dv.C3_PROJ_LOWER)
-_c4_c1 = _numpy((eta0, gamma_ov), dv.C4_C1)
-_c4_lower = _numpy((gamma_ov, norm0, eta0, n_c, t), dv.C4_LOWER_LOG1P)
+_c3_norm_upper = _numpy((eta0, t), _const("C3", "norm_upper"))
+_c3_proj_lower = _numpy((eta0, gamma_ov, t), _const("C3", "proj_lower"))
+_c4_c1 = _numpy((eta0, gamma_ov), _const("C4", "c1"))
+_c4_lower = _numpy((gamma_ov, norm0, eta0, n_c, t), _with_log1p(_const("C4", "lower")))
 _c4_lower_log = _numpy((gamma_ov, norm0, eta0, n_c, t), dv.C4_LOWER_LOG)
 _c4_log_step = sp.lambdify((lu, eta0, c1, n_c), dv.C4_LOG_STEP, modules="math")
-_c7_norm_upper = _numpy((eta, t), dv.C7_NORM_UPPER)
-_c8_lower = _numpy((c8, gamma_kq, norm0, eta, t), dv.C8_LOWER)
+_c7_norm_upper = _numpy((eta, t), _const("C7", "norm_upper"))
+_c8_lower = _numpy((c8, gamma_kq, norm0, eta, t), _const("C8", "lower"))
 _c8_lower_log = _numpy((c8, gamma_kq, norm0, eta, t), dv.C8_LOWER_LOG)
-_c8_gap_zero_init = _numpy((M, a), dv.C8_GAP_ZERO_INIT)
+_c8_gap_zero_init = _numpy((M, a), _const("C8", "gap_zero_init"))
+_c8_term = _numpy((dv.Delta_i, dv.L_i, N), _const("C8", "c8"))
+# log of the C8 constant term with log Delta_i as its own argument (Delta_i may underflow)
+log_Delta = sp.Symbol("log_Delta", real=True)
+C8_LOG_TERM = sp.expand_log(sp.log(_const("C8", "c8")), force=True).subs(sp.log(dv.Delta_i),
+                                                                          log_Delta)
+_c8_log_term = _numpy((log_Delta, dv.L_i, N), C8_LOG_TERM)
 _c8_log_gap_zero_init = _numpy((M, a), C8_LOG_GAP_ZERO_INIT)
 _c8_lower_from_log = _numpy((log_c8, gamma_kq, norm0, eta, t), C8_LOWER_FROM_LOG)
+
+
+_c12_cos_lower = _numpy((margin_W, gamma_mm, norm_W), _const("C12", "cos_lower"))
+
+
+def c12_cos_lower(margin, gamma, norm_W):
+    """C12: ``cos(W, W*) >= m(W)/(gamma ||W||)`` for a margin ``m(W) > 0`` (vacuous otherwise)."""
+    return _c12_cos_lower(margin, gamma, norm_W)
 
 
 def c1_norm_sq(M, n_c):
@@ -298,7 +326,8 @@ def c8_constant(gaps, lengths):
     finite = np.isfinite(gaps)
     if not finite.any():
         return 0.0
-    return max(float(np.min(gaps[finite] / lengths[finite])) / gaps.size, 0.0)
+    terms = _c8_term(gaps[finite], lengths[finite], float(gaps.size))   # the registry's c8 term
+    return max(float(np.min(terms)), 0.0)
 
 
 def c8_log_constant(sign, log_abs, lengths):
@@ -323,7 +352,8 @@ def c8_log_constant(sign, log_abs, lengths):
     constrained = log_abs != np.inf
     if not constrained.any() or np.any(sign[constrained] <= 0) or np.isnan(log_abs).any():
         return -math.inf
-    return float(np.min(log_abs[constrained] - np.log(lengths[constrained]))) - math.log(sign.size)
+    # log of the registry's c8 term, log Delta_i - log L_i - log N
+    return float(np.min(_c8_log_term(log_abs[constrained], lengths[constrained], float(sign.size))))
 
 
 def c8_gap_zero_init(M, eta0, gamma_ov, T0):

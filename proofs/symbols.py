@@ -29,6 +29,11 @@ c8 = sp.Symbol("c8", positive=True)                    # C8 lower-bound constant
 a = sp.Symbol("a", nonnegative=True)                   # logit margin of a column
 m = sp.Symbol("m", real=True)                          # a (possibly negative) margin
 
+# C12 (margin-to-cosine): margin m(W) = min_j <A_j, W> > 0, ||W||, gamma = 1/||W*||
+margin_W = sp.Symbol("m(W)", positive=True)
+norm_W = sp.Symbol("||W||", positive=True)
+gamma_mm = sp.Symbol("gamma", positive=True)
+
 # scalar unknowns of the recursions and the loss
 b = sp.Symbol("b", positive=True)                      # C4 recursion value (loss bound)
 lu = sp.Symbol("lu", real=True)                        # log of u = (M-1) e^{-x}, etc.

@@ -1,0 +1,479 @@
+"""Each certified claim as hypotheses => conclusion, checked by SymPy against the registry.
+
+For every claim of ``claims`` this module derives the claim's constants from the
+ingredients of its proof (docs/theory.md) and compares them with the SymPy
+expressions stored in the claim (``Claim.constant(name)``), so a wrong constant in
+the registry fails its check. Inequalities are checked as **certificates**: the
+conclusion minus its right-hand side is written as ``sum_i w_i s_i`` where every
+``s_i >= 0`` is a hypothesis (a slack) and every multiplier ``w_i`` is nonnegative
+by SymPy's assumptions on its symbols (``positive=True`` etc.); SymPy checks the
+identity exactly and asks ``w_i.is_nonnegative``.
+
+Kinds of steps (``StepResult.kind``):
+
+symbolic     proved for symbolic sizes (``Sum``/``summation`` over ``M``, ``k``, ``t``).
+instances    exact SymPy identity for fixed small sizes (stated as such).
+interval     mpmath interval arithmetic (a rigorous enclosure).
+numeric evidence only
+             no proof: the claim (or this part) is measured on runs.
+
+``check(claim)`` returns a :class:`ClaimResult`; ``claims.check(id)`` and
+``refimpl_proofs.check_all()`` call it.
+"""
+from dataclasses import dataclass, field
+
+import mpmath
+import sympy as sp
+
+from . import derivations as dv
+from .symbols import (LOG_TINY, SQRT2, M, N, a, b, c1, c8, eta, eta0, gamma_kq,
+                      gamma_mm, gamma_ov, k_chain, lu, m, margin_W, n_c, norm0, norm_W, t)
+
+SYMBOLIC, INSTANCES, INTERVAL, NUMERIC = ("symbolic", "instances", "interval",
+                                          "numeric evidence only")
+PROVED, PROVED_PART, MEASURED, FAILED = ("proved", "proved (certified part; the rest is measured)",
+                                         "measured", "failed")
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """One checked step: ``passed`` is True/False, or None for numeric evidence only."""
+    name: str
+    kind: str
+    passed: object
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class ClaimResult:
+    """The outcome of checking one claim: its verdict and every step checked."""
+    claim_id: str
+    verdict: str                      # PROVED, PROVED_PART, MEASURED or FAILED
+    steps: tuple = field(default=())
+    note: str = ""
+
+    @property
+    def proved(self):
+        """True iff every certified part is proved (never for a measured claim)."""
+        return self.verdict in (PROVED, PROVED_PART)
+
+    @property
+    def ok(self):
+        """True iff no checked step failed (a measured claim is ok but not proved)."""
+        return self.verdict != FAILED
+
+    @property
+    def failed_steps(self):
+        return tuple(s.name for s in self.steps if s.passed is False)
+
+    def __bool__(self):
+        return self.proved
+
+    def __str__(self):
+        lines = [f"{self.claim_id}: {self.verdict}" + (f" ({self.note})" if self.note else "")]
+        for s in self.steps:
+            mark = {True: "ok", False: "FAIL", None: "--"}[s.passed]
+            lines.append(f"  [{mark}] {s.name} ({s.kind})" + (f": {s.detail}" if s.detail else ""))
+        return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- helpers
+def _zero(expr):
+    """True iff ``expr`` is identically 0, after evaluating sums (``doit``)."""
+    expr = sp.sympify(expr)
+    if expr.has(sp.Sum):
+        expr = sp.expand(expr).doit()
+    return dv._zero(expr)
+
+
+def certificate(expr, terms, substitutions=None):
+    """``expr >= 0`` from hypotheses: True iff ``expr == sum w_i s_i`` and every ``w_i >= 0``.
+
+    terms : sequence of ``(w_i, s_i)``; each ``s_i >= 0`` is a hypothesis of the lemma and
+    ``w_i`` must be nonnegative by the assumptions of its symbols (``w_i.is_nonnegative``).
+    substitutions : ``{slack symbol: its definition}`` applied before the identity check
+    (a positive slack symbol stands for a strict precondition such as ``1 - w > 0``).
+    """
+    subs = substitutions or {}
+    if not all(sp.sympify(w).is_nonnegative for w, _ in terms):
+        return False
+    rest = expr - sum(w * s for w, s in terms)
+    return _zero(sp.sympify(rest).subs(subs))
+
+
+def _step(name, kind, fn, detail=""):
+    if kind == NUMERIC:                          # no proof: recorded, never counted as passed
+        return StepResult(name, kind, None, detail)
+    try:
+        ok = bool(fn())
+    except Exception as exc:                     # a check that cannot run is a failed check
+        return StepResult(name, kind, False, f"{type(exc).__name__}: {exc}")
+    return StepResult(name, kind, ok, detail)
+
+
+def _uses(claim, *names):
+    """The statement of the claim contains each of its named constants."""
+    return all(claim.statement.has(claim.constant(n)) for n in names)
+
+
+# integer step counter for sums over steps; the claims use the real ``t``
+_s, _v, _j = sp.symbols("s v j", integer=True, nonnegative=True)
+_T = sp.Symbol("T", integer=True, nonnegative=True)
+_J = sp.Symbol("J", integer=True, positive=True)
+_p = sp.IndexedBase("p", nonnegative=True)
+_o = sp.IndexedBase("o", real=True)
+_alpha = sp.IndexedBase("alpha", nonnegative=True)
+_g = sp.IndexedBase("g", real=True)
+
+
+def _at_integer_t(expr):
+    return sp.sympify(expr).subs(t, _T)
+
+
+# ----------------------------------------------------------------------------- shared lemmas
+def lemma_least_distance():
+    """KKT => optimality of a least-distance program, any number ``J`` of constraints.
+
+    Hypotheses: ``k* = sum_j alpha_j A_j``, ``alpha_j >= 0``, complementary slackness
+    ``sum_j alpha_j (<A_j, k*> - 1) = 0``; ``k`` feasible: ``g_j = <A_j, k> >= 1``.
+    With ``nk = ||k||^2``, ``ns = ||k*||^2 = sum_j alpha_j`` (stationarity and slackness),
+    ``<k, k*> = sum_j alpha_j g_j`` (linearity): checked
+    ``||k||^2 - ||k*||^2 = ||k - k*||^2 + 2 sum_j alpha_j (g_j - 1)`` (both terms >= 0).
+    """
+    nk, d = sp.symbols("nk d", nonnegative=True)       # d = ||k - k*||^2
+    ns = sp.Sum(_alpha[_j], (_j, 1, _J))
+    ip = sp.Sum(_alpha[_j] * _g[_j], (_j, 1, _J))
+    # bilinearity: ||k - k*||^2 = nk - 2 ip + ns
+    identity = (nk - ns) - (nk - 2 * ip + ns) - 2 * sp.Sum(_alpha[_j] * (_g[_j] - 1), (_j, 1, _J))
+    return _zero(identity)
+
+
+def lemma_simplex_sum_squares():
+    """``(sum_v p_v)^2 - sum_v p_v^2 = sum_v p_v (S - p_v) >= 0`` for symbolic ``M``.
+
+    ``S = sum_{v=1}^{M-1} p_v``; each ``S - p_v`` is a sum of the other nonnegative terms.
+    This is Lemma A's upper side (``2(1-p_y)^2 - ||p - e_y||^2``) and C3's
+    ``sum a_x^2 <= (sum a_x)^2``.
+    """
+    S = sp.Sum(_p[_v], (_v, 1, M - 1))
+    lhs = S ** 2 - sp.Sum(_p[_v] ** 2, (_v, 1, M - 1))
+    rhs = sp.Sum(_p[_v] * S - _p[_v] ** 2, (_v, 1, M - 1))
+    return _zero(sp.expand(lhs) - sp.expand(rhs).doit())
+
+
+def lemma_residual_norm():
+    """Lemma A, symbolic ``M``: ``||p - e_y||^2 = (1 - p_y)^2 + sum_{v != y} p_v^2``."""
+    S = sp.Sum(_p[_v], (_v, 1, M - 1))
+    p_y = 1 - S
+    res_sq = (p_y - 1) ** 2 + sp.Sum(_p[_v] ** 2, (_v, 1, M - 1))
+    return _zero(res_sq - (1 - p_y) ** 2 - sp.Sum(_p[_v] ** 2, (_v, 1, M - 1)))
+
+
+def lemma_inner_product():
+    """Lemma D, symbolic ``M``: ``<e_y - p, e_y - (1/M) 1> = 1 - p_y``."""
+    S = sp.Sum(_p[_v], (_v, 1, M - 1))
+    p_y = 1 - S
+    inner = (1 - p_y) * (1 - 1 / M) + sp.Sum(-_p[_v] * (-1 / M), (_v, 1, M - 1))
+    return _zero(inner - (1 - p_y))
+
+
+def _log_space_threshold():
+    """Interval: ``e^{LOG_TINY} < 5e-18`` (the dropped term of the log-space forms)."""
+    with mpmath.workprec(80):
+        enclosure = mpmath.iv.exp(mpmath.iv.mpf(int(LOG_TINY)))
+        bound = mpmath.iv.mpf(5) / mpmath.iv.mpf(10 ** 18)
+        return enclosure.b < bound.a
+
+
+# ----------------------------------------------------------------------------- per claim
+def _c1_steps(claim):
+    stated = claim.constant("norm_sq")
+    alpha_v = 1 / M                                   # multiplier of every constraint
+    o_y = sp.summation(alpha_v, (_v, 1, M - 1))       # stationarity, y-entry
+    o_v = -alpha_v                                    # stationarity, v-entry
+    col_sq = o_y ** 2 + sp.summation(o_v ** 2, (_v, 1, M - 1))
+    # optimality of the column against any feasible o (o_y - o_v >= 1):
+    oy = sp.Symbol("o_y", real=True)
+    feas = (oy ** 2 + sp.Sum(_o[_v] ** 2, (_v, 1, M - 1))) - col_sq
+    dist = (oy - o_y) ** 2 + sp.Sum((_o[_v] - o_v) ** 2, (_v, 1, M - 1))
+    slack_sum = sp.Sum(alpha_v * (oy - _o[_v] - 1), (_v, 1, M - 1))
+    return [
+        _step("kkt: all constraints active, alpha_v = 1/M >= 0 (symbolic M)", SYMBOLIC,
+              lambda: _zero(o_y - o_v - 1) and sp.sympify(alpha_v).is_nonnegative),
+        _step("optimality: ||o||^2 - ||o*||^2 = ||o - o*||^2 + 2 sum alpha_v (o_y - o_v - 1)",
+              SYMBOLIC, lambda: _zero(feas - dist - 2 * slack_sum)),
+        _step("least-distance KKT lemma (any number of constraints)", SYMBOLIC,
+              lemma_least_distance),
+        _step("stated ||O*||^2 equals n_c ||o*||^2 (columns outside C are 0)", SYMBOLIC,
+              lambda: _zero(stated - n_c * col_sq)),
+        _step("statement uses the constant", SYMBOLIC, lambda: _uses(claim, "norm_sq")),
+    ]
+
+
+def _c2_steps(claim, c1_claim):
+    stated = claim.constant("loss")
+    z_y, z_v = a * (1 - 1 / M), -a / M                # column a (e_y - 1/M), a = c gamma_ov
+    den = sp.exp(z_y) + sp.summation(sp.exp(z_v), (_v, 1, M - 1))
+    P = sp.exp(z_v) / den
+    column_loss = sp.log(den) - z_y
+    gamma_from_c1 = 1 / sp.sqrt(c1_claim.constant("norm_sq"))
+    stated_at_a = stated.subs(t, a / (gamma_ov * eta0))
+    return [
+        _step("ray: p - e_y = -M P (e_y - (1/M) 1), y-entry, symbolic M", SYMBOLIC,
+              lambda: _zero(sp.exp(z_y) / den - 1 + M * P * (1 - 1 / M))),
+        _step("P > 0: the gradient never vanishes", SYMBOLIC, lambda: P.is_positive),
+        _step("gamma_ov = 1/sqrt(C1 norm^2) > 0 for M >= 2", SYMBOLIC,
+              lambda: gamma_from_c1.subs(M, sp.Symbol("M_1", positive=True) + 1).is_positive),
+        _step("stated L0(O_t) equals the column loss at a = gamma_ov eta0 t", SYMBOLIC,
+              lambda: _zero(sp.powsimp(sp.expand(sp.exp(stated_at_a) - sp.exp(column_loss))))),
+        _step("log1p and log-space forms equal the stated closed form", SYMBOLIC,
+              lambda: _zero(dv.C2_LOSS_LOG1P.rewrite(sp.log) - stated)
+              and _zero(sp.exp(dv.C2_LOG_LOSS.args[1][0]).rewrite(sp.log) - stated)),
+        _step("log-space threshold e^{-40} < 5e-18", INTERVAL, _log_space_threshold),
+        _step("statement uses the constant", SYMBOLIC, lambda: _uses(claim, "loss")),
+    ]
+
+
+def _c3_steps(claim):
+    upper, lower = claim.constant("norm_upper"), claim.constant("proj_lower")
+    G, mu = sp.symbols("G mu", positive=True)         # ||grad L0||, mean_x (1 - p_x)
+    increment = eta0 * mu * gamma_ov / G              # eta0 <-G, O*>/(||G|| ||O*||)
+    per_step = eta0 * gamma_ov / SQRT2
+    return [
+        _step("triangle inequality: sum of t unit steps of length eta0 (symbolic t)", SYMBOLIC,
+              lambda: _zero(_at_integer_t(upper) - sp.summation(eta0, (_s, 0, _T - 1)))),
+        _step("Lemma A (symbolic M): ||p - e_y||^2 = (1-p_y)^2 + sum p_v^2", SYMBOLIC,
+              lemma_residual_norm),
+        _step("Lemma A upper / sum a^2 <= (sum a)^2 (symbolic M)", SYMBOLIC,
+              lemma_simplex_sum_squares),
+        _step("Lemma D (symbolic M): <-grad L0, O*> = mean_x (1 - p_x)", SYMBOLIC,
+              lemma_inner_product),
+        _step("per step: increment - eta0 gamma_ov/sqrt2 = w (sqrt2 mu - ||G||), w >= 0",
+              SYMBOLIC, lambda: certificate(increment - per_step,
+                                            [(eta0 * gamma_ov / (SQRT2 * G), SQRT2 * mu - G)])),
+        _step("stated projection bound equals the sum of t per-step bounds", SYMBOLIC,
+              lambda: _zero(_at_integer_t(lower) - sp.summation(per_step, (_s, 0, _T - 1)))),
+        _step("statement uses both constants", SYMBOLIC,
+              lambda: _uses(claim, "norm_upper", "proj_lower")),
+    ]
+
+
+def _c4_steps(claim, c3_claim):
+    c1_stated, lower, step = claim.constant("c1"), claim.constant("lower"), claim.constant("step")
+    G, U, mu, L0 = sp.symbols("G U mu L0", positive=True)
+    w = eta0 * sp.exp(SQRT2 * eta0)
+    one_minus_w = sp.Symbol("1-w", positive=True)     # precondition eta0 e^{sqrt2 eta0} < 1
+    taylor = L0 - eta0 * G + (eta0 ** 2 / 2) * (2 / n_c) * sp.exp(SQRT2 * eta0) * U
+    after = L0 - eta0 * c1_stated * mu
+    mono = sp.diff(sp.log(1 + sp.exp(-m)), m)
+    radius = norm0 + c3_claim.constant("norm_upper")  # ||O_t|| <= ||O_0|| + eta0 t (C3)
+    derived_lower = sp.log(1 + sp.exp(-gamma_ov * radius)) / n_c
+    F = step.subs(c1, c1_stated)
+    return [
+        _step("Lemma B (curvature): 2(1-p_y)||d||^2 - Var_p(d) is a sum of squares", INSTANCES,
+              dv.ALL_CHECKS["check_hessian_bound"], "M = 2, 3, 4"),
+        _step("Lemma C (growth factor e^{sqrt2 eta0})", INSTANCES,
+              dv.ALL_CHECKS["check_growth_factor"], "M = 2, 3"),
+        _step("Lemma A, D (symbolic M)", SYMBOLIC,
+              lambda: lemma_residual_norm() and lemma_inner_product()),
+        _step("descent: Taylor bound - (L0 - eta0 c1 mu) = certificate, c1 as stated", SYMBOLIC,
+              lambda: certificate(after - taylor,
+                                  [(eta0 * w / n_c, n_c * G - U),
+                                   (eta0 * one_minus_w, G - gamma_ov * mu)],
+                                  {one_minus_w: 1 - w})),
+        _step("concavity: f(a)+f(b)-f(a+b) = (1-e^-a)(1-e^-b)", SYMBOLIC,
+              dv.ALL_CHECKS["check_subadditivity"]),
+        _step("recursion: (L0 - eta0 c1 mu) - F(L0) = eta0 c1 ((1-e^{-n_c L0})/n_c - mu)",
+              SYMBOLIC, lambda: certificate(F.subs(b, L0) - after,
+                                            [(eta0 * c1_stated.subs(1 - w, one_minus_w),
+                                              mu - (1 - sp.exp(-n_c * L0)) / n_c)],
+                                            {one_minus_w: 1 - w})),
+        _step("F increasing: F'(b) - (1 - eta0 c1) = eta0 c1 (1 - e^{-n_c b}); F(0) = 0", SYMBOLIC,
+              lambda: certificate(sp.diff(step, b) - (1 - eta0 * c1),
+                                  [(eta0 * c1, 1 - sp.exp(-n_c * b))]) and step.subs(b, 0) == 0),
+        _step("eta0 c1 <= sqrt2/4 (implied precondition)", SYMBOLIC,
+              dv.ALL_CHECKS["check_c4_recursion_monotone"]),
+        _step("linear rate: h(x) = (1-e^-x)/x decreasing, h(0+) = 1", SYMBOLIC,
+              dv.ALL_CHECKS["check_c4_linear_rate"]),
+        _step("lower: log(1 + e^{-m}) decreasing (derivative -1/(1+e^m) < 0)", SYMBOLIC,
+              lambda: _zero(mono + 1 / (1 + sp.exp(m))) and (-1 / (1 + sp.exp(m))).is_negative),
+        _step("stated lower bound equals (1/n_c) log(1 + e^{-gamma_ov (||O_0|| + C3 bound)})",
+              SYMBOLIC, lambda: _zero(lower - derived_lower)),
+        _step("log1p and log-space forms equal the stated lower bound", SYMBOLIC,
+              lambda: _zero(dv.C4_LOWER_LOG1P.rewrite(sp.log) - lower)
+              and _zero(sp.exp((dv.C4_LOWER_LOG + sp.log(n_c)).args[1][0]).rewrite(sp.log) / n_c
+                        - lower)),
+        _step("log-space recursion step is log F(e^beta)", SYMBOLIC,
+              lambda: _zero(sp.exp(dv.C4_LOG_STEP.args[1][0].rewrite(sp.log).rewrite(sp.exp))
+                            - step.subs(b, sp.exp(lu)))),
+        _step("log-space threshold e^{-40} < 5e-18", INTERVAL, _log_space_threshold),
+        _step("statement uses the constants", SYMBOLIC, lambda: _uses(claim, "c1", "lower")),
+    ]
+
+
+def _c6_steps(claim):
+    K = sp.IndexedBase("K", real=True)
+    i = sp.Symbol("i", integer=True, nonnegative=True)
+    return [
+        _step("chain telescopes: sum_{i<k} (K[a_{i+1}] - K[a_i] - 1) = K[a_k] - K[a_0] - k "
+              "(symbolic k)", SYMBOLIC,
+              lambda: _zero(sp.Sum(K[i + 1] - K[i] - 1, (i, 0, k_chain - 1)).doit()
+                            - (K[k_chain] - K[0] - k_chain))
+              and _zero(claim.constant("chain_gap") - k_chain)),
+        _step("KKT certificate is sufficient (least-distance lemma)", SYMBOLIC,
+              lemma_least_distance),
+        _step("solver certificate on the run", NUMERIC, lambda: None,
+              "checked per run (exact rationals on small instances, 1e-10 on floats)"),
+    ]
+
+
+def _c7_steps(claim):
+    return [
+        _step("triangle inequality: sum of t steps of length eta (symbolic t)", SYMBOLIC,
+              lambda: _zero(_at_integer_t(claim.constant("norm_upper"))
+                            - sp.summation(eta, (_s, 0, _T - 1)))),
+        _step("statement uses the constant", SYMBOLIC, lambda: _uses(claim, "norm_upper")),
+    ]
+
+
+def _c8_steps(claim, c7_claim):
+    lower, c8_term, gap0 = (claim.constant("lower"), claim.constant("c8"),
+                            claim.constant("gap_zero_init"))
+    F, L1 = sp.symbols("F L_1", positive=True)
+    Ls = 1 + L1                                       # a constrained sentence has L >= 2
+    one_minus_F = sp.Symbol("1-F", nonnegative=True)
+    radius = norm0 + c7_claim.constant("norm_upper")
+    derived = (dv.Delta_i / (dv.L_i * N)) * sp.exp(-gamma_kq * radius)
+    # zero-init columns a(e_y - 1/M) (x*, target y), a(e_w - 1/M) (other token in C), 0 (outside C)
+    z_y, z_o = a * (1 - 1 / M), -a / M
+    den = sp.exp(z_y) + sp.summation(sp.exp(z_o), (_v, 1, M - 1))
+    r_y, r_o = sp.exp(z_y) / den - 1, sp.exp(z_o) / den
+    g_star = z_y * r_y + sp.summation(z_o * r_o, (_v, 1, M - 1))
+    g_w = (-a / M) * r_y + (a * (1 - 1 / M)) * r_o + sp.summation((-a / M) * r_o, (_v, 1, M - 2))
+    return [
+        _step("vertex gradient grad_pi f(e_x*) = (g_v)", INSTANCES,
+              dv.ALL_CHECKS["check_c8_vertex_gradient"], "M = 3, three tokens"),
+        _step("convexity in pi (variance form of Lemma B)", INSTANCES,
+              dv.ALL_CHECKS["check_hessian_bound"], "M = 2, 3, 4"),
+        _step("leak: F/(L-1+F) - F/L = F(1-F)/(L(L-1+F)) >= 0", SYMBOLIC,
+              lambda: certificate(F / (Ls - 1 + F) - F / Ls,
+                                  [(F / (Ls * (Ls - 1 + F)), one_minus_F)], {one_minus_F: 1 - F})),
+        _step("leak: (1-pi) - r/(1+r) = ((1-pi) - r pi)/(1+r)", SYMBOLIC,
+              dv.ALL_CHECKS["check_c8_lower_algebra"]),
+        _step("stated bound with stated c8 equals (Delta/(L N)) e^{-gamma_kq (||K_0|| + C7 bound)}",
+              SYMBOLIC, lambda: _zero(lower.subs(c8, c8_term) - derived)),
+        _step("zero-init vertex gaps (symbolic M): g_w - g_* = aM/(e^a+M-1), 0 - g_* = stated",
+              SYMBOLIC, lambda: _zero(g_w - g_star - a * M / (sp.exp(a) + M - 1))
+              and _zero(-g_star - gap0)),
+        _step("zero-init gap > 0 for a > 0", SYMBOLIC,
+              lambda: gap0.subs(a, sp.Symbol("a_pos", positive=True)).subs(
+                  M, sp.Symbol("M1", positive=True) + 1).is_positive),
+        _step("log-space bound is log of the stated bound", SYMBOLIC,
+              lambda: _zero(sp.expand_log(sp.log(lower), force=True) - dv.C8_LOWER_LOG)),
+        _step("statement uses the constant", SYMBOLIC, lambda: _uses(claim, "lower")),
+    ]
+
+
+def _c12_steps(claim):
+    lam = _alpha
+    mW, nW, nS = sp.symbols("m_W nW nS", positive=True)   # margin, ||W||, ||W*||
+    ip = sp.Sum(lam[_j] * _g[_j], (_j, 1, _J))            # <W, W*> = sum lambda_j <A_j, W>
+    return [
+        _step("sum_j lambda_j = ||W*||^2: ||W*||^2 - sum lambda_j = sum lambda_j (<A_j, W*> - 1)"
+              " = 0 (stationarity, complementary slackness)", SYMBOLIC,
+              lambda: _zero(sp.Sum(lam[_j] * _g[_j], (_j, 1, _J)) - sp.Sum(lam[_j], (_j, 1, _J))
+                            - sp.Sum(lam[_j] * (_g[_j] - 1), (_j, 1, _J)))),
+        _step("<W, W*> - m(W) ||W*||^2 = sum_j lambda_j (<A_j, W> - m(W)) >= 0", SYMBOLIC,
+              lambda: _zero(ip - mW * sp.Sum(lam[_j], (_j, 1, _J))
+                            - sp.Sum(lam[_j] * (_g[_j] - mW), (_j, 1, _J)))),
+        _step("stated cosine bound equals m(W) ||W*||^2/(||W|| ||W*||) = m(W)/(gamma ||W||)",
+              SYMBOLIC, lambda: _zero(claim.constant("cos_lower").subs(
+                  {margin_W: mW, norm_W: nW, gamma_mm: 1 / nS}) - mW * nS ** 2 / (nW * nS))),
+        _step("least-distance KKT lemma", SYMBOLIC, lemma_least_distance),
+        _step("statement uses the constant", SYMBOLIC, lambda: _uses(claim, "cos_lower")),
+    ]
+
+
+def _measured(note):
+    return [_step("measured on runs", NUMERIC, lambda: None, note)]
+
+
+def check(claim, registry):
+    """Check one claim (a ``claims.Claim``) against the registry mapping id -> Claim."""
+    cid = claim.id
+    get = registry.__getitem__
+    if cid == "C1":
+        steps = _c1_steps(claim)
+    elif cid == "C2":
+        steps = _c2_steps(claim, get("C1"))
+    elif cid == "C3":
+        steps = _c3_steps(claim)
+    elif cid == "C4":
+        steps = _c4_steps(claim, get("C3"))
+    elif cid == "C5":
+        steps = ([_step("from zero init: the iterates lie on the ray of O* (C2)", SYMBOLIC,
+                        lambda: all(s.passed for s in _c2_steps(get("C2"), get("C1"))))]
+                 + _measured("1 - cos(O_t, O*) from a random init"))
+    elif cid == "C6":
+        steps = _c6_steps(claim)
+    elif cid == "C7":
+        steps = _c7_steps(claim) + _measured("slope of ||K_t - K_0|| / eta")
+    elif cid == "C8":
+        steps = _c8_steps(claim, get("C7")) + _measured("decay rate of the excess")
+    elif cid == "C9":
+        steps = _measured("1 - cos(K_t, K*)")
+    elif cid == "C10":
+        steps = ([_step("from zero-init stage 1 every vertex gap is > 0 (C8)", SYMBOLIC,
+                        lambda: all(s.passed for s in _c8_steps(get("C8"), get("C7"))
+                                    if s.kind == SYMBOLIC))]
+                 + _measured("positive limit excess in the weak-stage-1 regime"))
+    elif cid == "C11":
+        steps = ([_step("K* part: a chain of k >= 1 training relations gives a gap >= 1 (C6)",
+                        SYMBOLIC, lambda: all(s.passed is not False for s in _c6_steps(get("C6"))))]
+                 + _measured("prediction n(xhat) by trained weights"))
+    elif cid == "C12":
+        steps = _c12_steps(claim)
+    else:
+        raise KeyError(cid)
+    steps = tuple(steps)
+    if any(s.passed is False for s in steps):
+        verdict = FAILED
+    elif claim.status == "measured" or cid == "C5":
+        verdict = MEASURED
+    elif claim.status == "certified":
+        verdict = PROVED
+    else:
+        verdict = PROVED_PART
+    instances = [s.name for s in steps if s.kind == INSTANCES]
+    note = f"{len(instances)} step(s) checked on fixed sizes only" if instances else ""
+    return ClaimResult(cid, verdict, steps, note)
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Result of :func:`refimpl_proofs.check_all`: one ClaimResult per claim."""
+    results: tuple
+
+    @property
+    def ok(self):
+        return all(r.ok for r in self.results)
+
+    @property
+    def proved(self):
+        return tuple(r.claim_id for r in self.results if r.proved)
+
+    @property
+    def measured(self):
+        return tuple(r.claim_id for r in self.results if r.verdict == MEASURED)
+
+    @property
+    def failed(self):
+        return tuple(r.claim_id for r in self.results if r.verdict == FAILED)
+
+    def __bool__(self):
+        return self.ok
+
+    def __str__(self):
+        head = (f"proved: {', '.join(self.proved) or '-'}; measured: {', '.join(self.measured) or '-'}; "
+                f"failed: {', '.join(self.failed) or '-'}")
+        return "\n".join([head] + [str(r) for r in self.results])

@@ -405,9 +405,24 @@ def refimpl_checkpoints(ds, config=None, *, stage1_steps=None, stage2_steps=None
     Stage 1 is replayed with the trainer's per-step path (``kernels.Stage1Direction`` and the
     Kahan update, :func:`_stage1_replay`) and stage 2 with :func:`refimpl.train.stage2_replay`,
     so the iterates are the trainer's bit for bit (the tests compare the last ones with
-    :func:`refimpl.train.train_two_stage`). Raises NonFiniteTrainingError at a non-finite stop.
+    :func:`refimpl.train.train_two_stage`).
+
+    Raises
+    ------
+    TypeError
+        ``ds`` is not a RealizableDataset, or ``config`` is neither a TrainConfig nor an
+        AuditConfig.
+    ConfigError
+        A bad field of ``config``.
+    InputError
+        Steps outside ``0..T0`` / ``0..T``, or embeddings that are not ``(d, M)``.
+    NonOrthonormalEmbeddingError
+        ``embeddings`` are not orthonormal.
+    NonFiniteTrainingError
+        Training reaches a non-finite value (the file could not hold it).
     """
-    from .train import _init_pair, stage2_replay
+    from .train import _init_pair, require_dataset, stage2_replay
+    require_dataset(ds, "refimpl_checkpoints")
     ensure_valid(ds)
     check_training(ds, "saving checkpoints")
     cfg = _resolved(ds, config)
@@ -622,6 +637,17 @@ def audit_trajectory(ds, run):
         ``certified_failures``) and ``checkpoints`` (counts, first and last steps, and
         :data:`USES`). ``regime`` is ``"no_stage2"`` when the file has no stage-2 checkpoints.
 
+    Raises
+    ------
+    TypeError
+        ``ds`` is not a RealizableDataset.
+    DatasetError
+        ``ds`` is not realizable.
+    TrajectoryFileError
+        The run is malformed (:func:`load_run`; one line naming the source and the key).
+    ResourceError
+        The dataset or the archive would not fit in memory.
+
     Notes
     -----
     The step sizes are the declared ``eta0`` / ``eta``; the bounds use them. C2 needs a
@@ -640,6 +666,8 @@ def audit_trajectory(ds, run):
     >>> report["source"], report["certified_failures"]
     ('trajectory', [])
     """
+    from .train import require_dataset
+    require_dataset(ds, "audit_trajectory")
     ensure_valid(ds)
     check_training(ds, "auditing a trajectory")
     start = time.perf_counter()
@@ -747,8 +775,21 @@ def _summary(steps):
 
 
 def format_table(report):
-    """The trajectory report as text: the table of ``refimpl audit`` (one line per claim, then one
-    per NGD step-length check) under a header naming the run, and the summary line."""
+    """The trajectory report as the text table of ``refimpl audit FILE --trajectory RUN.npz``.
+
+    Parameters
+    ----------
+    report : dict
+        From :func:`audit_trajectory`.
+
+    Returns
+    -------
+    str
+        A header line (the run, M, N, d, the declared step sizes, the last step of each stage,
+        the initialization, the regime), the column line, one line per claim C1-C11 and per NGD
+        step-length check as in :func:`refimpl.audit.format_table` (nothing shortened; the
+        reason after ``--`` for a row that is not PASS), and the summary line.
+    """
     c, d = report["config"], report["dataset"]
     body = au.format_table({**report, "claims": report["claims"] + report["checks"],
                             "config": {"eta0": math.nan, "eta": math.nan, "T0": None, "T": None}})

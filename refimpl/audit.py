@@ -28,6 +28,7 @@ from refimpl_proofs import numeric as bounds
 
 from .data import ensure_valid, induced_relations
 from .maxmargin import w_ov_star
+from .progress import Progress
 from .rates import fit_exponential_rate, fit_linear_slope, fit_power_law, too_short
 from .shift import longest_chains
 from .train import TrainConfig, run_two_stage, stop_kind
@@ -266,11 +267,11 @@ def _c4(ds, res):
                 "lower(t) <= L0(O_t) <= b_t at every recorded t; linear decay", None if ok else CERTIFIED)
 
 
-def _c5(ds, res, cfg):
+def _c5(ds, res, cfg, progress=False):
     """C5 needs a random start (from zero it is exact by C2): one extra stage-1 run."""
     tc = TrainConfig(eta0=res.config.eta0, T0=cfg.c5_T0, T=0, init="random",
                      init_scale=cfg.c5_init_scale, seed=cfg.seed)
-    run = run_two_stage(ds, tc, progress=False)
+    run = run_two_stage(ds, tc, progress=progress)
     if run.non_finite() is not None:
         _, step = run.non_finite()
         return _row("C5", NA, {}, {}, f"the random-start run stopped at a non-finite value at step {step}")
@@ -497,6 +498,12 @@ def _non_finite_rows(where):
     return [_row(f"C{i}", NA, {}, {}, why) for i in range(1, 12)]
 
 
+def _phase(bar, rows, desc):
+    """Progress of the audit: ``len(rows)`` claims done, ``desc`` runs next."""
+    bar.update(len(rows))
+    bar.set_description(desc)
+
+
 def run_audit(ds, config=None, progress=None):
     """Train on ``ds`` and evaluate C1-C11.
 
@@ -506,7 +513,9 @@ def run_audit(ds, config=None, progress=None):
         Validated first (DatasetError if not realizable).
     config : AuditConfig or None
     progress : bool or None
-        Progress bar of the training run (None: only on a terminal).
+        Progress of the training run and of the claims (the extra C5 run, the C11 replay):
+        tqdm bars on a terminal, otherwise a line every ~10 s (:mod:`refimpl.progress`);
+        False: silent.
 
     Returns
     -------
@@ -529,15 +538,23 @@ def run_audit(ds, config=None, progress=None):
     else:
         inert = attention_inert(ds)
         gaps = bounds.c8_sentence_log_gaps(res.W_ov, ds.tokens, ds.lengths, ds.next_tokens, ds.optimal)
-        rows = [_c1(ds, res), _c2(ds, res), _c3(ds, res), _c4(ds, res), _c5(ds, res, cfg), _c6(ds, res, inert),
-                _c7(ds, res, inert)]
-        c10, regime = _c10(ds, res, gaps, inert)
-        rows += [_c8(ds, res, gaps, regime, inert), _c9(ds, res, regime, inert), c10]
-        if cfg.generalization:
-            row, generalization = _c11(ds, res, regime, inert)
-            rows.append(row)
-        else:
-            rows.append(_row("C11", NA, {}, {}, "generalization disabled in the audit configuration"))
+        with Progress(11, "audit C1 (W_ov* by least distance)", progress, unit="claim") as bar:
+            rows = [_c1(ds, res)]
+            _phase(bar, rows, "audit C2-C4")
+            rows += [_c2(ds, res), _c3(ds, res), _c4(ds, res)]
+            _phase(bar, rows, f"audit C5 (random-start stage 1, {cfg.c5_T0} steps)")
+            rows.append(_c5(ds, res, cfg, progress))
+            _phase(bar, rows, "audit C6-C10")
+            rows += [_c6(ds, res, inert), _c7(ds, res, inert)]
+            c10, regime = _c10(ds, res, gaps, inert)
+            rows += [_c8(ds, res, gaps, regime, inert), _c9(ds, res, regime, inert), c10]
+            _phase(bar, rows, "audit C11 (stage-2 replay on unseen sentences)")
+            if cfg.generalization:
+                row, generalization = _c11(ds, res, regime, inert)
+                rows.append(row)
+            else:
+                rows.append(_row("C11", NA, {}, {}, "generalization disabled in the audit configuration"))
+            bar.update(len(rows))
     return {
         "schema": SCHEMA,
         "dataset": {"vocab_size": ds.vocab_size, "n_sentences": ds.n_sentences,
@@ -610,8 +627,8 @@ def audit(ds, *, progress=None, **config):
     ds : RealizableDataset
         Validated first (DatasetError if not realizable).
     progress : bool or None, default None
-        Progress bar of the training run (None: only on a terminal, as in
-        :func:`refimpl.train_two_stage`).
+        Progress of the training run and of the claims, as in :func:`run_audit`
+        (:func:`refimpl.train_two_stage`'s bars on a terminal, lines every ~10 s otherwise).
     **config
         Fields of :class:`AuditConfig`, with the keywords of :func:`refimpl.train_two_stage`:
         ``T0`` (default 2000), ``T`` (default 20000), ``eta0`` (default 0.2/sqrt(d)), ``eta``

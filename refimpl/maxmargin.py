@@ -20,9 +20,12 @@ solution (:class:`refimpl.grading.Grade`, docs/maxmargin.md section 5).
 """
 from __future__ import annotations
 
+import os
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from .budget import check_bytes
 from .data import ensure_valid, induced_relations
@@ -30,11 +33,12 @@ from .floor import log_loss, stage2_floor  # noqa: F401 (public here as well)
 from .grading import (GRADE_TOL, Grade, _difference_matrix, check_candidate,  # noqa: F401
                       fit_multipliers, grade)
 from .ldp import (KKT_TOL, CertificateError, InfeasibleError, _fit_alpha,  # noqa: F401
-                  _CONDITIONS, kkt_residuals, least_distance, serial_blas as _serial_blas)
+                  _CONDITIONS, kkt_residuals, least_distance, pair_kkt_residuals,
+                  serial_blas as _serial_blas)
 
 __all__ = [
     "CertificateError", "InfeasibleError", "ColumnCertificate", "Certificate",
-    "least_distance", "kkt_residuals", "certify",
+    "least_distance", "kkt_residuals", "certify", "certify_ov",
     "w_ov_star", "w_kq_star", "Grade", "grade_w_kq", "grade_w_ov",
     "log_loss", "stage2_floor",
 ]
@@ -114,11 +118,11 @@ def certify(W, rows_by_column, alpha_by_column=None, *, problem="W", tol=KKT_TOL
         then the certificate fails iff W is not the optimum to ``tol``.
     Columns not in ``rows_by_column`` must be zero (checked as stationarity with no rows).
     Returns a :class:`Certificate`; call ``.check()`` to raise on failure. The residuals
-    are per column (:func:`kkt_residuals`); :func:`refimpl.grading.grade` gives the
+    are per column (:func:`refimpl.ldp.pair_kkt_residuals`: the residuals of
+    :func:`kkt_residuals` in O(m_c + M) per column, G never formed); :func:`refimpl.grading.grade` gives the
     whole-matrix residuals and the distance to the exact solution.
     """
     W = np.asarray(W, dtype=np.float64)
-    M = W.shape[0]
     if alpha_by_column is None:
         alpha_by_column = fit_multipliers(W, rows_by_column, tol)[0]
     cols = []
@@ -128,9 +132,8 @@ def certify(W, rows_by_column, alpha_by_column=None, *, problem="W", tol=KKT_TOL
             if np.any(W[:, c] != 0):
                 cols.append(ColumnCertificate(c, rows, np.zeros(0), 0.0, 0.0, 1.0, 0.0))
             continue
-        G = _difference_matrix(rows, M)
         alpha = np.asarray(alpha_by_column[c], dtype=np.float64)
-        cols.append(ColumnCertificate(c, rows, alpha, **kkt_residuals(G, W[:, c], alpha)))
+        cols.append(ColumnCertificate(c, rows, alpha, **pair_kkt_residuals(rows, W[:, c], alpha)))
     return Certificate(problem, tuple(cols), tol)
 
 
@@ -241,8 +244,10 @@ def w_ov_star(ds, method="closed_form"):
     """Max-margin W_ov* in token coordinates: ``(O_star float64 (M, M), Certificate)``.
 
     ``method="closed_form"`` (claim C1): ``O*[:, x] = e_{n(x)} - (1/M) 1`` for x in C, zero
-    columns elsewhere, certified with multipliers ``alpha_v = 1/M`` for every v != n(x).
-    ``method="solve"``: each column by :func:`least_distance` (cross-check of C1).
+    columns elsewhere, certified with multipliers ``alpha_v = 1/M`` for every v != n(x) by
+    :func:`certify_ov` (the KKT residuals from their closed forms, O(n_c M): 0.1 s at
+    M = n_c = 5000). ``method="solve"``: each distinct column by :func:`least_distance` and
+    the general :func:`certify` (cross-check of C1; O(M^3) per distinct n(x), for small M).
     The certificate is checked before returning.
 
     Parameters
@@ -278,29 +283,127 @@ def w_ov_star(ds, method="closed_form"):
     ensure_valid(ds)
     M = ds.vocab_size
     check_bytes(8 * 4 * M * M, f"W_ov* and its certificate at M={M}")
+    if method not in ("closed_form", "solve"):
+        raise ValueError(f"method must be 'closed_form' or 'solve', got {method!r}")
+    xs = np.asarray(ds.colloc_tokens, dtype=np.int64)
+    ys = np.asarray(ds.colloc_next, dtype=np.int64)
     O = np.zeros((M, M))
-    rows, alphas = {}, {}
-    solved = {}   # columns with the same n(x) have the same solution
-    for x, y in zip(ds.colloc_tokens.tolist(), ds.colloc_next.tolist()):
-        rows[x] = _ov_rows(y, M)
-        if method == "closed_form":
-            O[:, x] = -1.0 / M
-            O[y, x] += 1.0
-            alphas[x] = np.full(M - 1, 1.0 / M)
-        elif method == "solve":
+    if method == "closed_form":
+        O[:, xs] = -1.0 / M
+        O[ys, xs] += 1.0
+        cert = certify_ov(O, xs, ys)
+    else:
+        rows, alphas = {}, {}
+        solved = {}   # columns with the same n(x) have the same solution
+        for x, y in zip(xs.tolist(), ys.tolist()):
+            rows[x] = _ov_rows(y, M)
             if y not in solved:
                 solved[y] = least_distance(_difference_matrix(rows[x], M))
             O[:, x], alphas[x] = solved[y]
-        else:
-            raise ValueError(f"method must be 'closed_form' or 'solve', got {method!r}")
-    cert = certify(O, rows, alphas, problem="W_ov*")
+        cert = certify(O, rows, alphas, problem="W_ov*")
     cert.check()
     return O, cert
 
 
+class _OvColumn(ColumnCertificate):
+    """:class:`ColumnCertificate` of a W_ov* column with multipliers all equal to ``a``.
+
+    Its ``rows`` (the M-1 pairs (y, v), v != y) and ``alpha`` (M-1 copies of ``a``) are made
+    on access: n_c stored columns would hold 3 n_c (M-1) numbers (600 MB at M = n_c = 5000).
+    """
+
+    def __init__(self, column, y, M, a, primal, dual, stationarity, slackness):
+        self.column, self._y, self._M, self._a = int(column), int(y), int(M), float(a)
+        self.primal, self.dual = float(primal), float(dual)
+        self.stationarity, self.slackness = float(stationarity), float(slackness)
+
+    @property
+    def rows(self):
+        """int64 (M-1, 2): the pairs (n(x), v), v != n(x)."""
+        return _ov_rows(self._y, self._M)
+
+    @property
+    def alpha(self):
+        """float64 (M-1,): the multipliers, all ``a``."""
+        return np.full(self._M - 1, self._a)
+
+
+_OV_BLOCK = 1 << 21    # entries of O per block of columns in certify_ov (16 MB of float64)
+
+
+def certify_ov(O, xs, ys, alpha=None, *, tol=KKT_TOL):
+    """KKT certificate of a candidate W_ov* with equal multipliers per column, in O(n_c M).
+
+    The constraints of column ``x = xs[i]`` are ``O[y, x] - O[v, x] >= 1`` for every
+    ``v != y = ys[i]`` (all M-1 of them), and its multipliers are ``alpha_v = alpha[i]`` for
+    every v (default ``1/M``, the closed form of claim C1). The four residuals of
+    :func:`kkt_residuals` then have closed forms, evaluated here for blocks of columns at once
+    (no M x M x M array, no per-column solve), with ``o = O[:, x]`` and ``a = alpha[i]``:
+
+    - primal: ``max(0, max_{v != y} 1 - (o_y - o_v))``;
+    - dual: ``max(0, -a) / |a|``;
+    - stationarity: ``G^T alpha = a ((M-1) e_y - (1 - e_y))``, so
+      ``||o - G^T alpha|| / max(||o||, |a| sqrt(M (M-1)))``;
+    - slackness: ``|a| max_{v != y} |o_y - o_v - 1| / ((M-1) |a|)``.
+
+    Columns not in ``xs`` must be zero (stationarity 1 otherwise, as in :func:`certify`).
+    The residuals agree with the dense check (``certify`` with the same rows and multipliers)
+    to rounding: ``G^T alpha`` is formed from its formula instead of a sum of M-1 terms.
+
+    Parameters
+    ----------
+    O : float64 (M, M)
+    xs, ys : int (n_c,)
+        The collocation tokens x and their successors n(x) (distinct xs).
+    alpha : float (n_c,) or None
+        The multiplier of each column; None: ``1/M`` for all.
+    tol : float
+        The certificate's tolerance (default 1e-10).
+
+    Returns
+    -------
+    Certificate
+        Problem ``"W_ov*"``, columns in increasing order; not yet checked.
+    """
+    O = np.asarray(O, dtype=np.float64)
+    M = O.shape[0]
+    xs = np.asarray(xs, dtype=np.int64)
+    ys = np.asarray(ys, dtype=np.int64)
+    order = np.argsort(xs, kind="stable")
+    xs, ys = xs[order], ys[order]
+    a_all = np.full(len(xs), 1.0 / M) if alpha is None else np.asarray(alpha, dtype=np.float64)[order]
+    tiny = np.finfo(np.float64).tiny
+    res = np.zeros((4, len(xs)))           # primal, dual, stationarity, slackness
+    block = max(1, _OV_BLOCK // max(M, 1))
+    for s in range(0, len(xs), block):
+        x, y, a = xs[s:s + block], ys[s:s + block], a_all[s:s + block]
+        j = np.arange(len(x))
+        o = O[:, x]                                   # (M, b)
+        slack = (o[y, j][None, :] - o) - 1.0          # (o_y - o_v) - 1, row y is not a constraint
+        slack[y, j] = np.inf
+        primal = np.maximum(0.0, -slack.min(axis=0)) + 0.0       # + 0.0: no -0.0
+        slack[y, j] = 0.0
+        abs_a = np.abs(a)
+        dual = np.maximum(0.0, -a) / np.maximum(abs_a, tiny)
+        d = o + a[None, :]                            # o - G^T alpha off y
+        d[y, j] = o[y, j] - (M - 1) * a               # and at y
+        n_ga = abs_a * np.sqrt(float(M) * (M - 1))
+        stat = np.linalg.norm(d, axis=0) / np.maximum(np.maximum(np.linalg.norm(o, axis=0), n_ga), tiny)
+        slk = abs_a * np.abs(slack).max(axis=0) / np.maximum((M - 1) * abs_a, tiny)
+        res[:, s:s + block] = primal, dual, stat, slk
+    cols = {int(x): _OvColumn(x, y, M, a, *r) for x, y, a, r in zip(xs, ys, a_all, res.T)}
+    others = np.ones(M, dtype=bool)
+    others[xs] = False
+    idx = np.flatnonzero(others)
+    nonzero = idx[np.any(O[:, idx] != 0, axis=0)] if len(idx) else idx
+    for c in nonzero.tolist():                        # unconstrained columns must be zero
+        cols[c] = ColumnCertificate(c, np.zeros((0, 2), dtype=np.int64), np.zeros(0), 0.0, 0.0, 1.0, 0.0)
+    return Certificate("W_ov*", tuple(cols[c] for c in sorted(cols)), tol)
+
+
 # ================================================================= W_kq*
 @_serial_blas
-def w_kq_star(ds):
+def w_kq_star(ds, *, workers=None):
     """Max-margin W_kq* in token coordinates: ``(K_star float64 (M, M), Certificate)``.
 
     Column q solves ``min ||k|| s.t. k[x*] - k[x'] >= 1`` over the deduplicated training
@@ -313,6 +416,11 @@ def w_kq_star(ds):
     ----------
     ds : RealizableDataset
         Validated on first use (its training relations).
+    workers : int >= 1 or None, default None
+        Processes solving the columns. None: ``$REFIMPL_WORKERS`` if set, otherwise the
+        usable CPUs when the solves are large (sum over queries of relations x tokens at
+        least 2e6), else 1. The result has the same bits for every value: each column is
+        solved by the same code with one BLAS thread.
 
     Returns
     -------
@@ -341,17 +449,84 @@ def w_kq_star(ds):
     check_bytes(8 * 4 * M * M, f"W_kq* and its certificate at M={M}")
     K = np.zeros((M, M))
     rows, alphas = {}, {}
-    for q, pairs in _kq_rows(ds).items():         # (x*, x') = (upper, lower)
-        toks, local = np.unique(pairs, return_inverse=True)
-        G = _difference_matrix(local.reshape(-1, 2), len(toks))
-        try:
-            k, alpha = least_distance(G)
-        except (CertificateError, InfeasibleError) as err:
-            err.column = q
-            err.args = (f"W_kq* column {q}: {err}",)
-            raise
+    items = list(_kq_rows(ds).items())           # (x*, x') = (upper, lower), queries increasing
+    n_workers = _kq_workers(items, workers)
+    if n_workers > 1:
+        with ProcessPoolExecutor(n_workers, initializer=_worker_init) as pool:
+            chunk = max(1, len(items) // (8 * n_workers))
+            solved = list(pool.map(_solve_kq_column_safe, [p for _, p in items], chunksize=chunk))
+    else:
+        solved = [_solve_kq_column_safe(p) for _, p in items]
+    for (q, pairs), out in zip(items, solved):
+        if out is None:                          # failed: solve again here for the exception
+            try:
+                _solve_kq_column(pairs)
+            except (CertificateError, InfeasibleError) as err:
+                err.column = q
+                err.args = (f"W_kq* column {q}: {err}",)
+                raise
+            raise ArithmeticError(f"W_kq* column {q}: the solve failed in a worker process only")
+        toks, k, alpha = out
         K[toks, q] = k
         rows[q], alphas[q] = pairs, alpha
     cert = certify(K, rows, alphas, problem="W_kq*")
     cert.check()
     return K, cert
+
+
+# Parallel W_kq*: the columns are independent least-distance programs. Each is solved by the
+# same function with one BLAS thread wherever it runs, so K* and the certificate have the same
+# bits for any number of workers. Workers pay only when the whole solve takes seconds: a pool
+# costs ~0.1 s to start (fork) plus pickling the pairs and the solutions.
+WORKERS_ENV = "REFIMPL_WORKERS"
+_PARALLEL_MIN_WORK = 2_000_000   # sum over columns of m_c * n_c (rows x tokens) before workers pay
+
+
+def _solve_kq_column(pairs):
+    """(toks int64 (n,), k (n,), alpha (m,)): one W_kq* column on the n tokens its pairs use."""
+    toks, local = np.unique(pairs, return_inverse=True)
+    G = _difference_matrix(local.reshape(-1, 2), len(toks))
+    k, alpha = least_distance(G)
+    return toks, k, alpha
+
+
+def _solve_kq_column_safe(pairs):
+    """:func:`_solve_kq_column`, or None when it raises (the caller re-raises it with the column)."""
+    try:
+        return _solve_kq_column(pairs)
+    except (CertificateError, InfeasibleError, ArithmeticError):
+        return None
+
+
+_WORKER_LIMITS = None
+
+
+def _worker_init():
+    """Worker process: one BLAS thread (the solves are small; see :func:`refimpl.ldp.serial_blas`)."""
+    global _WORKER_LIMITS
+    _WORKER_LIMITS = threadpool_limits(limits=1, user_api="blas")
+
+
+def _cpus():
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:                       # not on Linux
+        return os.cpu_count() or 1
+
+
+def _kq_workers(items, workers):
+    """Number of processes for the W_kq* columns: ``workers`` if given, else
+    ``$REFIMPL_WORKERS`` if set, else the usable CPUs when the work is large enough."""
+    if workers is None:
+        env = os.environ.get(WORKERS_ENV, "").strip()
+        if env:
+            try:
+                workers = int(env)
+            except ValueError:
+                raise ValueError(f"{WORKERS_ENV} must be an integer, got {env!r}") from None
+    if workers is not None:
+        if isinstance(workers, bool) or int(workers) != workers or workers < 1:
+            raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
+        return min(int(workers), max(1, len(items)))
+    work = sum(len(p) * len(np.unique(p)) for _, p in items) if len(items) > 1 else 0
+    return min(_cpus(), len(items)) if work >= _PARALLEL_MIN_WORK else 1

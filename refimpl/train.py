@@ -29,7 +29,6 @@ and cost at most two extra kernel calls per recorded step.
 from __future__ import annotations
 
 import math
-import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 
@@ -40,6 +39,7 @@ from .budget import check_training
 from .data import ensure_valid
 from .errors import ConfigError
 from .maxmargin import stage2_floor, w_kq_star, w_ov_star
+from .progress import Progress
 from .trajectory import (JOINT_COLUMNS, STAGE1_COLUMNS, STAGE2_COLUMNS, ExcessLoss, Trajectory, accuracy,
                          attention_constraints, attention_margin, direction_metrics, record_steps,
                          stage1_metrics)
@@ -260,29 +260,10 @@ class _Compensated:
 
 
 # ==================================================================== progress
-class _Progress:
-    """A tqdm bar on a terminal (stderr isatty), silent otherwise or with progress=False."""
-
-    def __init__(self, total, progress, desc):
-        show = sys.stderr.isatty() if progress is None else bool(progress)
-        self.bar = None
-        if show and total > 0:
-            from tqdm import tqdm
-            self.bar = tqdm(total=total, desc=desc, unit="step", leave=False, mininterval=0.2)
-        self.done = 0
-
-    def update(self, n):
-        if self.bar is not None and n > self.done:
-            self.bar.update(n - self.done)
-            self.done = n
-
-    def set_description(self, desc):
-        if self.bar is not None:
-            self.bar.set_description(desc)
-
-    def close(self):
-        if self.bar is not None:
-            self.bar.close()
+def _Progress(total, progress, desc):
+    """The trainer's progress (:class:`refimpl.progress.Progress`): a tqdm bar on a terminal,
+    a line every ~10 s on another stderr, nothing with progress=False."""
+    return Progress(total, desc, progress)
 
 
 _PROGRESS_CHUNK = 512  # steps between progress-bar updates
@@ -470,14 +451,16 @@ def run_two_stage(ds, config, *, W_ov0=None, W_kq0=None, W_ov=None, progress=Non
         W_ov = _matrix("W_ov", W_ov, M)
         if W_ov0 is not None:
             raise ConfigError("pass either W_ov (a fixed stage-2 W_ov, skipping stage 1) or W_ov0, not both")
-    O_star, ov_cert = w_ov_star(ds)
-    K_star, kq_cert = w_kq_star(ds)
-    O_hat, n_ov = _unit(O_star)
-    K_hat, n_kq = _unit(K_star)
     T0 = 0 if W_ov is not None else cfg.T0
-    bar = _Progress(T0 + cfg.T, progress, "stage 1")
+    bar = _Progress(T0 + cfg.T, progress, "W_ov*")
     runtime = {}
     try:
+        O_star, ov_cert = w_ov_star(ds)
+        bar.set_description("W_kq*")
+        K_star, kq_cert = w_kq_star(ds)
+        O_hat, n_ov = _unit(O_star)
+        K_hat, n_kq = _unit(K_star)
+        bar.set_description("stage 1")
         t0 = time.perf_counter()
         if W_ov is None:
             O, traj1, reason1 = _stage1(ds, cfg, O0, O_hat, bar, 0)
@@ -489,6 +472,7 @@ def run_two_stage(ds, config, *, W_ov0=None, W_kq0=None, W_ov=None, progress=Non
             floor, log10_floor, vertex = math.nan, math.nan, np.zeros(ds.n_sentences, dtype=bool)
             K, traj2, reason2 = K0, Trajectory(STAGE2_COLUMNS, 0).finish(), "skipped (stage 1 non-finite)"
         else:
+            bar.set_description("stage-2 floor")
             floor, log10_floor, vertex, details = stage2_floor(ds, O, return_details=True)
             excess = ExcessLoss(ds, O, floor, vertex, details["log_loss"])
             bar.set_description("stage 2")
@@ -537,7 +521,8 @@ def train_two_stage(ds, eta0=None, eta=None, T0=DEFAULT_T0, T=DEFAULT_T, init=DE
     W_ov : (M, M) array or None
         A user-fixed stage-2 W_ov; stage 1 is skipped.
     progress : bool or None
-        tqdm bar; None shows it only when stderr is a terminal.
+        None or True: a tqdm bar when stderr is a terminal, otherwise a progress line every
+        ~10 s (:mod:`refimpl.progress`); False: silent.
     record_dense_limit, record_points : int
         Trajectory recording: every step up to ``record_dense_limit`` steps, otherwise
         about ``record_points`` steps (:class:`TrainConfig`).

@@ -15,8 +15,10 @@ Requires the optional extra ``sweep`` (``dask[distributed]``, ``pandas``, ``pyar
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import fcntl
+import logging
 import math
 import os
 import sys
@@ -25,7 +27,7 @@ import uuid
 from pathlib import Path
 
 from .errors import InputError
-from .outputs import OutputBusyError, OutputError
+from .outputs import OutputBusyError, OutputError, _SigtermGuard
 from .sweep_spec import SweepSpec, Task, load_spec, parse_spec  # noqa: F401 (re-exported)
 
 RESULTS = "results"
@@ -323,6 +325,19 @@ class _Progress:
 
 
 # ------------------------------------------------------------------ the sweep
+@contextlib.contextmanager
+def _quiet_dask(quiet):
+    """With ``quiet``, Dask's own log messages below ERROR (worker restarts, slow shutdowns) are dropped."""
+    logger = logging.getLogger("distributed")
+    level = logger.level
+    if quiet:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def _client(scheduler, workers):
     from distributed import Client, LocalCluster
     if scheduler:
@@ -382,9 +397,11 @@ def run_sweep(plan, out, *, scheduler=None, workers=None, max_tasks=None, quiet=
         raise InputError(f"--max-tasks must be >= 0, got {max_tasks}")
     if workers is not None and workers < 1:
         raise InputError(f"--workers must be >= 1, got {workers}")
+    if workers is not None and scheduler:
+        raise InputError("--workers sizes the LocalCluster; with --scheduler the cluster's own workers run the tasks")
     fn = task_fn or run_task
     t_start = time.monotonic()
-    with SweepLock(out):
+    with SweepLock(out), _SigtermGuard(), _quiet_dask(quiet):     # SIGTERM: write finished rows, exit 143
         done = set(read_results(out)["task_id"])
         tasks, seen = [], set()
         for task in plan.tasks():

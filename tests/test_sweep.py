@@ -176,6 +176,11 @@ def test_missing_sweep_file_and_missing_results(tmp_path, capsys):
     assert main(["sweep-report", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no results yet" in err
+    plan_file = _write_spec(tmp_path, TINY)
+    assert main(["sweep", str(plan_file), "--out", str(tmp_path / "o"), "--scheduler", "tcp://127.0.0.1:1",
+                 "--workers", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--workers sizes the LocalCluster" in err
 
 
 def test_a_second_sweep_into_a_folder_in_use_is_refused(tmp_path, capsys):

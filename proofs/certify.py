@@ -177,6 +177,58 @@ def lemma_inner_product():
     return _zero(inner - (1 - p_y))
 
 
+_d = sp.IndexedBase("d", real=True)
+
+
+def lemma_curvature():
+    """Lemma B, symbolic ``M`` (y = 0, ``S = sum_{v>=1} p_v``, ``D = sum_{v>=1} d_v^2``).
+
+    Checked: ``2 (1 - p_y) ||d||^2 - Var_p(d) = (E d - d_y)^2
+    + sum_v p_v [(d_v + d_y)^2 + 2 (D - d_v^2)]`` (``D - d_v^2`` is the sum of the other
+    squares, ``>= 0``), and ``Var_p(d) = sum_w p_w (d_w - E d)^2 >= 0`` (convexity).
+    """
+    d_y = sp.Symbol("d_y", real=True)
+    Sm = lambda e: sp.Sum(e, (_v, 1, M - 1))                            # noqa: E731
+    S = Sm(_p[_v])
+    p_y = 1 - S
+    D = Sm(_d[_v] ** 2)
+    mean = p_y * d_y + Sm(_p[_v] * _d[_v])
+    var = p_y * d_y ** 2 + Sm(_p[_v] * _d[_v] ** 2) - mean ** 2
+    sos = (mean - d_y) ** 2 + Sm(_p[_v] * ((_d[_v] + d_y) ** 2 - 2 * _d[_v] ** 2)) + 2 * D * S
+    spread = p_y * (d_y - mean) ** 2 + Sm(_p[_v] * (_d[_v] - mean) ** 2)
+    return _zero(2 * (1 - p_y) * (d_y ** 2 + D) - var - sos) and _zero(var - spread)
+
+
+def lemma_growth():
+    """Lemma C, symbolic ``M`` (y = 0): ``d/ds log u(o + s d) |_0 = p_y (E_q d - d_y)``, and
+    ``2||d||^2 - (d_v - d_y)^2 = (d_v + d_y)^2 + 2 (D - d_v^2)`` (``D = sum_{w != y} d_w^2``)."""
+    o_y, d_y, d_v, s = sp.symbols("o_y d_y d_v s", real=True)
+    o = sp.IndexedBase("o", real=True)
+    Sm = lambda e: sp.Sum(e, (_v, 1, M - 1))                            # noqa: E731
+    u = Sm(sp.exp(o[_v] + s * _d[_v])) / (sp.exp(o_y + s * d_y) + Sm(sp.exp(o[_v] + s * _d[_v])))
+    dlogu = sp.diff(sp.log(u), s).subs(s, 0)
+    Z, U = sp.exp(o_y) + Sm(sp.exp(o[_v])), Sm(sp.exp(o[_v]))
+    formula = (sp.exp(o_y) / Z) * (Sm(sp.exp(o[_v]) * _d[_v]) / U - d_y)
+    D = sp.Symbol("D", nonnegative=True)
+    return (_zero(dlogu - formula)
+            and _zero(2 * (d_y ** 2 + D) - (d_v - d_y) ** 2 - (d_v + d_y) ** 2 - 2 * (D - d_v ** 2)))
+
+
+def lemma_vertex_gradient():
+    """C8 vertex gradient for symbolic ``M`` and ``J`` tokens (target y = 0, x* = token 0):
+    ``d/dpi_i [log sum_v e^{z_v} - z_0]`` at ``pi = e_0``, ``z_v = sum_j pi_j O[v, j]``,
+    equals ``g_i = sum_v p*_v O[v, i] - O[0, i]``, ``p* = softmax(O[:, 0])``."""
+    i, j, r = sp.symbols("i j r", integer=True, nonnegative=True)
+    pi, O = sp.IndexedBase("pi"), sp.IndexedBase("O", real=True)
+    z = lambda vv: sp.Sum(pi[j] * O[vv, j], (j, 0, _J - 1))              # noqa: E731
+    f = sp.log(sp.Sum(sp.exp(z(_v)), (_v, 0, M - 1))) - z(0)
+    grad = sp.diff(f, pi[i]).doit().subs(_J, i + 1 + r)                  # token i among the J
+    at_vertex = grad.replace(lambda e: isinstance(e, sp.Indexed) and e.base == pi,
+                             lambda e: sp.KroneckerDelta(e.indices[0], 0)).doit()
+    Z = sp.Sum(sp.exp(O[_v, 0]), (_v, 0, M - 1))
+    return _zero(at_vertex - (sp.Sum(sp.exp(O[_v, 0]) * O[_v, i], (_v, 0, M - 1)) / Z - O[0, i]))
+
+
 def _log_space_threshold():
     """Interval: ``e^{LOG_TINY} < 5e-18`` (the dropped term of the log-space forms)."""
     with mpmath.workprec(80):
@@ -270,10 +322,9 @@ def _c4_steps(claim, c3_claim):
     derived_lower = sp.log(1 + sp.exp(-gamma_ov * radius)) / n_c
     F = step.subs(c1, c1_stated)
     return [
-        _step("Lemma B (curvature): 2(1-p_y)||d||^2 - Var_p(d) is a sum of squares", INSTANCES,
-              dv.ALL_CHECKS["check_hessian_bound"], "M = 2, 3, 4"),
-        _step("Lemma C (growth factor e^{sqrt2 eta0})", INSTANCES,
-              dv.ALL_CHECKS["check_growth_factor"], "M = 2, 3"),
+        _step("Lemma B (curvature, symbolic M): 2(1-p_y)||d||^2 - Var_p(d) is a weighted "
+              "sum of squares", SYMBOLIC, lemma_curvature),
+        _step("Lemma C (growth factor e^{sqrt2 eta0}, symbolic M)", SYMBOLIC, lemma_growth),
         _step("Lemma A, D (symbolic M)", SYMBOLIC,
               lambda: lemma_residual_norm() and lemma_inner_product()),
         _step("descent: Taylor bound - (L0 - eta0 c1 mu) = certificate, c1 as stated", SYMBOLIC,
@@ -340,6 +391,7 @@ def _c8_steps(claim, c7_claim):
     lower, c8_term, gap0 = (claim.constant("lower"), claim.constant("c8"),
                             claim.constant("gap_zero_init"))
     F, L1 = sp.symbols("F L_1", positive=True)
+    g0, Dl = sp.symbols("g_* Delta", real=True)       # vertex gradient entry of x*, the gap
     Ls = 1 + L1                                       # a constrained sentence has L >= 2
     one_minus_F = sp.Symbol("1-F", nonnegative=True)
     radius = norm0 + c7_claim.constant("norm_upper")
@@ -351,10 +403,14 @@ def _c8_steps(claim, c7_claim):
     g_star = z_y * r_y + sp.summation(z_o * r_o, (_v, 1, M - 1))
     g_w = (-a / M) * r_y + (a * (1 - 1 / M)) * r_o + sp.summation((-a / M) * r_o, (_v, 1, M - 2))
     return [
-        _step("vertex gradient grad_pi f(e_x*) = (g_v)", INSTANCES,
-              dv.ALL_CHECKS["check_c8_vertex_gradient"], "M = 3, three tokens"),
-        _step("convexity in pi (variance form of Lemma B)", INSTANCES,
-              dv.ALL_CHECKS["check_hessian_bound"], "M = 2, 3, 4"),
+        _step("vertex gradient grad_pi f(e_x*) = (g_v) (symbolic M and number of tokens)",
+              SYMBOLIC, lemma_vertex_gradient),
+        _step("convexity in pi: Var_p >= 0 (Lemma B, symbolic M)", SYMBOLIC, lemma_curvature),
+        _step("tangent: sum_{v != x*} pi_v (g_v - g_*) - Delta (1 - pi_*) = "
+              "sum_v pi_v (g_v - g_* - Delta) >= 0 (symbolic number of tokens)", SYMBOLIC,
+              lambda: _zero(sp.Sum(_alpha[_j] * (_g[_j] - g0), (_j, 1, _J))
+                            - Dl * (1 - (1 - sp.Sum(_alpha[_j], (_j, 1, _J))))
+                            - sp.Sum(_alpha[_j] * (_g[_j] - g0 - Dl), (_j, 1, _J)))),
         _step("leak: F/(L-1+F) - F/L = F(1-F)/(L(L-1+F)) >= 0", SYMBOLIC,
               lambda: certificate(F / (Ls - 1 + F) - F / Ls,
                                   [(F / (Ls * (Ls - 1 + F)), one_minus_F)], {one_minus_F: 1 - F})),

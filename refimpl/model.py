@@ -141,7 +141,7 @@ def from_token_coords(K, E, tol=1e-12):
     >>> res = ri.train_two_stage(ds, T0=100, T=100, progress=False)    # token coordinates (5, 5)
     >>> E = np.linalg.qr(np.random.default_rng(0).standard_normal((8, 8)))[0][:, :5]   # d = 8
     >>> W_ov, W_kq = ri.from_token_coords(res.W_ov, E), ri.from_token_coords(res.W_kq, E)
-    >>> loss, g_ov, g_kq = ri.loss_and_grads(W_ov, W_kq, ds, E)       # embedding space (8, 8)
+    >>> loss, g_ov, g_kq = ri.loss_and_grads(ds, W_ov, W_kq, E)       # embedding space (8, 8)
     >>> np.allclose(ri.to_token_coords(W_kq, E), res.W_kq)
     True
     """

@@ -1,6 +1,7 @@
-"""Public Hypothesis strategies for realizable and corrupted datasets.
+"""Hypothesis strategies for realizable and corrupted datasets.
 
-Use them in your own test suite::
+Needs Hypothesis (``pip install "refimpl[test]"``); importing this module without it raises
+an ImportError that says so. Use it in your own test suite::
 
     from hypothesis import given
     from refimpl.testing import realizable_datasets, corrupted_datasets
@@ -12,46 +13,108 @@ Use them in your own test suite::
     def test_my_validator(case):
         with pytest.raises(case.error): my_validate(case.dataset)
 
-Both build valid (or invalid) data by construction: no ``.filter``, no
+The strategies build valid (or invalid) data by construction: no ``.filter``, no
 ``assume``. A realizable dataset is made by :func:`refimpl.generate` from drawn
 sizes and a drawn seed, so Hypothesis shrinks towards small vocabularies, few
 short sentences and seed 0. A corruption adds exactly one defect whose expected
-exception class and sentence index are known in advance.
+exception class and sentence index are known in advance. Bounds beyond what the
+generator allows are capped when the strategy is built (documented per parameter);
+contradictory bounds raise ``hypothesis.errors.InvalidArgument`` then, never during a draw.
 """
 from __future__ import annotations
 
 from typing import NamedTuple
 
 import numpy as np
-from hypothesis import strategies as st
+
+try:
+    from hypothesis import strategies as st
+    from hypothesis.errors import InvalidArgument
+except ImportError as _err:                      # pragma: no cover - exercised in a subprocess
+    raise ModuleNotFoundError(
+        'refimpl.testing needs Hypothesis, which a plain "pip install refimpl" does not install: '
+        'pip install "refimpl[test]" (the test extra: pytest and hypothesis)', name="hypothesis") from _err
 
 from . import errors
 from .data import RealizableDataset, induced_relations
-from .generator import generate
+from .generator import _MAX_INT, _MAX_STORED_M, generate
 
 __all__ = ["realizable_datasets", "corrupted_datasets", "CorruptedCase", "CORRUPTION_KINDS"]
 
+_ORDERS = ("induced", "supplied", "either")
+
+
+def _bounds(name, lo, hi, floor, ceiling):
+    """(lo, hi) with lo raised to ``floor`` and hi lowered to ``ceiling``; InvalidArgument
+    when they are not integers or lo > hi after capping."""
+    for v, what in ((lo, f"min_{name}"), (hi, f"max_{name}")):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+            raise InvalidArgument(f"{what} must be an integer, got {v!r}")
+    lo, hi = max(int(lo), floor), min(int(hi), ceiling)
+    if lo > hi:
+        raise InvalidArgument(f"min_{name} > max_{name} after capping to {floor}..{ceiling}: {lo} > {hi}")
+    return lo, hi
+
+
+def realizable_datasets(min_vocab=2, max_vocab=12, min_sentences=1, max_sentences=40,
+                        min_len=1, max_len=6, partial_collocation=True, orders="induced"):
+    """Strategy for a valid :class:`~refimpl.data.RealizableDataset` (made by :func:`refimpl.generate`).
+
+    Parameters
+    ----------
+    min_vocab, max_vocab : int
+        Bounds of M, capped to 2..2^62 (the generator's range); with ``orders="supplied"``
+        max_vocab is also capped to 200 (stored orders hold every comparable pair, M <= 200).
+    min_sentences, max_sentences : int
+        Bounds of N, capped to 1..2^62.
+    min_len, max_len : int
+        Bounds of the sentence lengths, capped to 1..2^62; each dataset draws its own
+        length range inside them.
+    partial_collocation : bool
+        Let |C| be drawn below M.
+    orders : "induced", "supplied" or "either"
+        "supplied" stores the generating orders (``store_orders``); "either" draws it for
+        datasets with M <= 200 and uses induced orders above. Orders are drawn of
+        dimension 1 (total) to 3.
+
+    Returns
+    -------
+    SearchStrategy of RealizableDataset
+
+    Raises
+    ------
+    hypothesis.errors.InvalidArgument
+        When the strategy is built: a bound that is not an integer, min > max after capping,
+        an unknown ``orders``.
+
+    Examples
+    --------
+    >>> import refimpl as ri
+    >>> from hypothesis import given
+    >>> @given(realizable_datasets(max_vocab=300, orders="either"))
+    ... def test_validates(ds):
+    ...     ri.validate(ds)
+    """
+    if orders not in _ORDERS:
+        raise InvalidArgument(f"orders must be one of {_ORDERS}, got {orders!r}")
+    v_hi_cap = _MAX_STORED_M if orders == "supplied" else _MAX_INT
+    m_lo, m_hi = _bounds("vocab", min_vocab, max_vocab, 2, v_hi_cap)
+    n_lo, n_hi = _bounds("sentences", min_sentences, max_sentences, 1, _MAX_INT)
+    l_lo, l_hi = _bounds("len", min_len, max_len, 1, _MAX_INT)
+    return _realizable(m_lo, m_hi, n_lo, n_hi, l_lo, l_hi, bool(partial_collocation), orders)
+
 
 @st.composite
-def realizable_datasets(draw, min_vocab=2, max_vocab=12, min_sentences=1, max_sentences=40,
-                        min_len=1, max_len=6, partial_collocation=True, orders="induced"):
-    """Strategy for :class:`~refimpl.data.RealizableDataset`.
-
-    Parameters bound M (``min_vocab..max_vocab``), N (``min_sentences..max_sentences``)
-    and sentence lengths (``min_len..max_len``). ``partial_collocation`` lets |C|
-    be drawn below M. ``orders`` is ``"induced"``, ``"supplied"`` (the generating
-    orders are stored, M <= 200) or ``"either"``. Orders are drawn of dimension 1
-    (total) to 3.
-    """
-    M = draw(st.integers(min_vocab, max_vocab), label="M")
-    N = draw(st.integers(min_sentences, max_sentences), label="N")
-    lo = draw(st.integers(min_len, max_len), label="min_len")
-    hi = draw(st.integers(lo, max_len), label="max_len")
+def _realizable(draw, m_lo, m_hi, n_lo, n_hi, l_lo, l_hi, partial_collocation, orders):
+    M = draw(st.integers(m_lo, m_hi), label="M")
+    N = draw(st.integers(n_lo, n_hi), label="N")
+    lo = draw(st.integers(l_lo, l_hi), label="min_len")
+    hi = draw(st.integers(lo, l_hi), label="max_len")
     n_c = draw(st.integers(1, M), label="n_colloc") if partial_collocation else M
     dim = draw(st.integers(1, 3), label="order_dim")
     store = {"induced": False, "supplied": True}.get(orders)
     if store is None:
-        store = draw(st.booleans(), label="store_orders")
+        store = draw(st.booleans(), label="store_orders") if M <= _MAX_STORED_M else False
     seed = draw(st.integers(0, 2**32 - 1), label="seed")
     return generate(M, N, lo, hi, seed, n_colloc=n_c, order_dim=dim, store_orders=store)
 
@@ -147,22 +210,41 @@ CORRUPTION_KINDS = ("token_out_of_range", "negative_token", "empty_sentence", "c
                     "order_cycle_2", "order_cycle_3", "order_contradiction")
 
 
-@st.composite
-def corrupted_datasets(draw, kind=None, **bounds):
+def corrupted_datasets(kind=None, **bounds):
     """Strategy for :class:`CorruptedCase`: a realizable dataset with one defect.
 
-    ``kind`` is one of :data:`CORRUPTION_KINDS` (drawn when None); ``bounds`` go to
-    :func:`realizable_datasets`. Validation of ``case.dataset`` must raise
-    ``case.error`` whose ``.sentence`` equals ``case.sentence`` (for cycles: the
-    sentence that closes the cycle, the largest index among those inducing it).
+    Parameters
+    ----------
+    kind : str or None
+        One of :data:`CORRUPTION_KINDS` (drawn when None).
+    **bounds
+        Passed to :func:`realizable_datasets` (capped as there); ``orders`` defaults to
+        "induced".
+
+    Returns
+    -------
+    SearchStrategy of CorruptedCase
+        Validation of ``case.dataset`` must raise ``case.error`` whose ``.sentence`` equals
+        ``case.sentence`` (for cycles: the sentence that closes the cycle, the largest index
+        among those inducing it).
+
+    Raises
+    ------
+    ValueError
+        An unknown ``kind`` (when the strategy is built).
     """
-    if kind is None:
-        kind = draw(st.sampled_from(CORRUPTION_KINDS), label="kind")
-    elif kind not in CORRUPTION_KINDS:
+    if kind is not None and kind not in CORRUPTION_KINDS:
         raise ValueError(f"unknown corruption kind {kind!r}; expected one of {CORRUPTION_KINDS}")
     bounds.setdefault("orders", "induced")
     bounds.setdefault("min_vocab", 2)
-    ds = draw(realizable_datasets(**bounds), label="base")
+    return _corrupted(kind, realizable_datasets(**bounds))
+
+
+@st.composite
+def _corrupted(draw, kind, base):
+    if kind is None:
+        kind = draw(st.sampled_from(CORRUPTION_KINDS), label="kind")
+    ds = draw(base, label="base")
     dataset, error, sentence = _corrupt(ds, kind, _Drawer(draw))
     return CorruptedCase(dataset, kind, error, sentence)
 
@@ -175,3 +257,4 @@ class _Drawer:
 
     def draw(self, strategy, label=None):
         return self._draw(strategy, label=label)
+

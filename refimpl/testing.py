@@ -1,10 +1,14 @@
-"""Hypothesis strategies for realizable and corrupted datasets.
+"""Hypothesis strategies for datasets, and the oracle checks of an outside implementation.
 
 Needs Hypothesis (``pip install "refimpl[test]"``); importing this module without it raises
 an ImportError that says so. Use it in your own test suite::
 
     from hypothesis import given
-    from refimpl.testing import realizable_datasets, corrupted_datasets
+    from refimpl.testing import (assert_matches_reference, corrupted_datasets,
+                                 realizable_datasets)
+
+    def test_my_model():                      # a plain test: it runs its own search
+        assert_matches_reference(my_loss_and_grads)
 
     @given(realizable_datasets(max_vocab=10))
     def test_my_trainer(ds): ...
@@ -20,26 +24,34 @@ short sentences and seed 0. A corruption adds exactly one defect whose expected
 exception class and sentence index are known in advance. Bounds beyond what the
 generator allows are capped when the strategy is built (documented per parameter);
 contradictory bounds raise ``hypothesis.errors.InvalidArgument`` then, never during a draw.
+
+:func:`assert_matches_reference` and :func:`assert_step_matches_reference` search for an
+input where an implementation disagrees with the reference (:mod:`refimpl.oracle` holds
+the comparison, the tolerance model and the diagnosis).
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import NamedTuple
 
 import numpy as np
 
 try:
+    from hypothesis import HealthCheck, Phase, Verbosity, assume, given, settings
+    from hypothesis import seed as _seed
     from hypothesis import strategies as st
-    from hypothesis.errors import InvalidArgument
+    from hypothesis.errors import Flaky, InvalidArgument
 except ImportError as _err:                      # pragma: no cover - exercised in a subprocess
     raise ModuleNotFoundError(
         'refimpl.testing needs Hypothesis, which a plain "pip install refimpl" does not install: '
         'pip install "refimpl[test]" (the test extra: pytest and hypothesis)', name="hypothesis") from _err
 
-from . import errors
+from . import errors, oracle
 from .data import RealizableDataset, induced_relations
 from .generator import _MAX_INT, _MAX_STORED_M, generate
 
-__all__ = ["realizable_datasets", "corrupted_datasets", "CorruptedCase", "CORRUPTION_KINDS"]
+__all__ = ["realizable_datasets", "corrupted_datasets", "CorruptedCase", "CORRUPTION_KINDS",
+           "oracle_cases", "assert_matches_reference", "assert_step_matches_reference"]
 
 _ORDERS = ("induced", "supplied", "either")
 
@@ -258,3 +270,215 @@ class _Drawer:
     def draw(self, strategy, label=None):
         return self._draw(strategy, label=label)
 
+
+# ============================================================================ the oracle
+# Sizes of the drawn cases: small enough that a case costs milliseconds and a failure
+# shrinks to something readable, large enough for every planted bug of tests/test_oracle_check.py.
+_CASE_VOCAB, _CASE_SENTENCES, _CASE_LEN, _CASE_EXTRA_D = 8, 12, 6, 3
+
+
+def oracle_cases(regime, stage=None):
+    """Strategy for :class:`refimpl.oracle.Case`: a small valid dataset, an embedding and weights.
+
+    Parameters
+    ----------
+    regime : "moderate" or "saturated"
+        "moderate": O and K in token coordinates are s N(0, 1) with s in [0.1, 3] (attention
+        and softmax far from saturation). "saturated": O is the stage-1 output after T0 in
+        {2000, 1000, 200} steps (logit margins in the tens to hundreds) and K = c K* with
+        c in {35, 20, 60} or [10, 100] (every attention gap at least c), K* = ``w_kq_star(ds)``.
+    stage : None, 1 or 2
+        For step checks: also draw ``eta`` (the trainer's default 0.2/sqrt(d) for stage 1,
+        0.05/sqrt(d) for stage 2, times 1, 0.1 or 10); cases whose reference gradient of that
+        stage is zero or below the float64 range (no NGD direction) are rejected.
+
+    Returns
+    -------
+    SearchStrategy of refimpl.oracle.Case
+        M in 2..8, N in 1..12, lengths 1..6; E = I (d = M) or random orthonormal columns with
+        d in M..M+3; W = E O E^T, E K E^T.
+
+    Examples
+    --------
+    >>> import refimpl as ri
+    >>> from hypothesis import given
+    >>> @given(oracle_cases("saturated"))
+    ... def test_case(case):
+    ...     loss, g_ov, g_kq = ri.loss_and_grads(case.dataset, case.W_ov, case.W_kq, case.embeddings)
+    """
+    if regime not in oracle.REGIMES:
+        raise InvalidArgument(f"regime must be one of {oracle.REGIMES}, got {regime!r}")
+    if stage not in (None, 1, 2):
+        raise InvalidArgument(f"stage must be None, 1 or 2, got {stage!r}")
+    return _oracle_case(regime, stage)
+
+
+@st.composite
+def _oracle_case(draw, regime, stage):
+    ds = draw(realizable_datasets(max_vocab=_CASE_VOCAB, max_sentences=_CASE_SENTENCES,
+                                  max_len=_CASE_LEN), label="dataset")
+    M = ds.vocab_size
+    if draw(st.booleans(), label="random orthonormal E"):
+        d = M + draw(st.integers(0, _CASE_EXTRA_D), label="d - M")
+        E = oracle.orthonormal(d, M, draw(st.integers(0, 2**16), label="E seed"))
+    else:
+        E = np.eye(M)
+    if regime == "moderate":
+        o_scale = draw(st.floats(0.1, 3.0), label="O scale")
+        k_scale = draw(st.floats(0.1, 3.0), label="K scale")
+        case = oracle.moderate_case(ds, E, o_scale, k_scale, draw(st.integers(0, 2**16), label="weights seed"))
+    else:
+        T0 = draw(st.sampled_from([2000, 1000, 200]), label="T0")
+        c = draw(st.one_of(st.sampled_from([35.0, 20.0, 60.0]), st.floats(10.0, 100.0)), label="c")
+        case = oracle.saturated_case(ds, E, T0, c)
+    if stage is not None:
+        base = (0.2 if stage == 1 else 0.05) / np.sqrt(case.d)
+        eta = base * draw(st.sampled_from([1.0, 0.1, 10.0]), label="eta factor")
+        case = replace(case, eta=float(eta))
+        assume(oracle.step_reference(case, stage)[2] is not None)
+    return case
+
+
+class _Found(Exception):
+    """Raised inside the search so that Hypothesis shrinks the failing case."""
+
+    def __init__(self, comparison):
+        super().__init__("mismatch")
+        self.comparison = comparison
+
+
+def _search(run_one, strategy, max_examples, seed):
+    """The first failing comparison Hypothesis finds and shrinks, or None."""
+    @_seed(seed)
+    @settings(max_examples=max_examples, database=None, derandomize=False, deadline=None,
+              phases=(Phase.explicit, Phase.generate, Phase.shrink), report_multiple_bugs=False,
+              verbosity=Verbosity.quiet, print_blob=False,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much,
+                                     HealthCheck.data_too_large, HealthCheck.large_base_example])
+    @given(strategy)
+    def search(case):
+        comparison = run_one(case)
+        if not comparison.ok:
+            raise _Found(comparison)
+
+    try:
+        search()
+    except _Found as found:
+        return found.comparison
+    except Flaky as err:
+        raise AssertionError(f"the implementation under test gave different results on the same inputs "
+                             f"(Hypothesis could not reproduce a failure): {err}") from err
+    return None
+
+
+def _regimes(regimes):
+    regimes = (regimes,) if isinstance(regimes, str) else tuple(regimes)
+    bad = [r for r in regimes if r not in oracle.REGIMES]
+    if bad or not regimes:
+        raise ValueError(f"regimes must be a non-empty sequence of {oracle.REGIMES}, got {regimes!r}")
+    return regimes
+
+
+def assert_matches_reference(fn, *, regimes=("moderate", "saturated"), max_examples=100,
+                             rtol=oracle.DEFAULT_RTOL, seed=0):
+    """Search for an input where ``fn`` disagrees with ``refimpl.loss_and_grads``; raise if found.
+
+    Parameters
+    ----------
+    fn : callable ``fn(W_ov, W_kq, arrays) -> (loss, grad_W_ov, grad_W_kq)``
+        Your implementation, in embedding space: ``W_ov``, ``W_kq`` float64 (d, d) (copies),
+        ``arrays`` a :class:`~refimpl.data.DatasetArrays` (``ds.to_arrays()``: ``tokens``
+        (N, Lmax) padded with M, ``mask``, ``lengths``, ``queries``, ``optimal``,
+        ``next_tokens``, ``colloc_tokens``, ``colloc_next``, ``vocab_size``) with
+        ``embeddings`` E (d, M) set. Return the mean loss (a float) and its gradients
+        (float arrays (d, d); a tensor as ``t.detach().cpu().numpy()``).
+    regimes : sequence of "moderate", "saturated"
+        Weight regimes searched in this order (:func:`oracle_cases`); each one is a separate
+        Hypothesis search, and the first failure stops the check.
+    max_examples : int
+        Cases drawn per regime (each costs one call of ``fn`` and one of the reference, a
+        few milliseconds for the reference at these sizes).
+    rtol : float
+        Relative tolerance (the tolerance model of :mod:`refimpl.oracle`: plus the rounding
+        every float64 evaluation carries, and an absolute 2.2e-308 where the reference
+        underflows to 0).
+    seed : int
+        Seed of the search: the same seed draws the same cases.
+
+    Returns
+    -------
+    None
+        When no mismatch is found.
+
+    Raises
+    ------
+    refimpl.oracle.OracleMismatch (an AssertionError)
+        With the shrunk failing case (``err.case``: dataset, weights, embeddings, arrays), the
+        relative error of each output, and a diagnosis (``err.diagnosis.cause``): transposed
+        W_kq or W_ov, missing 1/N, padding read as a token, cancellation at saturation,
+        token-coordinate gradients, E ignored, swapped outputs, an exception of ``fn``.
+
+    Notes
+    -----
+    Call it from a plain test function, not from inside a ``@given`` test: it runs its own
+    Hypothesis search (seeded, no example database, shrinking on), one per regime.
+
+    Examples
+    --------
+    >>> def test_my_model():
+    ...     assert_matches_reference(my_loss_and_grads, max_examples=50)
+    """
+    passed = []
+    for regime in _regimes(regimes):
+        failure = _search(lambda case: oracle.compare(fn, case, rtol), oracle_cases(regime), max_examples, seed)
+        if failure is not None:
+            diagnosis = oracle.diagnose(fn, failure, rtol, tuple(passed))
+            raise oracle.OracleMismatch(failure, diagnosis, tuple(passed), "fn") from None
+        passed.append(regime)
+
+
+def assert_step_matches_reference(step_fn, *, stage, regimes=("moderate", "saturated"), max_examples=100,
+                                  rtol=oracle.DEFAULT_RTOL, seed=0):
+    """Search for an input where one NGD step of ``step_fn`` disagrees with the reference step.
+
+    Parameters
+    ----------
+    step_fn : callable ``step_fn(W_ov, W_kq, arrays, eta) -> W_new`` (float (d, d))
+        One step of Algorithm 1 in embedding space (``arrays`` as for
+        :func:`assert_matches_reference`). Stage 1 returns the new W_ov,
+        ``W_ov - eta G/||G||_F`` with G the gradient of the collocation loss
+        L0(W_ov) = (1/|C|) sum_{x in C} loss(W_ov; [x], n(x)) (``arrays.colloc_tokens``,
+        ``arrays.colloc_next``; W_kq is not used). Stage 2 returns the new W_kq,
+        ``W_kq - eta G/||G||_F`` with G = dL/dW_kq on the sentences, W_ov fixed.
+    stage : 1 or 2
+    regimes, max_examples, rtol, seed
+        As for :func:`assert_matches_reference`; the step is compared as
+        ``||W_new - W_ref||_F <= (rtol + kappa) eta + 4 eps (||W||_F + eta)``.
+
+    Returns
+    -------
+    None
+        When no mismatch is found.
+
+    Raises
+    ------
+    refimpl.oracle.OracleMismatch (an AssertionError)
+        With the shrunk case and a diagnosis: the step returned instead of the iterate,
+        ascent, not normalized, another norm, the sentence loss in stage 1, transposed W_kq,
+        cancellation at saturation.
+
+    Examples
+    --------
+    >>> def test_my_stage2_step():
+    ...     assert_step_matches_reference(my_step, stage=2, max_examples=50)
+    """
+    if stage not in (1, 2):
+        raise ValueError(f"stage must be 1 or 2, got {stage!r}")
+    passed = []
+    for regime in _regimes(regimes):
+        failure = _search(lambda case: oracle.compare_step(step_fn, case, stage, rtol),
+                          oracle_cases(regime, stage), max_examples, seed)
+        if failure is not None:
+            diagnosis = oracle.diagnose_step(step_fn, failure, rtol, tuple(passed))
+            raise oracle.OracleMismatch(failure, diagnosis, tuple(passed), f"step_fn (stage {stage})") from None
+        passed.append(regime)

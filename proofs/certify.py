@@ -358,6 +358,11 @@ def _c4_steps(claim, c3_claim):
               lambda: _zero(sp.exp(dv.C4_LOG_STEP.args[1][0].rewrite(sp.log).rewrite(sp.exp))
                             - step.subs(b, sp.exp(lu)))),
         _step("log-space threshold e^{-40} < 5e-18", INTERVAL, _log_space_threshold),
+        _step("preconditions: eta0 e^{sqrt2 eta0} < 1 and eta0 c1 < 1 with the stated c1",
+              SYMBOLIC, lambda: any(isinstance(p, sp.Lt) and _zero(p.lhs - w) and p.rhs == 1
+                                    for p, _ in claim.preconditions)
+              and any(isinstance(p, sp.Lt) and _zero(p.lhs - eta0 * c1_stated) and p.rhs == 1
+                      for p, _ in claim.preconditions)),
         _step("statement uses the constants", SYMBOLIC, lambda: _uses(claim, "c1", "lower")),
     ]
 

@@ -6,8 +6,11 @@ side is nonnegative by construction (products of nonnegative factors, sums of
 squares weighted by probabilities), so the check is an exact ``expand(...) == 0``
 or ``cancel(...) == 0``; each docstring says which identity is checked.
 
-The closed forms the claims use (and ``numeric`` lambdifies) are
-defined here, next to the checks that justify them.
+The closed forms the claims use are defined here, next to the checks that
+justify them; the registry (``claims``) holds them as each claim's constants,
+``certify`` derives them again from the hypotheses of the proofs, and
+``numeric`` lambdifies the registry's copy (and the log-space forms below, which
+``certify`` checks against it).
 """
 import itertools
 

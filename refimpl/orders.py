@@ -7,11 +7,13 @@ relations, and only relations of the same query are ever combined.
 Every function here works on *compact node ids*: the distinct (query, token)
 pairs that occur are sorted lexicographically and numbered 0..n-1 (n <= 2R), so
 memory and time depend on R (and the number of queried pairs), never on the
-vocabulary size M, which may be as large as 2^40 or any int64 value. No function
-packs (q, lo, up) into one integer, so no value can overflow; rows are compared
-column by column (stable lexicographic sorts). Reachability is a boolean graph search or a
-boolean row OR, never an integer path count, so chains of any length and fans of
-any width are exact.
+vocabulary size M, which may be as large as 2^40 or any int64 value. Rows are sorted
+as one int64 key only when that is provably exact: each column is offset by its
+minimum, and the key is built only if the offsets' bit lengths (of max - min) sum to
+at most 63, so no value can overflow and the key order is the row order; otherwise
+rows are compared column by column (stable lexicographic sorts). Reachability is a
+boolean graph search or a boolean row OR, never an integer path count, so chains of
+any length and fans of any width are exact.
 
 ``unique_relations``  deduplicate and sort relations by (q, lo, up)
 ``find_cycle``        a witness cycle of the smallest query whose relations have one
@@ -71,49 +73,165 @@ def _lex_order(*cols):
     return order
 
 
-def _row_starts(*cols):
+def _span_bits(col):
+    """(minimum, bits): ``col``'s minimum (an int) and the bit length of max - min, so every
+    ``col - minimum`` lies in 0..2^bits - 1. (0, 0) for an empty column. O(len(col)), no copy."""
+    if len(col) == 0:
+        return 0, 0
+    lo = int(col.min())
+    return lo, (int(col.max()) - lo).bit_length()
+
+
+def _packed_key(cols, spans):
+    """One int64 key per row: the columns' offsets ``c - minimum`` side by side, the first
+    column in the most significant bits, each in its ``bits``.
+
+    The caller guarantees ``sum(bits) <= 63`` (so the key is a non-negative int64 and no
+    value overflows); then the key order is the lexicographic order of the rows, and equal
+    keys are equal rows. Each ``c - minimum`` is exact in int64 arithmetic because it lies in
+    0..2^63 - 1 (a wrapped intermediate is the true value). O(R), memory two int64 (R,)."""
+    key = np.subtract(cols[0], np.int64(spans[0][0]))
+    tmp = np.empty_like(key)
+    for c, (m, bits) in zip(cols[1:], spans[1:]):
+        key <<= bits
+        np.subtract(c, np.int64(m), out=tmp)
+        key |= tmp
+    return key
+
+
+def _sorted_runs(key):
+    """Sort an int64 key (consumed: it may be overwritten) and mark its distinct values.
+
+    Returns ``(order, new)``: ``order`` (int64 (n,)) is a stable sort permutation of ``key``
+    and ``new[i]`` is True iff the i-th smallest key differs from the one before (True for
+    i = 0). When the key is non-negative and the row index fits below its bits
+    (``bit_length(max) + bit_length(n - 1) <= 63``), the key and the row index are packed
+    into one int64 and sorted in place (the packed values are distinct, so any sort is
+    stable on the key); otherwise ``np.argsort(kind="stable")``. O(n log n), memory one
+    int64 (n,) (the permutation) besides the key on the packed path, two otherwise."""
+    n = len(key)
+    new = np.ones(n, dtype=bool)
+    if n == 0:
+        return np.zeros(0, dtype=np.int64), new
+    pbits = (n - 1).bit_length()
+    if int(key.min()) >= 0 and int(key.max()).bit_length() + pbits <= 63:
+        key <<= pbits
+        step = 1 << 20   # the row index added in pieces: no (n,) temporary
+        for i in range(0, n, step):
+            key[i: i + step] |= np.arange(i, min(i + step, n), dtype=np.int64)
+        key.sort()
+        order = key & np.int64((1 << pbits) - 1)
+        key >>= pbits
+    else:
+        order = np.argsort(key, kind="stable")
+        key = key[order]
+    if n > 1:
+        np.not_equal(key[1:], key[:-1], out=new[1:])
+    return order, new
+
+
+def _packed_groups(cols, spans):
+    """The columns as a list of int64 sort keys with the same lexicographic row order:
+    consecutive columns are packed greedily (:func:`_packed_key`) while their spans sum to
+    at most 63 bits; a column whose span needs 64 bits is kept as it is."""
+    keys, run, bits = [], [], 0
+    for c, s in zip(cols, spans):
+        if run and bits + s[1] > 63:
+            keys.append(_packed_key([x for x, _ in run], [y for _, y in run]))
+            run, bits = [], 0
+        if s[1] > 63:
+            keys.append(c)
+            continue
+        run.append((c, s))
+        bits += s[1]
+    if run:
+        keys.append(_packed_key([x for x, _ in run], [y for _, y in run]))
+    return keys
+
+
+def _row_starts(*cols, pack=True):
     """Sort rows (columns ``cols``, the first the most significant) and mark distinct ones.
 
-    Returns ``(order, new)``: ``order`` from :func:`_lex_order`, ``new[i]`` True iff sorted
-    row i differs from sorted row i-1 (always True for i = 0)."""
-    order = _lex_order(*cols)
+    Returns ``(order, new)``: ``order`` a stable lexicographic sort permutation of the rows,
+    ``new[i]`` True iff sorted row i differs from sorted row i-1 (always True for i = 0).
+
+    With ``pack``, consecutive columns whose value spans fit 63 bits together are packed
+    into one int64 key (:func:`_packed_groups`): one key is one sort
+    (:func:`_sorted_runs`), several are successive stable sorts (:func:`_lex_order`) of
+    fewer columns. Without ``pack`` the columns are compared as they are. Both give the
+    same result."""
+    if pack:
+        keys = _packed_groups(cols, [_span_bits(c) for c in cols])
+        if len(keys) == 1 and keys[0] is not cols[0]:
+            return _sorted_runs(keys[0])
+    else:
+        keys = cols
+    order = _lex_order(*keys)
     n = len(order)
     new = np.ones(n, dtype=bool)
     if n > 1:
         diff = np.zeros(n - 1, dtype=bool)
-        for c in cols:
+        for c in keys:
             s = c[order]
             diff |= s[1:] != s[:-1]
         new[1:] = diff
     return order, new
 
 
-def _compact_nodes(q, t):
+def _compact_nodes(q, t, pack=True):
     """Number the distinct rows (q[i], t[i]) by their lexicographic rank.
 
     Returns ``(node_q, node_t, inv)``: the distinct rows sorted by (q, t), shape (n,) each,
-    and ``inv`` (len(q),) with ``(node_q[inv[i]], node_t[inv[i]]) == (q[i], t[i])``.
+    and ``inv`` (len(q),) with ``(node_q[inv[i]], node_t[inv[i]]) == (q[i], t[i])``;
+    ``inv`` is int32 when n < 2^31, else int64.
     Node ids are therefore increasing in (q, t): within one query, in token order."""
-    order, new = _row_starts(q, t)
-    ids = np.cumsum(new) - 1
-    inv = np.empty(len(q), dtype=np.int64)
+    order, new = _row_starts(q, t, pack=pack)
+    return _ids_from_runs(order, new, (q, t))
+
+
+def _ids_from_runs(order, new, cols):
+    """``(cols[0][first], cols[1][first], ..., inv)`` from a sort ``(order, new)`` of rows:
+    the distinct rows in sorted order and each input row's rank among them (int32 when
+    fewer than 2^31 distinct rows)."""
+    ids = np.cumsum(new, dtype=np.int64)
+    ids -= 1
+    n = int(ids[-1]) + 1 if len(ids) else 0
+    inv = np.empty(len(order), dtype=np.int32 if n < 2**31 else np.int64)
     inv[order] = ids
+    del ids
     keep = order[new]
-    return q[keep], t[keep], inv
+    return tuple(c[keep] for c in cols) + (inv,)
 
 
 def _csr(src, dst, n):
     """CSR adjacency (indptr (n+1,), indices (E,)) of the edges src -> dst on nodes 0..n-1;
-    the successors of each node are listed in increasing id order."""
-    order = _lex_order(src, dst)
+    the successors of each node are listed in increasing id order. int64 arrays.
+
+    When ids fit 31 bits, ``src * 2^31 + dst`` is one int64 key, sorted once and ``dst``
+    read back from its low bits; otherwise a stable two-column sort. O(E log E)."""
     indptr = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(np.bincount(src, minlength=n), out=indptr[1:])
+    if n <= 2**31:
+        key = np.left_shift(src, 31, dtype=np.int64)
+        key |= dst
+        key.sort()
+        key &= np.int64(2**31 - 1)
+        return indptr, key
+    order = _lex_order(src, dst)
     return indptr, np.ascontiguousarray(dst[order], dtype=np.int64)
 
 
-def _strong_components(indptr, indices, n):
-    """Strongly connected components: (count, labels (n,)) by scipy's csgraph."""
-    g = csr_matrix((np.ones(len(indices), dtype=np.int8), indices, indptr), shape=(n, n))
+def _strong_components(indptr, indices, n, distinct=False):
+    """Strongly connected components: (count, labels (n,)) by scipy's csgraph.
+
+    csgraph converts the edge weights to float64, and that conversion also merges
+    duplicate edges, which its strong-component search needs (measured with scipy 1.17:
+    on a graph with repeated edges given as float64 it returns wrong components). So
+    int8 weights are given, unless ``distinct`` says that no edge repeats: then float64
+    ones are given and no copy of the graph is made (int32 ``indptr`` and ``indices``
+    are used as they are)."""
+    weights = np.ones(len(indices), dtype=np.float64 if distinct else np.int8)
+    g = csr_matrix((weights, indices, indptr), shape=(n, n))
     return connected_components(g, directed=True, connection="strong")
 
 
@@ -258,15 +376,100 @@ def unique_relations(q, lo, up):
 
     Notes
     -----
-    A stable lexicographic sort over the three columns, then a row is kept iff it differs
-    from its predecessor in some column: O(R log R), exact for any int64 values (no
-    packing of the columns into one key).
+    O(R log R) time. When the three columns' value spans (``max - min``) need at most 63
+    bits together, each row is the one int64 key of its offsets from the column minima (an
+    order-preserving, collision-free packing, checked before it is built); when the row
+    index fits below that key too, key and index are packed together and sorted in place.
+    Otherwise the columns are sorted as they are, by successive stable sorts, so any int64
+    values are exact. A row is kept iff it differs from its predecessor. Memory: the
+    outputs plus about two int64 arrays of length R on the packed path, four otherwise.
     """
     q, lo, up = _as_int64(q, "q"), _as_int64(lo, "lo"), _as_int64(up, "up")
     _same_length(q=q, lo=lo, up=up)
-    order, new = _row_starts(q, lo, up)
-    keep = order[new].astype(np.int64, copy=False)
+    return _unique(q, lo, up)
+
+
+def _unique(q, lo, up, pack=True):
+    """:func:`unique_relations` on int64 arrays of equal length; ``pack=False`` forces the
+    column-by-column sorts (the reference the packed path is tested against)."""
+    order, new = _row_starts(q, lo, up, pack=pack)
+    keep = order[new]
+    del order, new
     return q[keep], lo[keep], up[keep], keep
+
+
+def _sorted_unique(q, lo, up):
+    """Whether the rows (q, lo, up) are strictly increasing lexicographically (so sorted and
+    free of duplicates). O(R), bool temporaries only."""
+    if len(q) < 2:
+        return True
+    q0, q1, lo0, lo1 = q[:-1], q[1:], lo[:-1], lo[1:]
+    inc = up[1:] > up[:-1]
+    inc &= lo1 == lo0
+    inc |= lo1 > lo0
+    inc &= q1 == q0
+    inc |= q1 > q0
+    return bool(inc.all())
+
+
+def _relation_graph(uq, ulo, uup, pack=True):
+    """Compact nodes and CSR edges of sorted, distinct relations without self-loops.
+
+    Returns ``(first, indptr, indices)``: node ids number the distinct (query, token)
+    pairs in lexicographic order; node x is relation end ``first[x]`` (int64 (n,)): row
+    ``first[x] % R``, its lower token when ``first[x] < R``, else its upper token
+    (:func:`_node_values`). The CSR lists each node's successors in increasing id order;
+    ``indptr`` and ``indices`` are int32 when the node and relation counts are below 2^31,
+    else int64.
+
+    Because the rows are sorted, a query is replaced by its rank among the distinct queries
+    (one pass), which needs at most bit_length(R) bits; (rank, token) pairs are then packed
+    into one int64 key when the token span fits the remaining bits, else sorted column by
+    column. The sources of the sorted relations are then non-decreasing node ids and the
+    targets of one source increasing, so the relations are the CSR in the order given: no
+    sort of the edges. O(R log R) time; memory about 64 bytes per relation besides the
+    inputs when most relation ends are distinct nodes (one int64 key per relation end,
+    sorted in place, its permutation, the int32 node ids and CSR)."""
+    R = len(uq)
+    ranks = np.zeros(2 * R, dtype=np.int64)   # the packed key when it fits, else the ranks twice
+    if R > 1:
+        np.cumsum(uq[1:] != uq[:-1], out=ranks[1:R])
+    ranks[R:] = ranks[:R]
+    t_min = min(int(ulo.min()), int(uup.min()))
+    t_bits = (max(int(ulo.max()), int(uup.max())) - t_min).bit_length()
+    if pack and int(ranks[R - 1]).bit_length() + t_bits <= 63:
+        key = ranks
+        key <<= t_bits
+        tmp = np.subtract(ulo, np.int64(t_min))
+        key[:R] |= tmp
+        np.subtract(uup, np.int64(t_min), out=tmp)
+        key[R:] |= tmp
+        del tmp, ranks
+        order, new = _sorted_runs(key)
+        del key
+    else:
+        order, new = _row_starts(ranks, np.concatenate([ulo, uup]), pack=pack)
+        del ranks
+    ids = np.cumsum(new, dtype=np.int64)
+    ids -= 1
+    n = int(ids[-1]) + 1
+    narrow = n < 2**31 and R < 2**31
+    inv = np.empty(2 * R, dtype=np.int32 if narrow else np.int64)
+    inv[order] = ids
+    del ids
+    first = order[new]
+    del order, new
+    indptr = np.zeros(n + 1, dtype=inv.dtype)
+    np.cumsum(np.bincount(inv[:R], minlength=n), out=indptr[1:])
+    return first, indptr, inv[R:]
+
+
+def _node_values(uq, ulo, uup, first, nodes):
+    """(query, token) of the node ids ``nodes`` of :func:`_relation_graph`, int64 each."""
+    R = len(uq)
+    ends = first[nodes]
+    row = ends % R
+    return uq[row], np.where(ends < R, ulo[row], uup[row])
 
 
 def find_cycle(q, lo, up):
@@ -287,44 +490,63 @@ def find_cycle(q, lo, up):
     Notes
     -----
     Self-loops ``lo == up`` are the cycles ``[t, t]``; when the smallest cyclic query has
-    one, the one with the smallest token is returned. Otherwise the distinct (query, token)
-    pairs become compact node ids, the deduplicated relations the edges of one sparse
-    graph (relations of different queries never share a node), and its strongly connected
-    components are computed (scipy.sparse.csgraph). A component with >= 2 nodes holds a
-    cycle: starting at the query's smallest token in such a component, the walk to the
-    smallest successor inside the component repeats a node, and the closed part of the
-    walk is returned. Deterministic;
-    O(R log R) time and O(R) memory, independent of the token values.
+    one, the one with the smallest token is returned. Otherwise the relations are
+    deduplicated and sorted (:func:`unique_relations`; skipped, after one O(R) check, when
+    they already are), the distinct (query, token) pairs become compact node ids and the
+    relations the edges of one sparse graph in CSR form, built in the order of the sorted
+    relations (relations of different queries never share a node), and its strongly
+    connected components are computed (scipy.sparse.csgraph, int32 indices). A component
+    with >= 2 nodes holds a cycle: starting at the query's smallest token in such a
+    component, the walk to the smallest successor inside the component repeats a node, and
+    the closed part of the walk is returned. Deterministic; O(R log R) time, independent
+    of the token values. Memory besides the inputs (measured, most relation ends distinct
+    nodes): about 64 bytes per relation when they are sorted and distinct, about 90 when
+    they must be deduplicated first (int32 node ids and edges, one int64 sort key per
+    relation end; the column-by-column version took about 160).
     """
     q, lo, up = _as_int64(q, "q"), _as_int64(lo, "lo"), _as_int64(up, "up")
     _same_length(q=q, lo=lo, up=up)
+    return _find_cycle(q, lo, up)
+
+
+def _find_cycle(q, lo, up, pack=True):
+    """:func:`find_cycle` on int64 arrays of equal length; ``pack=False`` forces the
+    column-by-column sorts."""
     if len(q) == 0:
         return None
     loop = lo == up
     q_self = int(q[loop].min()) if loop.any() else None
 
-    uq, ulo, uup, _ = unique_relations(q, lo, up)
-    keep = ulo != uup
-    uq, ulo, uup = uq[keep], ulo[keep], uup[keep]
+    if _sorted_unique(q, lo, up):
+        uq, ulo, uup = q, lo, up
+    else:
+        uq, ulo, uup, first_index = _unique(q, lo, up, pack=pack)
+        del first_index
+    if q_self is not None:
+        keep = ulo != uup
+        uq, ulo, uup = uq[keep], ulo[keep], uup[keep]
+        del keep
+    else:
+        del loop
     q_scc, start = None, None
     if len(uq):
-        R = len(uq)
-        node_q, node_t, inv = _compact_nodes(np.concatenate([uq, uq]), np.concatenate([ulo, uup]))
-        n = len(node_q)
-        indptr, indices = _csr(inv[:R], inv[R:], n)
-        ncomp, labels = _strong_components(indptr, indices, n)
+        first, indptr, indices = _relation_graph(uq, ulo, uup, pack=pack)
+        n = len(first)
+        ncomp, labels = _strong_components(indptr, indices, n, distinct=True)
         if ncomp < n:
-            in_cycle = np.bincount(labels, minlength=ncomp)[labels] > 1
-            start = int(np.flatnonzero(in_cycle)[0])   # smallest node: smallest query, then token
-            q_scc = int(node_q[start])
+            in_cycle = (np.bincount(labels, minlength=ncomp) > 1)[labels]
+            start = int(np.argmax(in_cycle))   # smallest node on a cycle: smallest query, then token
+            del in_cycle
+            q_scc = int(_node_values(uq, ulo, uup, first, [start])[0][0])
 
     if q_self is not None and (q_scc is None or q_self <= q_scc):
         t = int(lo[loop & (q == q_self)].min())
         return q_self, [t, t]
     if q_scc is None:
         return None
-    cyc = _loops().walk(indptr, indices, labels.astype(np.int64), np.int64(start))
-    return q_scc, node_t[cyc].tolist()
+    cyc = _loops().walk(indptr.astype(np.int64), indices.astype(np.int64), labels.astype(np.int64),
+                        np.int64(start))
+    return q_scc, _node_values(uq, ulo, uup, first, cyc)[1].tolist()
 
 
 def reachable_pairs(q_gen, lo_gen, up_gen, q, a, b):
@@ -348,7 +570,8 @@ def reachable_pairs(q_gen, lo_gen, up_gen, q, a, b):
     Notes
     -----
     The (query, token) pairs of relations and queried triples get compact node ids (sorted
-    rows, no packing), the relations become a CSR adjacency (each query's nodes are
+    rows; one int64 key per row only when the spans fit it exactly), the relations become
+    a CSR adjacency (each query's nodes are
     disconnected from every other query's), and the queried triples are grouped by source
     node. One iterative depth-first search per distinct source answers all its queried
     targets and stops once they are all reached. Time O((R + P) log(R + P)) for the sorting
@@ -373,7 +596,7 @@ def reachable_pairs(q_gen, lo_gen, up_gen, q, a, b):
     group_starts = np.append(group_starts, P).astype(np.int64)
     answer = np.zeros(P, dtype=bool)
     _loops().reach(indptr, indices, n, sources.astype(np.int64), group_starts,
-                   np.ascontiguousarray(dst[order]), answer)
+                   np.ascontiguousarray(dst[order], dtype=np.int64), answer)
     out[order] = answer
     return out
 

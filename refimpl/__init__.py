@@ -26,7 +26,7 @@ _PUBLIC = {
     "InputError": "errors", "ShapeError": "errors", "NonFiniteError": "errors", "SentenceInputError": "errors",
     "CountMismatchError": "errors", "CollocationConflictError": "errors",
     "NoOptimalTokenError": "errors", "AmbiguousOptimalTokenError": "errors",
-    "OrderCycleError": "errors", "OrderContradictionError": "errors",
+    "OrderCycleError": "errors", "OptimalTokenMismatchError": "errors", "OrderContradictionError": "errors",
     "NonOrthonormalEmbeddingError": "errors", "FileFormatError": "errors", "ConfigError": "errors",
     # model
     "loss_and_grads": "model", "stage1_loss_and_grad": "model",

@@ -21,9 +21,11 @@ properties that need a valid dataset, such as :attr:`RealizableDataset.optimal`)
 checks realizability and raises a :class:`~refimpl.errors.DatasetError`
 subclass naming the sentence, tokens and query.
 
-Validation is near-linear in the data size plus the order relations: optimal tokens
-are found with array operations on the ragged tokens, relations are deduplicated by
-sorting structured triples (never packed into one integer), cycles are strongly
+Validation is near-linear in the data size plus the order relations, and works in
+blocks, so its memory stays a small multiple of the file: optimal tokens are found
+with array operations on blocks of the ragged tokens; relations are built one block
+of whole queries at a time and deduplicated by sorting (query, lower, upper) rows
+(as one int64 key only when the columns' spans provably fit it), cycles are strongly
 connected components of a sparse graph, and containment in supplied orders is
 reachability on the sparse graph of each query (:mod:`refimpl.orders`).
 """
@@ -437,9 +439,8 @@ class RealizableDataset:
         ``"optimal": [x*_0, ..., x*_{N-1}]`` follows ``next_tokens`` when the dataset is
         valid: validation runs here if it has not run yet (its result is cached), and a
         dataset that fails it is still written, without the field, so that invalid files
-        (the corrupted test corpus) can be produced. The field is left out too while the
-        reader of this version (:func:`refimpl.io.load_dataset`) does not accept it, so every
-        file written here can be read back.
+        (the corrupted test corpus) can be produced. :func:`refimpl.io.load_dataset` checks
+        the field against the validated optimal tokens when it is present.
         """
         out = {"format": FORMAT_TAG, "vocab_size": self.vocab_size,
                "collocation": self.collocation_pairs.tolist()}
@@ -453,9 +454,7 @@ class RealizableDataset:
         return out
 
     def _optimal_for_file(self):
-        """x* as a list of ints for the file, or None (not valid, or a reader without the field)."""
-        if not _reader_accepts_optimal():
-            return None
+        """x* as a list of ints for the file, or None for a dataset that is not valid."""
         try:
             ensure_valid(self)
         except DatasetError:
@@ -500,13 +499,6 @@ class RealizableDataset:
                 and np.array_equal(self.flat_tokens, other.flat_tokens))
 
     __hash__ = None
-
-
-def _reader_accepts_optimal():
-    """Whether :func:`refimpl.io.load_dataset` accepts the ``optimal`` field; files are written
-    only with fields the reader of the same version reads back."""
-    from . import io
-    return "optimal" in getattr(io, "_FIELDS", ())
 
 
 def _as_int64(value, what):
@@ -562,8 +554,8 @@ def _check_counts_and_ranges(ds):
         raise EmptySentenceError(f"sentence {empty[0]} is empty (a sentence needs at least its query)",
                                  sentence=empty[0], tokens=())
     flat = ds.flat_tokens
-    bad = (flat < 0) | (flat >= M)
-    if bad.any():
+    if int(flat.min()) < 0 or int(flat.max()) >= M:   # two passes, no (T,) temporaries
+        bad = (flat < 0) | (flat >= M)
         i, l = _first_bad_position(ds, bad)
         sent = ds.sentence(i)
         raise TokenOutOfRangeError(
@@ -606,24 +598,69 @@ def _check_collocation(ds):
                                        tokens=(x, a, b), next_tokens=(a, b))
 
 
-def _lookup_next(ds, tokens):
-    """n(x) for every x of ``tokens`` (-1 for x not in C), by binary search in the sorted
-    collocation (no M-sized table)."""
+def _colloc_table(ds):
+    """(xs, nx): the collocation tokens in increasing order and n(x) of each (the first pair
+    given for x), int64 (|C|,) each."""
     xs, first = np.unique(ds.collocation_pairs[:, 0], return_index=True)
-    nx = ds.collocation_pairs[first, 1]
+    return xs, ds.collocation_pairs[first, 1]
+
+
+def _lookup_next(ds, tokens, table=None):
+    """n(x) for every x of ``tokens`` (-1 for x not in C), by binary search in the sorted
+    collocation (no M-sized table); ``table`` is :func:`_colloc_table` when already built."""
+    xs, nx = _colloc_table(ds) if table is None else table
     if len(xs) == 0:
         return np.full(len(tokens), -1, dtype=np.int64)
-    pos = np.minimum(np.searchsorted(xs, tokens), len(xs) - 1)
+    pos = np.searchsorted(xs, tokens)
+    np.minimum(pos, len(xs) - 1, out=pos)
     return np.where(xs[pos] == tokens, nx[pos], -1)
 
 
+_BLOCK_TOKENS = 1 << 16
+"""Tokens per block of sentences in validation: each block's temporaries are a few MB."""
+
+
+def _sentence_blocks(offsets, block=None):
+    """Yield ``(s0, s1)``: consecutive sentences s0..s1-1 with at most ``block`` tokens
+    together (default :data:`_BLOCK_TOKENS`), or one longer sentence alone."""
+    block = _BLOCK_TOKENS if block is None else block
+    N = len(offsets) - 1
+    s0 = 0
+    while s0 < N:
+        s1 = int(np.searchsorted(offsets, offsets[s0] + block, side="right")) - 1
+        s1 = min(max(s1, s0 + 1), N)
+        yield s0, s1
+        s0 = s1
+
+
+def _candidates(ds, s0, s1, table):
+    """bool (T_block,): for the tokens of sentences s0..s1-1, whether n(x) is the sentence's
+    next token."""
+    off = ds.offsets
+    tokens = ds.flat_tokens[off[s0]: off[s1]]
+    cand = _lookup_next(ds, tokens, table)
+    return cand == np.repeat(ds.next_tokens[s0:s1], np.diff(off[s0: s1 + 1]))
+
+
 def _optimal_tokens(ds):
-    """x*(i): the unique distinct token with n(x) = y_i, int64 (N,). O(T log |C|), ragged."""
-    flat, off, sid = ds.flat_tokens, ds.offsets, ds.sentence_ids
-    cand = _lookup_next(ds, flat) == ds.next_tokens[sid]
-    starts = off[:-1]
-    hi = np.maximum.reduceat(np.where(cand, flat, -1), starts)
-    lo = np.minimum.reduceat(np.where(cand, flat, ds.vocab_size), starts)
+    """x*(i): the unique distinct token with n(x) = y_i, int64 (N,).
+
+    O(T log |C|) time on the ragged tokens, in blocks of sentences of about
+    :data:`_BLOCK_TOKENS` tokens: memory (N,) for the result plus O(block) temporaries
+    (no (T,) array)."""
+    flat, off, M = ds.flat_tokens, ds.offsets, ds.vocab_size
+    N = len(off) - 1
+    table = _colloc_table(ds)
+    hi = np.empty(N, dtype=np.int64)
+    lo = np.empty(N, dtype=np.int64)
+    for s0, s1 in _sentence_blocks(off):
+        a = int(off[s0])
+        tokens = flat[a: off[s1]]
+        cand = _candidates(ds, s0, s1, table)
+        starts = off[s0:s1] - a
+        hi[s0:s1] = np.maximum.reduceat(np.where(cand, tokens, -1), starts)
+        lo[s0:s1] = np.minimum.reduceat(np.where(cand, tokens, M), starts)
+        del cand
     none = np.flatnonzero(hi < 0)
     if len(none):
         i = int(none[0])
@@ -636,12 +673,12 @@ def _optimal_tokens(ds):
     if len(amb):
         i = int(amb[0])
         sent = ds.sentence(i)
-        c = sorted(set(sent[cand[off[i]: off[i + 1]]].tolist()))
+        c = sorted(set(sent[_candidates(ds, i, i + 1, table)].tolist()))
         raise AmbiguousOptimalTokenError(
             f"sentence {i} {_show(sent)} (query {sent[-1]}): tokens {c[:8]} all have n(x) = next token "
             f"{ds.next_tokens[i]}; the optimal token must be unique",
             sentence=i, tokens=sent[:64], query=sent[-1], candidates=c)
-    return hi.astype(np.int64)
+    return hi
 
 
 def _show(sent, limit=12):
@@ -652,33 +689,110 @@ def _show(sent, limit=12):
            f"{', '.join(map(str, sent[-3:].tolist()))}]"
 
 
+def _relation_blocks(ds, optimal, block=None):
+    """Induced relations of whole queries, block by block, in increasing query order.
+
+    Yields int64 arrays ``(q, lower, upper, sentence)``, deduplicated and sorted by (q,
+    lower, upper); ``sentence`` is the first (smallest) sentence inducing the relation.
+    Every query's relations are in exactly one block, so the blocks concatenated are
+    :func:`_sentence_relations`.
+
+    The sentences are visited in query order (a stable sort of the N queries), a chunk of
+    about ``block`` tokens at a time (default :data:`_BLOCK_TOKENS`). Each chunk's
+    relations are deduplicated (:func:`refimpl.orders.unique_relations`) together with the
+    relations carried over from the chunk's first query when that query began in an
+    earlier chunk; the relations of the chunk's last query are carried over when it
+    continues in the next chunk. A chunk has at least as many tokens as the carried
+    relations, so a query with many distinct relations makes the chunks grow
+    geometrically: O(T log T) time, and memory (N,) arrays plus O(block + the distinct
+    relations of one query).
+    """
+    block = _BLOCK_TOKENS if block is None else block
+    flat, off = ds.flat_tokens, ds.offsets
+    N = len(off) - 1
+    queries = flat[off[1:] - 1]
+    order = np.argsort(queries, kind="stable")
+    sorted_q = queries[order]
+    del queries
+    lengths = np.diff(off)[order]
+    ends = np.cumsum(lengths)
+    carry = None
+    s0 = 0
+    while s0 < N:
+        done = int(ends[s0 - 1]) if s0 else 0
+        want = max(block, len(carry[0]) if carry is not None else 0)
+        s1 = min(max(int(np.searchsorted(ends, done + want, side="right")), s0 + 1), N)
+        sents, L = order[s0:s1], lengths[s0:s1]
+        # flat position of every token of the chunk, sentence after sentence
+        k = np.repeat(np.arange(s1 - s0), L)
+        pos = np.repeat(off[sents] - (ends[s0:s1] - L - done), L)
+        pos += np.arange(len(k))
+        lo = flat[pos]
+        del pos
+        opt = optimal[sents]
+        sel = lo != opt[k]
+        k = k[sel]
+        lo = lo[sel]
+        del sel
+        cols = (sorted_q[s0:s1][k], lo, opt[k], sents[k])
+        del k, lo
+        if carry is not None:
+            cols = tuple(np.concatenate([c, d]) for c, d in zip(carry, cols))
+        uq, ulo, uup, first = unique_relations(*cols[:3])
+        out = (uq, ulo, uup, cols[3][first])
+        del cols, first
+        carry = None
+        if s1 < N and sorted_q[s1] == sorted_q[s1 - 1]:   # the last query goes on
+            j = int(np.searchsorted(uq, sorted_q[s1]))
+            carry = tuple(c[j:].copy() for c in out)
+            out = tuple(c[:j] for c in out)
+        if len(out[0]):
+            yield out
+        del out, uq, ulo, uup
+        s0 = s1
+
+
 def _sentence_relations(ds, optimal):
     """Induced relations with their first sentence: int64 arrays (q, lower, upper, sentence),
-    deduplicated and sorted by (q, lower, upper)."""
-    sid = ds.sentence_ids
-    queries = ds.flat_tokens[ds.offsets[1:] - 1]
-    sel = ds.flat_tokens != optimal[sid]
-    rows = sid[sel]
-    q, lo, up, first = unique_relations(queries[rows], ds.flat_tokens[sel], optimal[rows])
-    return q, lo, up, rows[first]
+    deduplicated and sorted by (q, lower, upper) (:func:`_relation_blocks` concatenated)."""
+    blocks = list(_relation_blocks(ds, optimal))
+    if not blocks:
+        return (np.zeros(0, dtype=np.int64),) * 4
+    return tuple(np.concatenate(c) for c in zip(*blocks))
 
 
 def _supplied_arrays(ds):
-    """The supplied relations as three int64 arrays (q, lower, upper)."""
-    parts = [(np.full(len(rel), q, dtype=np.int64), rel[:, 0], rel[:, 1]) for q, rel in ds.orders.items()]
+    """The supplied relations as three int64 arrays (q, lower, upper), sorted by q."""
+    parts = [(np.full(len(rel), q, dtype=np.int64), rel[:, 0], rel[:, 1])
+             for q, rel in sorted(ds.orders.items())]
     if not parts:
         return (np.zeros(0, np.int64),) * 3
     return tuple(np.concatenate(c) for c in zip(*parts))
 
 
-def _check_supplied(ds, q_arr, lo, up, sent_idx):
+def _check_supplied_cycles(ds):
+    """Raise OrderCycleError for a cycle in a supplied order; return the supplied relations
+    (:func:`_supplied_arrays`)."""
     sq, slo, sup = _supplied_arrays(ds)
     cyc = find_cycle(sq, slo, sup)
     if cyc is not None:
         q, c = cyc
         raise OrderCycleError(f"supplied order of query {q} has a cycle {_show_cycle(c)}",
                               query=q, tokens=c, cycle=c)
-    ok = reachable_pairs(sq, slo, sup, q_arr, lo, up)
+    return sq, slo, sup
+
+
+def _check_supplied(ds, q_arr, lo, up, sent_idx, supplied=None):
+    """Raise OrderContradictionError for the first relation (in the given order) that the
+    supplied order of its query does not contain. ``supplied`` is the result of
+    :func:`_check_supplied_cycles` (which is run when it is None); only the supplied
+    relations of the queries ``q_arr[0]..q_arr[-1]`` (``q_arr`` is sorted) are searched."""
+    sq, slo, sup = _check_supplied_cycles(ds) if supplied is None else supplied
+    if len(q_arr) == 0:
+        return
+    a = int(np.searchsorted(sq, q_arr[0], side="left"))
+    b = int(np.searchsorted(sq, q_arr[-1], side="right"))
+    ok = reachable_pairs(sq[a:b], slo[a:b], sup[a:b], q_arr, lo, up)
     missing = np.flatnonzero(~ok)
     if len(missing):
         j = int(missing[0])
@@ -688,6 +802,23 @@ def _check_supplied(ds, q_arr, lo, up, sent_idx):
             f"sentence {i} {_show(sent)} (query {q}): optimal token {up[j]} (n = next token "
             f"{ds.next_tokens[i]}) but the supplied order of query {q} does not have {lo[j]} < {up[j]}",
             sentence=i, tokens=sent[:64], query=q, relation=(int(lo[j]), int(up[j])))
+
+
+def _induced_cycle(q_arr, lo, up, sent_idx):
+    """None, or the OrderCycleError of the smallest query whose induced relations (sorted,
+    distinct) have a cycle, naming the sentences that induce its relations."""
+    cyc = find_cycle(q_arr, lo, up)
+    if cyc is None:
+        return None
+    q, c = cyc
+    a, b = np.searchsorted(q_arr, q, side="left"), np.searchsorted(q_arr, q, side="right")
+    by_pair = dict(zip(zip(lo[a:b].tolist(), up[a:b].tolist()), sent_idx[a:b].tolist()))
+    sents = [by_pair[(x, y)] for x, y in zip(c[:-1], c[1:])]
+    shown = sorted(set(sents))
+    listed = str(shown) if len(shown) <= 8 else f"{shown[:8]} and {len(shown) - 8} more".replace("]", ",", 1)
+    return OrderCycleError(
+        f"the sentences {listed} of query {q} induce a cycle {_show_cycle(c)} in its order",
+        sentence=max(sents), query=q, tokens=c, cycle=c, sentences=sents)
 
 
 def _show_cycle(c, limit=16):
@@ -717,53 +848,26 @@ def validate(ds):
     supplied-order cycles and contradictions, induced-order cycles. On success the
     dataset caches its optimal tokens.
 
-    Time and memory are near-linear in the number of tokens plus relations; nothing of
-    size M is allocated.
-
-    Parameters
-    ----------
-    ds : RealizableDataset
-
-    Returns
-    -------
-    None
-        When ``ds`` is realizable.
-
-    Raises
-    ------
-    DatasetError
-        The subclass naming the first problem (e.g. :class:`~refimpl.errors.OrderCycleError`
-        with the sentences and the cycle).
-
-    Examples
-    --------
-    >>> import refimpl as ri
-    >>> ri.validate(ri.RealizableDataset(3, {0: 1, 1: 2, 2: 0}, [[0, 1], [2]], [2, 0]))
-    >>> ri.validate(ri.RealizableDataset(3, {0: 1, 1: 1}, [[0, 1]], [1]))
-    Traceback (most recent call last):
-    ...
-    refimpl.errors.AmbiguousOptimalTokenError: sentence 0 [0, 1] (query 1): tokens [0, 1] all have n(x) = ...
+    Time is near-linear in the number of tokens T plus relations: O(T log T). Nothing of
+    size M is allocated, and nothing of size T either: optimal tokens are found in blocks
+    of sentences, and the induced relations are built, deduplicated, checked against the
+    supplied orders and searched for cycles one block of whole queries at a time
+    (:func:`_relation_blocks`), so the peak memory is (N,) arrays, the supplied
+    relations, and O(block + the distinct relations of one query).
     """
-    if not isinstance(ds, RealizableDataset):
-        raise TypeError(f"validate expects a RealizableDataset (see refimpl.load_dataset / "
-                        f"RealizableDataset(...)), got {type(ds).__name__}")
     _check_counts_and_ranges(ds)
     _check_collocation(ds)
     optimal = _optimal_tokens(ds)
-    q_arr, lo, up, sent_idx = _sentence_relations(ds, optimal)
-    if ds.orders is not None:
-        _check_supplied(ds, q_arr, lo, up, sent_idx)
-    cyc = find_cycle(q_arr, lo, up)
-    if cyc is not None:
-        q, c = cyc
-        mask = q_arr == q
-        by_pair = dict(zip(zip(lo[mask].tolist(), up[mask].tolist()), sent_idx[mask].tolist()))
-        sents = [by_pair[(a, b)] for a, b in zip(c[:-1], c[1:])]
-        shown = sorted(set(sents))
-        listed = str(shown) if len(shown) <= 8 else f"{shown[:8]} and {len(shown) - 8} more".replace("]", ",", 1)
-        raise OrderCycleError(
-            f"the sentences {listed} of query {q} induce a cycle {_show_cycle(c)} in its order",
-            sentence=max(sents), query=q, tokens=c, cycle=c, sentences=sents)
+    supplied = _check_supplied_cycles(ds) if ds.orders is not None else None
+    cycle = None
+    for q_arr, lo, up, sent_idx in _relation_blocks(ds, optimal):
+        if supplied is not None:
+            _check_supplied(ds, q_arr, lo, up, sent_idx, supplied)
+        if cycle is None:   # blocks come in query order: the first cycle is the smallest query's
+            cycle = _induced_cycle(q_arr, lo, up, sent_idx)
+        del q_arr, lo, up, sent_idx
+    if cycle is not None:
+        raise cycle
     ds._valid = True
     ds.__dict__["optimal"] = optimal
 

@@ -26,6 +26,7 @@ __all__ = [
     "AmbiguousOptimalTokenError",
     "OrderCycleError",
     "OrderContradictionError",
+    "OptimalTokenMismatchError",
     "NonOrthonormalEmbeddingError",
     "FileFormatError",
     "ConfigError",
@@ -87,6 +88,12 @@ class OrderCycleError(DatasetError):
 
 class OrderContradictionError(DatasetError):
     """Supplied orders do not place every other token of a sentence below its optimal token."""
+
+
+class OptimalTokenMismatchError(DatasetError):
+    """A file's optional ``optimal`` field disagrees with the optimal tokens validation finds;
+    ``witness['stored']`` and ``witness['computed']`` hold the two tokens of the first
+    differing sentence."""
 
 
 class NonOrthonormalEmbeddingError(DatasetError):

@@ -15,23 +15,18 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import os
 import re
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from .data import RealizableDataset, validate
-from .errors import ConfigError, FileFormatError
+from .data import FORMAT_TAG, RealizableDataset, ensure_valid, validate
+from .errors import ConfigError, CountMismatchError, FileFormatError, OptimalTokenMismatchError
 from .jsonfile import INT64_MAX, INT64_MIN, display_name, read_json_arrays
 
-FORMAT_TAG = "refimpl/realizable-dataset@1"
-_FIELDS = ("format", "vocab_size", "collocation", "orders", "sentences", "next_tokens")
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
+_FIELDS = ("format", "vocab_size", "collocation", "orders", "sentences", "next_tokens", "optimal")
 __all__ = ["json_safe", "json_text", "FORMAT_TAG", "load_dataset", "save_dataset", "dataset_to_dict", "dataset_from_dict",
-           "atomic_write_text", "atomic_write_bytes", "check_out_dir"]
+           "atomic_write_text", "atomic_write_bytes", "check_out_dir", "check_file_optimal"]
 
 
 def atomic_write_bytes(path, data: bytes):
@@ -83,17 +78,8 @@ def atomic_write_text(path, text: str):
 
 
 def dataset_to_dict(ds):
-    """The file-format object of ``ds`` (plain Python ints and lists)."""
-    out = {
-        "format": FORMAT_TAG,
-        "vocab_size": ds.vocab_size,
-        "collocation": ds.collocation_pairs.tolist(),
-    }
-    if ds.orders is not None:
-        out["orders"] = {str(q): rel.tolist() for q, rel in sorted(ds.orders.items())}
-    out["sentences"] = ds.sentences()
-    out["next_tokens"] = ds.next_tokens.tolist()
-    return out
+    """The file-format object of ``ds`` (plain Python ints and lists): ``ds.to_dict()``."""
+    return ds.to_dict()
 
 
 _QUERY_KEY = re.compile(r"0|[1-9][0-9]*", re.ASCII)
@@ -260,6 +246,14 @@ def dataset_from_dict(obj):
     if not _all_int64(nxt):
         for j, t in enumerate(nxt):
             _check_int_entry(t, f"field 'next_tokens' entry {j}", "next_tokens", j)
+    optimal = obj.get("optimal")
+    if optimal is not None:
+        if not isinstance(optimal, list):
+            raise FileFormatError(f"field 'optimal' must be a list of integers, got {_describe(optimal)}",
+                                  field="optimal")
+        if not _all_int64(optimal):
+            for j, t in enumerate(optimal):
+                _check_int_entry(t, f"field 'optimal' entry {j}", "optimal", j)
     orders = None
     if obj.get("orders") is not None:
         raw = obj["orders"]
@@ -274,10 +268,60 @@ def dataset_from_dict(obj):
                                       field="orders", query=q)
             rows = _int_rows(rel, f"orders[{q}]", width=2)
             orders[q] = np.asarray(rows, dtype=np.int64).reshape(-1, 2)
-    return RealizableDataset(M, np.asarray(colloc, dtype=np.int64).reshape(-1, 2), sentences, nxt, orders)
+    ds = RealizableDataset(M, np.asarray(colloc, dtype=np.int64).reshape(-1, 2), sentences, nxt, orders)
+    return _attach_optimal(ds, None if optimal is None else np.asarray(optimal, dtype=np.int64))
 
 
-_CHUNKED_FIELDS = ("collocation", "sentences", "next_tokens")  # in the order dataset_from_dict checks them
+def _attach_optimal(ds, optimal):
+    """Keep a file's ``optimal`` field on ``ds`` (checked by :func:`check_file_optimal`)."""
+    if optimal is not None:
+        if len(optimal) != ds.n_sentences:
+            raise CountMismatchError(f"{ds.n_sentences} sentences but {len(optimal)} optimal tokens",
+                                     n_sentences=ds.n_sentences, n_optimal=len(optimal))
+        ds._file_optimal = optimal
+    return ds
+
+
+def check_file_optimal(ds):
+    """Compare a file's ``optimal`` field (if it had one) with the validated optimal tokens.
+
+    Parameters
+    ----------
+    ds : RealizableDataset
+        A dataset read by :func:`dataset_from_dict` or :func:`load_dataset`.
+
+    Returns
+    -------
+    None
+
+    Raises
+    ------
+    OptimalTokenMismatchError
+        At the first sentence whose stored optimal token differs, naming both tokens.
+    DatasetError
+        ``ds`` is not realizable (validation runs first).
+
+    Examples
+    --------
+    >>> import refimpl as ri
+    >>> ds = ri.io.dataset_from_dict(ri.generate(vocab_size=5, n_sentences=4, seed=1).to_dict())
+    >>> ri.io.check_file_optimal(ds)
+    """
+    stored = getattr(ds, "_file_optimal", None)
+    if stored is None:
+        return
+    ensure_valid(ds)
+    bad = np.flatnonzero(stored != ds.optimal)
+    if len(bad):
+        i = int(bad[0])
+        sent = ds.sentence(i)
+        raise OptimalTokenMismatchError(
+            f"sentence {i} (query {sent[-1]}): the file gives optimal token {stored[i]}, but the optimal "
+            f"token is {ds.optimal[i]}", sentence=i, tokens=sent[:64], query=sent[-1],
+            stored=int(stored[i]), computed=int(ds.optimal[i]))
+
+
+_CHUNKED_FIELDS = ("collocation", "sentences", "next_tokens", "optimal")  # in the order dataset_from_dict checks them
 LOAD_BYTES_PER_BYTE = 6
 """Peak memory of reading a dataset file per byte of file, asked of :func:`refimpl.budget.check_bytes`
 before parsing. Measured (bench/bench_validate.py): 2.1 to 2.3 with tokens of 8 digits, 3.4 with 3
@@ -290,7 +334,7 @@ class _IntArraySink:
 
     keys = _CHUNKED_FIELDS
     long_rows = ("sentences",)  # rows that may come in parts
-    _WIDTH = {"collocation": 2, "sentences": None, "next_tokens": 0}  # 0: a flat list of integers
+    _WIDTH = {"collocation": 2, "sentences": None, "next_tokens": 0, "optimal": 0}  # 0: a flat list of integers
 
     def __init__(self):
         self.values, self.count, self.lengths, self.errors = {}, {}, {}, {}
@@ -379,7 +423,9 @@ def _dataset_from_chunks(obj, sink, chunked):
     else:
         flat, offsets = ds.flat_tokens, ds.offsets
     nxt = sink.array("next_tokens") if "next_tokens" in chunked else ds.next_tokens
-    return RealizableDataset.from_flat(ds.vocab_size, colloc, flat, offsets, nxt, ds.orders)
+    optimal = sink.array("optimal") if "optimal" in chunked else getattr(ds, "_file_optimal", None)
+    out = RealizableDataset.from_flat(ds.vocab_size, colloc, flat, offsets, nxt, ds.orders)
+    return _attach_optimal(out, optimal)
 
 
 def load_dataset(path, *, check=True, max_bytes=None):
@@ -432,6 +478,7 @@ def load_dataset(path, *, check=True, max_bytes=None):
     del obj, sink
     if check:
         validate(ds)
+        check_file_optimal(ds)
     return ds
 
 
@@ -468,13 +515,4 @@ def save_dataset(ds, path):
     >>> ri.load_dataset(path) == ds
     True
     """
-    obj = dataset_to_dict(ds)
-    head = {k: v for k, v in obj.items() if k not in ("sentences", "next_tokens")}
-    lines = ["{"]
-    for k, v in head.items():
-        lines.append(f" {json.dumps(k)}: {json.dumps(v, separators=(',', ':'))},")
-    sents = ",\n  ".join(json.dumps(s, separators=(",", ":")) for s in obj["sentences"])
-    lines.append(f' "sentences": [\n  {sents}\n ],' if obj["sentences"] else ' "sentences": [],')
-    lines.append(f' "next_tokens": {json.dumps(obj["next_tokens"], separators=(",", ":"))}')
-    lines.append("}")
-    atomic_write_text(path, "\n".join(lines) + "\n")
+    atomic_write_text(path, ds.to_json_text())

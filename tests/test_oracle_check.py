@@ -235,8 +235,7 @@ def test_files_carry_optimal_exactly_when_this_version_reads_it_back(tmp_path):
     assert back == ds and back.optimal.tolist() == ds.optimal.tolist()
 
 
-def test_optimal_is_written_for_valid_datasets_only(tmp_path, monkeypatch):
-    monkeypatch.setattr(refimpl.data, "_reader_accepts_optimal", lambda: True)
+def test_optimal_is_written_for_valid_datasets_only(tmp_path):
     ds = ri.generate(6, 10, seed=2)                # not validated yet: to_dict validates it
     obj = ds.to_dict()
     assert obj["optimal"] == ds.optimal.tolist() and list(obj)[-2:] == ["next_tokens", "optimal"]
@@ -246,6 +245,27 @@ def test_optimal_is_written_for_valid_datasets_only(tmp_path, monkeypatch):
     assert json.loads(text) == obj and text.rstrip().splitlines()[-2].startswith(' "optimal": [')
     bad = ri.RealizableDataset(3, {0: 1, 1: 1}, [[0, 1]], [1])     # ambiguous: still writable
     assert "optimal" not in bad.to_dict() and "optimal" not in json.loads(bad.to_json_text())
+    assert ri.load_dataset(tmp_path / "d.json") == ds             # read back, field checked
+
+
+def test_a_wrong_optimal_field_is_refused_on_reading(tmp_path, capsys):
+    """The reader checks the stored x* against validation: a file edited by hand (or written
+    by another tool with another idea of x*) is refused, naming the sentence and both tokens."""
+    ds = ri.generate(8, 30, seed=3)
+    obj = ds.to_dict()
+    i = 2
+    obj["optimal"][i] = (obj["optimal"][i] + 1) % 8
+    path = tmp_path / "d.json"
+    path.write_text(json.dumps(obj))
+    with pytest.raises(ri.OptimalTokenMismatchError) as info:
+        ri.load_dataset(path)
+    assert info.value.sentence == i and info.value.witness["computed"] == ds.optimal[i]
+    assert ri.load_dataset(path, check=False).n_sentences == 30        # no check without validation
+    obj["optimal"] = obj["optimal"][:-1]
+    path.write_text(json.dumps(obj))
+    from refimpl.cli import main
+    assert main(["validate", str(path)]) == 2
+    assert "30 sentences but 29 optimal tokens" in capsys.readouterr().err
 
 
 # ============================================================================ token coordinates

@@ -616,21 +616,25 @@ def _lookup_next(ds, tokens, table=None):
     return np.where(xs[pos] == tokens, nx[pos], -1)
 
 
-_BLOCK_TOKENS = 1 << 16
-"""Tokens per block of sentences in validation: each block's temporaries are a few MB."""
+_BLOCK_TOKENS = 1 << 15
+"""Tokens per block in validation: each block's temporaries are a few MB."""
 
 
-def _sentence_blocks(offsets, block=None):
-    """Yield ``(s0, s1)``: consecutive sentences s0..s1-1 with at most ``block`` tokens
-    together (default :data:`_BLOCK_TOKENS`), or one longer sentence alone."""
-    block = _BLOCK_TOKENS if block is None else block
-    N = len(offsets) - 1
-    s0 = 0
-    while s0 < N:
-        s1 = int(np.searchsorted(offsets, offsets[s0] + block, side="right")) - 1
-        s1 = min(max(s1, s0 + 1), N)
-        yield s0, s1
-        s0 = s1
+def _pieces(ends, a, b):
+    """The sentences that tokens a..b-1 of a run of sentences overlap, and their pieces.
+
+    ``ends`` (int64, increasing) holds where each sentence of the run ends (its last token
+    + 1) in the run's positions. Returns ``(k0, begin, count)``: sentences k0..k0+m-1 of
+    the run overlap the block; ``begin[j]`` is where sentence k0 + j starts in the run and
+    ``count[j]`` (>= 1) how many of its tokens lie in a..b-1. O(m + log N)."""
+    k0 = int(np.searchsorted(ends, a, side="right"))
+    k1 = int(np.searchsorted(ends, b - 1, side="right")) + 1
+    stop = ends[k0:k1]
+    begin = np.empty(k1 - k0, dtype=np.int64)
+    begin[0] = ends[k0 - 1] if k0 else 0
+    begin[1:] = stop[:-1]
+    count = np.minimum(stop, b) - np.maximum(begin, a)
+    return k0, begin, count
 
 
 def _candidates(ds, s0, s1, table):
@@ -645,21 +649,26 @@ def _candidates(ds, s0, s1, table):
 def _optimal_tokens(ds):
     """x*(i): the unique distinct token with n(x) = y_i, int64 (N,).
 
-    O(T log |C|) time on the ragged tokens, in blocks of sentences of about
-    :data:`_BLOCK_TOKENS` tokens: memory (N,) for the result plus O(block) temporaries
-    (no (T,) array)."""
+    O(T log |C|) time on the ragged tokens, in blocks of :data:`_BLOCK_TOKENS` tokens (a
+    long sentence spans several blocks: its largest and smallest candidate are combined
+    over them): memory (N,) arrays plus O(block) temporaries, whatever the longest
+    sentence."""
     flat, off, M = ds.flat_tokens, ds.offsets, ds.vocab_size
-    N = len(off) - 1
+    N, T = len(off) - 1, int(off[-1])
     table = _colloc_table(ds)
-    hi = np.empty(N, dtype=np.int64)
-    lo = np.empty(N, dtype=np.int64)
-    for s0, s1 in _sentence_blocks(off):
-        a = int(off[s0])
-        tokens = flat[a: off[s1]]
-        cand = _candidates(ds, s0, s1, table)
-        starts = off[s0:s1] - a
-        hi[s0:s1] = np.maximum.reduceat(np.where(cand, tokens, -1), starts)
-        lo[s0:s1] = np.minimum.reduceat(np.where(cand, tokens, M), starts)
+    hi = np.full(N, -1, dtype=np.int64)       # largest candidate of each sentence, -1 if none
+    lo = np.full(N, M, dtype=np.int64)        # smallest candidate, M if none
+    ends = off[1:]
+    for a in range(0, T, _BLOCK_TOKENS):
+        b = min(a + _BLOCK_TOKENS, T)
+        s0, begin, count = _pieces(ends, a, b)
+        s1 = s0 + len(count)
+        tokens = flat[a:b]
+        cand = _lookup_next(ds, tokens, table)
+        cand = cand == np.repeat(ds.next_tokens[s0:s1], count)
+        starts = np.maximum(begin, a) - a
+        np.maximum(hi[s0:s1], np.maximum.reduceat(np.where(cand, tokens, -1), starts), out=hi[s0:s1])
+        np.minimum(lo[s0:s1], np.minimum.reduceat(np.where(cand, tokens, M), starts), out=lo[s0:s1])
         del cand
     none = np.flatnonzero(hi < 0)
     if len(none):
@@ -697,36 +706,37 @@ def _relation_blocks(ds, optimal, block=None):
     Every query's relations are in exactly one block, so the blocks concatenated are
     :func:`_sentence_relations`.
 
-    The sentences are visited in query order (a stable sort of the N queries), a chunk of
-    about ``block`` tokens at a time (default :data:`_BLOCK_TOKENS`). Each chunk's
-    relations are deduplicated (:func:`refimpl.orders.unique_relations`) together with the
-    relations carried over from the chunk's first query when that query began in an
-    earlier chunk; the relations of the chunk's last query are carried over when it
-    continues in the next chunk. A chunk has at least as many tokens as the carried
-    relations, so a query with many distinct relations makes the chunks grow
-    geometrically: O(T log T) time, and memory (N,) arrays plus O(block + the distinct
-    relations of one query).
+    The sentences are taken in query order (a stable sort of the N queries) as one run of
+    T tokens, cut into chunks of ``block`` tokens (default :data:`_BLOCK_TOKENS`; a long
+    sentence is cut too). Each chunk's relations are deduplicated
+    (:func:`refimpl.orders.unique_relations`) together with the relations carried over
+    from the chunk's first query when that query began in an earlier chunk; the
+    relations of the chunk's last query are carried over when it continues in the next
+    chunk. A chunk has at least as many tokens as the carried relations, so a query with
+    many distinct relations makes the chunks grow geometrically: O(T log T) time, and
+    memory (N,) arrays plus O(block + the distinct relations of one query), whatever the
+    longest sentence.
     """
     block = _BLOCK_TOKENS if block is None else block
     flat, off = ds.flat_tokens, ds.offsets
-    N = len(off) - 1
-    queries = flat[off[1:] - 1]
-    order = np.argsort(queries, kind="stable")
-    sorted_q = queries[order]
-    del queries
-    lengths = np.diff(off)[order]
-    ends = np.cumsum(lengths)
+    T = int(off[-1])
+    order = np.argsort(flat[off[1:] - 1], kind="stable")   # sentences by query
+    ends = np.diff(off)[order]
+    np.cumsum(ends, out=ends)          # where each ends in the run of sentences in that order
+
+    def query(k):                      # the query of the k-th sentence in that order
+        return flat[off[order[k] + 1] - 1]
+
     carry = None
-    s0 = 0
-    while s0 < N:
-        done = int(ends[s0 - 1]) if s0 else 0
-        want = max(block, len(carry[0]) if carry is not None else 0)
-        s1 = min(max(int(np.searchsorted(ends, done + want, side="right")), s0 + 1), N)
-        sents, L = order[s0:s1], lengths[s0:s1]
-        # flat position of every token of the chunk, sentence after sentence
-        k = np.repeat(np.arange(s1 - s0), L)
-        pos = np.repeat(off[sents] - (ends[s0:s1] - L - done), L)
-        pos += np.arange(len(k))
+    a = 0
+    while a < T:
+        b = min(a + max(block, len(carry[0]) if carry is not None else 0), T)
+        k0, begin, count = _pieces(ends, a, b)
+        sents = order[k0: k0 + len(count)]
+        # flat position of every token a..b-1 of the run, sentence after sentence
+        k = np.repeat(np.arange(len(sents)), count)
+        pos = np.repeat(off[sents] - begin, count)
+        pos += np.arange(a, b)
         lo = flat[pos]
         del pos
         opt = optimal[sents]
@@ -734,22 +744,23 @@ def _relation_blocks(ds, optimal, block=None):
         k = k[sel]
         lo = lo[sel]
         del sel
-        cols = (sorted_q[s0:s1][k], lo, opt[k], sents[k])
-        del k, lo
+        cols = (flat[off[sents + 1] - 1][k], lo, opt[k], sents[k])
+        del k, lo, begin, count
         if carry is not None:
             cols = tuple(np.concatenate([c, d]) for c, d in zip(carry, cols))
         uq, ulo, uup, first = unique_relations(*cols[:3])
         out = (uq, ulo, uup, cols[3][first])
         del cols, first
         carry = None
-        if s1 < N and sorted_q[s1] == sorted_q[s1 - 1]:   # the last query goes on
-            j = int(np.searchsorted(uq, sorted_q[s1]))
+        last = k0 + len(sents) - 1
+        if b < T and query(int(np.searchsorted(ends, b, side="right"))) == query(last):
+            j = int(np.searchsorted(uq, query(last)))   # the last query goes on: carry it
             carry = tuple(c[j:].copy() for c in out)
             out = tuple(c[:j] for c in out)
         if len(out[0]):
             yield out
         del out, uq, ulo, uup
-        s0 = s1
+        a = b
 
 
 def _sentence_relations(ds, optimal):

@@ -237,11 +237,12 @@ def _naive_relations(ds, optimal):
                  realizable_datasets(max_vocab=10, max_sentences=30, max_len=7, orders="either")),
        st.sampled_from([1, 2, 3, 8]))
 def test_validation_in_small_blocks_matches_one_block(ds, block):
-    """Validation works on blocks of sentences (optimal tokens) and of whole queries
-    (relations, carried over between chunks when a query continues); with blocks of 1..8
-    tokens it gives exactly what one block of the whole dataset gives: the same error,
-    message and witness, or the same optimal tokens and training relations, and these
-    relations are the naive ones (each with its first sentence)."""
+    """Validation works on blocks of tokens that may cut sentences (optimal tokens combined
+    over the pieces) and on chunks of the sentences in query order (relations carried over
+    between chunks while a query continues); with blocks of 1..8 tokens it gives exactly
+    what one block of the whole dataset gives: the same error, message and witness, or the
+    same optimal tokens and training relations, and these relations are the naive ones
+    (each with its first sentence)."""
     want = _outcome(ds, 1 << 40)
     assert _outcome(ds, block) == want
     if want[0] is None:

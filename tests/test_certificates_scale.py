@@ -214,3 +214,18 @@ def test_training_and_audit_report_progress_through_a_pipe():
     assert "\r" not in res.stderr                         # lines, not a bar
     quiet = _run(code.format(p=False), 0.002)
     assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr
+
+
+def test_progress_bar_on_a_terminal():
+    """A stream that is a terminal gets a tqdm bar (carriage returns), not lines."""
+    class Tty(_Pipe):
+        def isatty(self):
+            return True
+
+    out = Tty()
+    with Progress(10, "stage 1", None, stream=out, interval=0.01) as bar:
+        bar.update(5)
+        bar.set_description("stage 2")
+        time.sleep(0.05)
+    text = "".join(out.parts)
+    assert "\r" in text and "stage 1" in text and "refimpl:" not in text

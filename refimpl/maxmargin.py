@@ -528,5 +528,8 @@ def _kq_workers(items, workers):
         if isinstance(workers, bool) or int(workers) != workers or workers < 1:
             raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
         return min(int(workers), max(1, len(items)))
+    import multiprocessing
+    if multiprocessing.current_process().daemon:     # a daemonic worker may not start processes
+        return 1
     work = sum(len(p) * len(np.unique(p)) for _, p in items) if len(items) > 1 else 0
     return min(_cpus(), len(items)) if work >= _PARALLEL_MIN_WORK else 1

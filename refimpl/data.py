@@ -600,14 +600,15 @@ def _check_collocation(ds):
 
 def _colloc_table(ds):
     """(xs, nx): the collocation tokens in increasing order and n(x) of each (the first pair
-    given for x), int64 (|C|,) each."""
+    given for x), int64 (|C|,) each. O(|C| log |C|)."""
     xs, first = np.unique(ds.collocation_pairs[:, 0], return_index=True)
     return xs, ds.collocation_pairs[first, 1]
 
 
 def _lookup_next(ds, tokens, table=None):
     """n(x) for every x of ``tokens`` (-1 for x not in C), by binary search in the sorted
-    collocation (no M-sized table); ``table`` is :func:`_colloc_table` when already built."""
+    collocation (no M-sized table); ``table`` is :func:`_colloc_table` when already built.
+    O(len(tokens) log |C|)."""
     xs, nx = _colloc_table(ds) if table is None else table
     if len(xs) == 0:
         return np.full(len(tokens), -1, dtype=np.int64)
@@ -639,7 +640,7 @@ def _pieces(ends, a, b):
 
 def _candidates(ds, s0, s1, table):
     """bool (T_block,): for the tokens of sentences s0..s1-1, whether n(x) is the sentence's
-    next token."""
+    next token. O(T_block log |C|)."""
     off = ds.offsets
     tokens = ds.flat_tokens[off[s0]: off[s1]]
     cand = _lookup_next(ds, tokens, table)
@@ -783,7 +784,7 @@ def _supplied_arrays(ds):
 
 def _check_supplied_cycles(ds):
     """Raise OrderCycleError for a cycle in a supplied order; return the supplied relations
-    (:func:`_supplied_arrays`)."""
+    (:func:`_supplied_arrays`). O(S log S) for S supplied relations."""
     sq, slo, sup = _supplied_arrays(ds)
     cyc = find_cycle(sq, slo, sup)
     if cyc is not None:
@@ -797,7 +798,9 @@ def _check_supplied(ds, q_arr, lo, up, sent_idx, supplied=None):
     """Raise OrderContradictionError for the first relation (in the given order) that the
     supplied order of its query does not contain. ``supplied`` is the result of
     :func:`_check_supplied_cycles` (which is run when it is None); only the supplied
-    relations of the queries ``q_arr[0]..q_arr[-1]`` (``q_arr`` is sorted) are searched."""
+    relations of the queries ``q_arr[0]..q_arr[-1]`` (``q_arr`` is sorted) are searched:
+    O((R + S') log(R + S')) for R relations and S' supplied ones, plus the searches of
+    :func:`refimpl.orders.reachable_pairs`."""
     sq, slo, sup = _check_supplied_cycles(ds) if supplied is None else supplied
     if len(q_arr) == 0:
         return
@@ -817,7 +820,8 @@ def _check_supplied(ds, q_arr, lo, up, sent_idx, supplied=None):
 
 def _induced_cycle(q_arr, lo, up, sent_idx):
     """None, or the OrderCycleError of the smallest query whose induced relations (sorted,
-    distinct) have a cycle, naming the sentences that induce its relations."""
+    distinct) have a cycle, naming the sentences that induce its relations. O(R) besides
+    :func:`refimpl.orders.find_cycle` (which skips sorting sorted input)."""
     cyc = find_cycle(q_arr, lo, up)
     if cyc is None:
         return None
@@ -853,18 +857,35 @@ def ensure_valid(ds):
 def validate(ds):
     """Check that ``ds`` is a realizable dataset (docs/datasets.md); return None or raise.
 
-    Raises the specific :class:`~refimpl.errors.DatasetError` subclass of the first
-    problem found, in this order: counts, vocabulary below 2 tokens, no sentences, empty
-    sentences, token ranges, collocation conflicts, no / ambiguous optimal token,
-    supplied-order cycles and contradictions, induced-order cycles. On success the
-    dataset caches its optimal tokens.
+    Parameters
+    ----------
+    ds : RealizableDataset
 
-    Time is near-linear in the number of tokens T plus relations: O(T log T). Nothing of
-    size M is allocated, and nothing of size T either: optimal tokens are found in blocks
-    of sentences, and the induced relations are built, deduplicated, checked against the
-    supplied orders and searched for cycles one block of whole queries at a time
-    (:func:`_relation_blocks`), so the peak memory is (N,) arrays, the supplied
-    relations, and O(block + the distinct relations of one query).
+    Returns
+    -------
+    None
+        On success the dataset is marked valid and caches its optimal tokens.
+
+    Raises
+    ------
+    DatasetError
+        The specific subclass of the first problem found, in this order: counts,
+        vocabulary below 2 tokens, no sentences, empty sentences, token ranges,
+        collocation conflicts, no / ambiguous optimal token, supplied-order cycles and
+        contradictions, induced-order cycles.
+
+    Notes
+    -----
+    Time O(T log T + S log S) for T tokens and S supplied relations, plus the
+    depth-first searches that check the induced relations against the supplied orders
+    (:func:`refimpl.orders.reachable_pairs`). Nothing of size M is allocated, and
+    nothing of size T either: optimal tokens are found in blocks of
+    :data:`_BLOCK_TOKENS` tokens, and the induced relations are built, deduplicated,
+    checked against the supplied orders and searched for cycles one block of whole
+    queries at a time (:func:`_relation_blocks`). Peak memory besides the dataset: a few
+    (N,) arrays, the supplied relations, and O(block + the distinct relations of one
+    query); loading and validating a file peaks at about the reading's own peak
+    (bench/README.md, "Loading and validation").
     """
     _check_counts_and_ranges(ds)
     _check_collocation(ds)

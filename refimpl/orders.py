@@ -133,7 +133,7 @@ def _sorted_runs(key):
 def _packed_groups(cols, spans):
     """The columns as a list of int64 sort keys with the same lexicographic row order:
     consecutive columns are packed greedily (:func:`_packed_key`) while their spans sum to
-    at most 63 bits; a column whose span needs 64 bits is kept as it is."""
+    at most 63 bits; a column whose span needs 64 bits is kept as it is. O(R) per column."""
     keys, run, bits = [], [], 0
     for c, s in zip(cols, spans):
         if run and bits + s[1] > 63:
@@ -159,7 +159,7 @@ def _row_starts(*cols, pack=True):
     into one int64 key (:func:`_packed_groups`): one key is one sort
     (:func:`_sorted_runs`), several are successive stable sorts (:func:`_lex_order`) of
     fewer columns. Without ``pack`` the columns are compared as they are. Both give the
-    same result."""
+    same result. O(R log R) per sort key."""
     if pack:
         keys = _packed_groups(cols, [_span_bits(c) for c in cols])
         if len(keys) == 1 and keys[0] is not cols[0]:
@@ -184,7 +184,8 @@ def _compact_nodes(q, t, pack=True):
     Returns ``(node_q, node_t, inv)``: the distinct rows sorted by (q, t), shape (n,) each,
     and ``inv`` (len(q),) with ``(node_q[inv[i]], node_t[inv[i]]) == (q[i], t[i])``;
     ``inv`` is int32 when n < 2^31, else int64.
-    Node ids are therefore increasing in (q, t): within one query, in token order."""
+    Node ids are therefore increasing in (q, t): within one query, in token order.
+    O(R log R) for R rows."""
     order, new = _row_starts(q, t, pack=pack)
     return _ids_from_runs(order, new, (q, t))
 
@@ -192,7 +193,7 @@ def _compact_nodes(q, t, pack=True):
 def _ids_from_runs(order, new, cols):
     """``(cols[0][first], cols[1][first], ..., inv)`` from a sort ``(order, new)`` of rows:
     the distinct rows in sorted order and each input row's rank among them (int32 when
-    fewer than 2^31 distinct rows)."""
+    fewer than 2^31 distinct rows). O(R)."""
     ids = np.cumsum(new, dtype=np.int64)
     ids -= 1
     n = int(ids[-1]) + 1 if len(ids) else 0
@@ -391,7 +392,7 @@ def unique_relations(q, lo, up):
 
 def _unique(q, lo, up, pack=True):
     """:func:`unique_relations` on int64 arrays of equal length; ``pack=False`` forces the
-    column-by-column sorts (the reference the packed path is tested against)."""
+    column-by-column sorts (the reference the packed path is tested against). O(R log R)."""
     order, new = _row_starts(q, lo, up, pack=pack)
     keep = order[new]
     del order, new
@@ -465,7 +466,8 @@ def _relation_graph(uq, ulo, uup, pack=True):
 
 
 def _node_values(uq, ulo, uup, first, nodes):
-    """(query, token) of the node ids ``nodes`` of :func:`_relation_graph`, int64 each."""
+    """(query, token) of the node ids ``nodes`` of :func:`_relation_graph`, int64 each.
+    O(len(nodes))."""
     R = len(uq)
     ends = first[nodes]
     row = ends % R
@@ -511,7 +513,7 @@ def find_cycle(q, lo, up):
 
 def _find_cycle(q, lo, up, pack=True):
     """:func:`find_cycle` on int64 arrays of equal length; ``pack=False`` forces the
-    column-by-column sorts."""
+    column-by-column sorts. O(R log R)."""
     if len(q) == 0:
         return None
     loop = lo == up

@@ -54,6 +54,7 @@ def _timed(fn, name, times, cpu):
         finally:
             times[name] = times.get(name, 0.0) + time.perf_counter() - t
             cpu[name] = cpu.get(name, 0.0) + _cpu() - c
+            print(f"  ({name} done: {times[name]:.2f} s wall, {cpu[name]:.2f} s CPU)", flush=True)
     return wrapper
 
 

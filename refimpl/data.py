@@ -868,6 +868,8 @@ def validate(ds):
 
     Raises
     ------
+    TypeError
+        ``ds`` is not a :class:`RealizableDataset`.
     DatasetError
         The specific subclass of the first problem found, in this order: counts,
         vocabulary below 2 tokens, no sentences, empty sentences, token ranges,
@@ -886,7 +888,21 @@ def validate(ds):
     (N,) arrays, the supplied relations, and O(block + the distinct relations of one
     query); loading and validating a file peaks at about the reading's own peak
     (bench/README.md, "Loading and validation").
+
+    Examples
+    --------
+    >>> import refimpl as ri
+    >>> ri.validate(ri.generate(vocab_size=6, n_sentences=20, seed=4)) is None
+    True
+    >>> bad = ri.RealizableDataset(5, {0: 1, 1: 0}, [[0, 1, 4], [1, 0, 4]], [0, 1])
+    >>> ri.validate(bad)
+    Traceback (most recent call last):
+    ...
+    refimpl.errors.OrderCycleError: the sentences [0, 1] of query 4 induce a cycle 0 < 1 < 0 in its order
     """
+    if not isinstance(ds, RealizableDataset):
+        raise TypeError(f"validate expects a RealizableDataset (see refimpl.load_dataset / "
+                        f"RealizableDataset(...)), got {type(ds).__name__}")
     _check_counts_and_ranges(ds)
     _check_collocation(ds)
     optimal = _optimal_tokens(ds)

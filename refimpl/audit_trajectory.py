@@ -42,6 +42,7 @@ the embeddings', a non-orthonormal ``E``, an array of Python objects) raises
 from __future__ import annotations
 
 import io
+import warnings
 import math
 import os
 import sys
@@ -453,14 +454,19 @@ def refimpl_checkpoints(ds, config=None, *, stage1_steps=None, stage2_steps=None
     return out
 
 
-def save_checkpoints(path, ds, config=None, *, stage1_steps=None, stage2_steps=None, embeddings=None):
+def save_checkpoints(ds, path, config=None, *, stage1_steps=None, stage2_steps=None, embeddings=None):
     """Write :func:`refimpl_checkpoints` to ``path`` as an ``.npz`` archive (atomically).
+
+    The dataset comes first, as in :func:`refimpl.save_dataset`; the earlier order
+    ``save_checkpoints(path, ds)`` is recognised by type and still works for one release,
+    with a DeprecationWarning.
 
     Parameters
     ----------
+    ds : RealizableDataset
     path : str or os.PathLike
         The archive, used as given (no ``.npz`` is appended).
-    ds, config, stage1_steps, stage2_steps, embeddings
+    config, stage1_steps, stage2_steps, embeddings
         As in :func:`refimpl_checkpoints`.
 
     Returns
@@ -475,11 +481,16 @@ def save_checkpoints(path, ds, config=None, *, stage1_steps=None, stage2_steps=N
     >>> from refimpl.audit import AuditConfig
     >>> ds = ri.generate(vocab_size=6, n_sentences=20, seed=4)
     >>> path = os.path.join(tempfile.mkdtemp(), "own.npz")
-    >>> data = ri.save_checkpoints(path, ds, AuditConfig(T0=200, T=300))
+    >>> data = ri.save_checkpoints(ds, path, AuditConfig(T0=200, T=300))
     >>> ri.audit_trajectory(ds, path)["certified_failures"]
     []
     """
+    from .data import RealizableDataset
     from .io import atomic_write_bytes
+    if isinstance(path, RealizableDataset) and not isinstance(ds, RealizableDataset):
+        warnings.warn("save_checkpoints(path, ds) is deprecated: pass the dataset first, "
+                      "save_checkpoints(ds, path)", DeprecationWarning, stacklevel=2)
+        ds, path = path, ds
     data = refimpl_checkpoints(ds, config, stage1_steps=stage1_steps, stage2_steps=stage2_steps,
                                embeddings=embeddings)
     buf = io.BytesIO()

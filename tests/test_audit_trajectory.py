@@ -345,7 +345,7 @@ def test_training_options_do_not_apply(tmp_path, capsys):
 
 def test_save_checkpoints_writes_the_schema(small, tmp_path):
     path = tmp_path / "own.npz"
-    data = save_checkpoints(path, small, au.AuditConfig(T0=20, T=30), stage1_steps=[0, 10, 20])
+    data = save_checkpoints(small, path, au.AuditConfig(T0=20, T=30), stage1_steps=[0, 10, 20])
     with np.load(path, allow_pickle=False) as npz:
         assert set(npz.files) == {"stage1_steps", "stage1_W_ov", "stage2_steps", "stage2_W_kq", "W_ov",
                                   "eta0", "eta"}

@@ -52,6 +52,7 @@ def _direction(z, y):
 
 _VERTEX_RTOL = 1e-12   # rounding allowance in the vertex KKT test (floor error <= this, relative)
 _GAP_RTOL = 1e-10      # accepted Frank-Wolfe gap of a non-vertex sentence, relative to its loss
+_FLOOR_BLOCK_BYTES = 1 << 25   # each (sentences, M) temporary of the vertex test stays under 32 MiB
 
 
 def _simplex_objective(Z, y, scale):
@@ -209,19 +210,30 @@ def stage2_floor(ds, O, *, return_details=False):
 @_serial_blas
 def _stage2_floor(ds, O, return_details):
     O = np.asarray(O, dtype=np.float64)
-    N = ds.n_sentences
+    N, M = ds.n_sentences, O.shape[0]
     xs, ys = ds.optimal, ds.next_tokens
-    Zs = O[:, xs].T                                   # (N, M) logits at the vertex
-    w = _direction(Zs, ys)                            # (N, M)
-    A = w @ O                                         # (N, M): A[i, u] = O[:, u]^T w_i
-    safe = np.where(ds.valid_mask, ds.tokens, 0)
-    D = np.take_along_axis(A, safe, axis=1) - A[np.arange(N), xs][:, None]   # (N, Lmax)
-    allow = _VERTEX_RTOL * np.abs(w).sum(axis=1) * max(np.abs(O).max(), np.finfo(float).tiny)
-    vertex = np.all((D >= -allow[:, None]) | ~ds.valid_mask, axis=1)
-    logl = log_loss(Zs, ys)
+    vertex = np.empty(N, dtype=bool)
+    logl = np.empty(N)
+    scale = max(np.abs(O).max(), np.finfo(float).tiny)
+    rows = max(1, _FLOOR_BLOCK_BYTES // (8 * M))       # sentences per block: (rows, M) temporaries
+    for a in range(0, N, rows):
+        b = min(N, a + rows)
+        Zs = O[:, xs[a:b]].T                          # (n, M) logits at the vertex
+        w = _direction(Zs, ys[a:b])                   # (n, M)
+        A = w @ O                                     # (n, M): A[i, u] = O[:, u]^T w_i
+        lens = ds.lengths[a:b]
+        width = int(lens.max())
+        mask = np.arange(width)[None, :] < lens[:, None]
+        padded = np.zeros((b - a, width), dtype=np.int64)
+        padded[mask] = ds.flat_tokens[ds.offsets[a]: ds.offsets[b]]
+        D = np.take_along_axis(A, padded, axis=1) - A[np.arange(b - a), xs[a:b]][:, None]   # (n, width)
+        allow = _VERTEX_RTOL * np.abs(w).sum(axis=1) * scale
+        vertex[a:b] = np.all((D >= -allow[:, None]) | ~mask, axis=1)
+        logl[a:b] = log_loss(Zs, ys[a:b])
+        del Zs, w, A, D
     gap = np.zeros(N)
     for i in np.flatnonzero(~vertex):
-        toks = np.unique(ds.tokens[i, : ds.lengths[i]])
+        toks = np.unique(ds.sentence(i))
         start = (toks == xs[i]).astype(np.float64)
         _, logl[i], gap[i] = _solve_simplex(O[:, toks], int(ys[i]), start)
         if not gap[i] <= _GAP_RTOL:

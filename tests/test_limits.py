@@ -335,3 +335,21 @@ def test_load_and_validate_peak_is_a_small_multiple_of_the_file(tmp_path):
     extra, n = int(out[0]), int(out[1])
     assert n == 300_000
     assert extra < 6 * size, (extra / size, size)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_stage2_floor_in_blocks_equals_one_block(seed, monkeypatch):
+    """The floor's vertex test runs in blocks of sentences so its (sentences, M) temporaries
+    stay bounded (N = 2e5, M = 5000 needed several 7.5 GiB arrays at once); blocks of 7
+    sentences must give the same bits as one block, on an O where some sentences are not at
+    the vertex (a random O), so the simplex solves run too."""
+    import refimpl.floor as fl
+    ds = ri.generate(vocab_size=9, n_sentences=120, seed=seed)
+    O = np.random.default_rng(seed).standard_normal((9, 9)) * 3
+    whole = ri.stage2_floor(ds, O, return_details=True)
+    assert not whole[2].all()                                   # some non-vertex sentences
+    monkeypatch.setattr(fl, "_FLOOR_BLOCK_BYTES", 8 * 9 * 7)
+    blocks = ri.stage2_floor(ds, O, return_details=True)
+    assert whole[0] == blocks[0] and whole[1] == blocks[1]
+    np.testing.assert_array_equal(whole[2], blocks[2])
+    np.testing.assert_array_equal(whole[3]["log_loss"], blocks[3]["log_loss"])

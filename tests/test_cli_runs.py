@@ -32,8 +32,11 @@ def test_reproduce_writes_all_outputs(tmp_path, capsys):
         assert next(csv.reader(f)) == list(STAGE1_COLUMNS)
     config = json.loads((tmp_path / "r" / "config.json").read_text())
     assert config["train"]["T0"] == 40 and config["train"]["T"] == 60
-    err = err.removeprefix(COMPILE_NOTICE + "\n")   # the first run on a cold Numba cache says so
-    assert err.count("\n") == 1 and "wrote" in err
+    # what stays besides the one closing line: the compile notice of a cold Numba cache, and
+    # periodic progress lines ("refimpl: <phase> ..., N s") when the run passes 10 s on a
+    # stderr that is not a terminal (a slow or busy CI machine)
+    lines = [ln for ln in err.splitlines() if ln != COMPILE_NOTICE and not ln.startswith("refimpl: ")]
+    assert len(lines) == 1 and "wrote" in lines[0]
 
 
 def test_train_on_a_file(tmp_path, capsys):

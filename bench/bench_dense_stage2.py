@@ -68,7 +68,7 @@ def main():
     sd = kernels.Stage2Direction(O, ds.tokens, ds.lengths, ds.next_tokens)
 
     def dense(K):
-        g = model.loss_and_grads(O, K, ds)[2]
+        g = model.loss_and_grads(ds, O, K)[2]
         return g / np.linalg.norm(g)
 
     def dense_old(K):

@@ -56,7 +56,7 @@ def make_kernel_step(ds, M, O):
 
 def make_dense_step(ds, M, O):
     def step(O, K, ds):
-        loss, _, g = loss_and_grads(O, K, ds)
+        loss, _, g = loss_and_grads(ds, O, K)
         return K - ETA * g / np.linalg.norm(g), loss
     return step
 

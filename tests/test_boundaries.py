@@ -132,7 +132,7 @@ def _ds(sentences, next_tokens):
 ])
 def test_loss_and_grads_checks_dataset_ranges(sentences, ys, needle):
     with pytest.raises(SentenceInputError) as info:
-        loss_and_grads(np.eye(4), np.eye(4), _ds(sentences, ys))
+        loss_and_grads(_ds(sentences, ys), np.eye(4), np.eye(4))
     assert needle in str(info.value)
 
 
@@ -145,16 +145,16 @@ def test_loss_and_grads_checks_dataset_ranges(sentences, ys, needle):
 ])
 def test_loss_and_grads_checks_weights(W_ov, W_kq, E, error, needle):
     with pytest.raises(error) as info:
-        loss_and_grads(W_ov, W_kq, _ds([[0, 1]], [1]), E)
+        loss_and_grads(_ds([[0, 1]], [1]), W_ov, W_kq, E)
     assert needle in str(info.value)
 
 
 def test_stage1_checks_weights():
     ds = ri.generate(4, 5, seed=0)
     with pytest.raises(NonFiniteError, match="W_ov"):
-        stage1_loss_and_grad(np.full((4, 4), np.nan), ds)
+        stage1_loss_and_grad(ds, np.full((4, 4), np.nan))
     with pytest.raises(ShapeError, match=r"W_ov must have shape \(4, 4\)"):
-        stage1_loss_and_grad(np.eye(3), ds)
+        stage1_loss_and_grad(ds, np.eye(3))
 
 
 # ===================================================================== kernels

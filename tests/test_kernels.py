@@ -39,7 +39,7 @@ def test_kernels_match_dense_reference(seed, chunks):
     E = _orthonormal(d, M, seed)
     rng = np.random.default_rng(seed)
     W_ov, W_kq = 2.0 * rng.standard_normal((2, d, d))
-    loss, g_ov, g_kq = loss_and_grads(W_ov, W_kq, ds, E)
+    loss, g_ov, g_kq = loss_and_grads(ds, W_ov, W_kq, E)
     O, K = to_token_coords(W_ov, E), to_token_coords(W_kq, E)
 
     GK, ls, l2, l10 = kn.stage2_grad(O, K, *_args(ds), chunks=chunks)
@@ -51,7 +51,7 @@ def test_kernels_match_dense_reference(seed, chunks):
     assert _rel(math.exp(ls2) * GK2, to_token_coords(g_kq, E)) < 1e-12
     assert kn.stage2_loss(O, K, *_args(ds), chunks=chunks)[0] == pytest.approx(loss, rel=1e-12)
 
-    l0, g0 = stage1_loss_and_grad(W_ov, ds, E)
+    l0, g0 = stage1_loss_and_grad(ds, W_ov, E)
     G1, ls1, l1, l110 = kn.stage1_grad(O, ds.colloc_tokens, ds.colloc_next)
     assert _rel(math.exp(ls1) * G1, to_token_coords(g0, E)) < 1e-12
     assert l1 == pytest.approx(l0, rel=1e-12) and l110 == pytest.approx(math.log10(l0), rel=1e-12)

@@ -67,8 +67,8 @@ CASES = [
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
 def test_loss_and_grads_directional(case):
     ds, E, W_ov, W_kq = case.build()
-    _, g_ov, g_kq = loss_and_grads(W_ov, W_kq, ds, E)
-    check_grad(lambda a, b: loss_and_grads(a, b, ds, E)[0], (W_ov, W_kq), (g_ov, g_kq),
+    _, g_ov, g_kq = loss_and_grads(ds, W_ov, W_kq, E)
+    check_grad(lambda a, b: loss_and_grads(ds, a, b, E)[0], (W_ov, W_kq), (g_ov, g_kq),
                rtol=case.rtol, atol=1e-12, eps=case.eps, name=f"loss_and_grads[{case.name}]")
 
 
@@ -79,10 +79,10 @@ def test_loss_and_grads_adjoint(case):
     singles = [_dataset([s]) for s in ds.sentences()]
 
     def losses(a, b):
-        return np.array([loss_and_grads(a, b, one, E)[0] for one in singles])
+        return np.array([loss_and_grads(one, a, b, E)[0] for one in singles])
 
     def vjp(u):
-        parts = [loss_and_grads(W_ov, W_kq, one, E)[1:] for one in singles]
+        parts = [loss_and_grads(one, W_ov, W_kq, E)[1:] for one in singles]
         return (sum(ui * p[0] for ui, p in zip(u, parts)), sum(ui * p[1] for ui, p in zip(u, parts)))
 
     check_vjp(losses, vjp, (W_ov, W_kq), rtol=case.rtol, atol=1e-12, eps=case.eps,
@@ -92,17 +92,17 @@ def test_loss_and_grads_adjoint(case):
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
 def test_stage1_directional(case):
     ds, E, W_ov, _ = case.build(seed=2)
-    _, g = stage1_loss_and_grad(W_ov, ds, E)
-    check_grad(lambda a: stage1_loss_and_grad(a, ds, E)[0], W_ov, g,
+    _, g = stage1_loss_and_grad(ds, W_ov, E)
+    check_grad(lambda a: stage1_loss_and_grad(ds, a, E)[0], W_ov, g,
                rtol=case.rtol, atol=1e-12, eps=case.eps, name=f"stage1[{case.name}]")
 
 
 def test_stage1_is_model_on_one_token_sentences():
     """L0 is the model loss on the sentences [x] with next token n(x) (docs/model.md)."""
     ds, E, W_ov, W_kq = CASES[4].build()
-    l0, g0 = stage1_loss_and_grad(W_ov, ds, E)
+    l0, g0 = stage1_loss_and_grad(ds, W_ov, E)
     one = RealizableDataset(M, ds.collocation_pairs, [[x] for x in ds.colloc_tokens], ds.colloc_next)
-    l1, g1, _ = loss_and_grads(W_ov, W_kq, one, E)
+    l1, g1, _ = loss_and_grads(one, W_ov, W_kq, E)
     assert l0 == pytest.approx(l1, rel=1e-14)           # same formula, different summation order
     np.testing.assert_allclose(g0, g1, rtol=1e-13, atol=1e-15)
 

@@ -44,7 +44,7 @@ def _args(ds):
 def _dense_errors(ds, W_ov, W_kq, E):
     """Relative errors (loss, G_ov, G_kq) of loss_and_grads against mpmath, and the mp result."""
     exact = loss_and_grads_mp(W_ov, W_kq, *_args(ds), E)
-    loss, g_ov, g_kq = loss_and_grads(W_ov, W_kq, ds, E)
+    loss, g_ov, g_kq = loss_and_grads(ds, W_ov, W_kq, E)
     return [accurate(a, b, 1e-10) for a, b in ((loss, exact.loss), (g_ov, exact.G_ov),
                                                 (g_kq, exact.G_kq))], exact
 
@@ -148,7 +148,7 @@ def test_dense_reference_matches_mpmath(case):
     size (<= ~1e4 here), measured worst 2.3e-13 over 300 draws."""
     ds = case.ds
     exact = loss_and_grads_mp(case.W_ov, case.W_kq, *_args(ds), case.E)
-    loss, g_ov, g_kq = loss_and_grads(case.W_ov, case.W_kq, ds, case.E)
+    loss, g_ov, g_kq = loss_and_grads(ds, case.W_ov, case.W_kq, case.E)
     for what, got, ref in (("loss", loss, exact.loss), ("G_ov", g_ov, exact.G_ov), ("G_kq", g_kq, exact.G_kq)):
         ok, rel, norm = accurate(got, ref, 1e-12)
         assert ok, f"{what}: relative error {rel:.3e} (|exact| {mpmath.nstr(norm, 5)}) for {case.label}"
@@ -187,7 +187,7 @@ def test_stage1_reference_matches_mpmath(case):
     xs, ys = ds.colloc_tokens, ds.colloc_next
     exact = loss_and_grads_mp(case.W_ov, np.zeros_like(case.W_kq), xs[:, None],
                               np.ones(len(xs), dtype=np.int64), ys, E)
-    loss, grad = stage1_loss_and_grad(case.W_ov, ds, E)
+    loss, grad = stage1_loss_and_grad(ds, case.W_ov, E)
     assert accurate(loss, exact.loss, 1e-12)[0], case.label
     ok, rel, _ = accurate(grad, exact.G_ov, 1e-12)
     assert ok, f"relative error {rel:.3e} for {case.label}"
@@ -207,7 +207,7 @@ def test_dense_reference_at_weight_norm_1e4(seed):
     for E in (np.eye(M), orthonormal(M + 2, M, seed)):
         W_ov, W_kq = E @ O @ E.T, E @ K @ E.T
         exact = loss_and_grads_mp(W_ov, W_kq, *_args(ds), E)
-        got = loss_and_grads(W_ov, W_kq, ds, E)
+        got = loss_and_grads(ds, W_ov, W_kq, E)
         for what, a, b in zip(("loss", "G_ov", "G_kq"), got, (exact.loss, exact.G_ov, exact.G_kq)):
             ok, rel, _ = accurate(a, b, 1e-12)
             assert ok, f"{what}: relative error {rel:.3e} (d = {E.shape[0]})"
@@ -221,7 +221,7 @@ def test_underflowing_values_are_within_the_smallest_normal():
     O = 3.0 * ri.w_ov_star(ds)[0]
     K = 2000.0 * ri.w_kq_star(ds)[0]
     exact = loss_and_grads_mp(O, K, *_args(ds))
-    _, _, g_kq = loss_and_grads(O, K, ds)
+    _, _, g_kq = loss_and_grads(ds, O, K)
     err, norm = rel_error(g_kq, exact.G_kq)
     assert 0 < norm < mpmath.mpf(10) ** -800 and err <= 2.2250738585072014e-308
     GK, ls, _, _ = kn.stage2_grad(O, K, *_args(ds))
@@ -256,7 +256,7 @@ def test_dense_stage2_tracks_the_kernel_trajectory(monkeypatch):
     direction = kn.Stage2Direction(O, *_args(ds), chunks=1)
 
     def dense_direction(K):
-        g = loss_and_grads(O, K, ds)[2]
+        g = loss_and_grads(ds, O, K)[2]
         return g / np.linalg.norm(g)
 
     Kk, ck = K0.copy(), np.zeros((M, M))

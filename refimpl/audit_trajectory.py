@@ -320,31 +320,6 @@ def _resolved(ds, config):
     return config.resolved(ds.vocab_size)
 
 
-def _stage1_replay(ds, O0, eta0, T0, callback):
-    """Stage 1 of Algorithm 1 exactly as the trainer runs it (the kernels' direction, the Kahan
-    update, the same stops), calling ``callback(t, O_t)`` for t = 0..T0. Returns the stop reason."""
-    from .train import COMPLETED, NON_FINITE, ZERO_GRADIENT
-    M = ds.vocab_size
-    direction = kernels.Stage1Direction(ds.colloc_tokens, ds.colloc_next, M)
-    W = np.array(O0, dtype=np.float64, order="C")
-    comp, scratch = np.zeros_like(W), np.empty_like(W)
-    with np.errstate(all="ignore"):
-        for t in range(T0 + 1):
-            callback(t, W)
-            D, nrm, _, loss, _ = direction.direction(W)
-            if not math.isfinite(loss) or not math.isfinite(float(np.linalg.norm(W))):
-                return f"{NON_FINITE} at step {t}"
-            if t == T0:
-                return COMPLETED
-            if nrm == 0.0:
-                return f"{ZERO_GRADIENT} at step {t}"
-            if not nrm < math.inf:
-                return f"{NON_FINITE} at step {t}"
-            kernels.compensated_step(W, comp, np.ascontiguousarray(D), float(eta0), scratch)
-            W, scratch = scratch, W
-    return COMPLETED
-
-
 def _keep(wanted):
     """A replay callback keeping copies of the iterates at ``wanted`` steps, and the last one seen."""
     kept, last = {}, {}
@@ -404,7 +379,7 @@ def refimpl_checkpoints(ds, config=None, *, stage1_steps=None, stage2_steps=None
     Notes
     -----
     Stage 1 is replayed with the trainer's per-step path (``kernels.Stage1Direction`` and the
-    Kahan update, :func:`_stage1_replay`) and stage 2 with :func:`refimpl.train.stage2_replay`,
+    Kahan update, :func:`refimpl.train.stage1_replay`) and stage 2 with :func:`refimpl.train.stage2_replay`,
     so the iterates are the trainer's bit for bit (the tests compare the last ones with
     :func:`refimpl.train.train_two_stage`).
 
@@ -422,7 +397,7 @@ def refimpl_checkpoints(ds, config=None, *, stage1_steps=None, stage2_steps=None
     NonFiniteTrainingError
         Training reaches a non-finite value (the file could not hold it).
     """
-    from .train import _init_pair, require_dataset, stage2_replay
+    from .train import _init_pair, require_dataset, stage1_replay, stage2_replay
     require_dataset(ds, "refimpl_checkpoints")
     ensure_valid(ds)
     check_training(ds, "saving checkpoints")
@@ -432,7 +407,7 @@ def refimpl_checkpoints(ds, config=None, *, stage1_steps=None, stage2_steps=None
     want1 = _steps_arg(stage1_steps, cfg.T0, cfg)
     want2 = _steps_arg(stage2_steps, cfg.T, cfg)
     kept1, last1, cb1 = _keep(set(want1))
-    reason1 = _stage1_replay(ds, O0, cfg.eta0, cfg.T0, cb1)
+    reason1 = stage1_replay(ds, O0, cfg.eta0, cfg.T0, cb1)
     s1, O1 = _finish_stage(kept1, last1, reason1, "stage 1")
     O = last1["W"].copy()
     out = {"W_ov": O, "eta0": np.float64(cfg.eta0), "eta": np.float64(cfg.eta)}

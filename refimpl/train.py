@@ -45,7 +45,7 @@ from .trajectory import (JOINT_COLUMNS, STAGE1_COLUMNS, STAGE2_COLUMNS, ExcessLo
                          stage1_metrics)
 
 __all__ = ["TrainConfig", "TrainResult", "JointResult", "train_two_stage", "train_joint",
-           "run_two_stage", "stage2_replay", "stop_kind", "non_finite_stop", "NonFiniteTrainingError",
+           "run_two_stage", "stage1_replay", "stage2_replay", "stop_kind", "non_finite_stop", "NonFiniteTrainingError",
            "COMPLETED", "ZERO_GRADIENT", "NON_FINITE",
            "DEFAULT_T0", "DEFAULT_T", "DEFAULT_ETA0_SCALE", "DEFAULT_ETA_SCALE", "DEFAULT_INIT"]
 
@@ -403,7 +403,27 @@ def stage2_replay(ds, O, K0, eta, T, callback):
         the last iterate; callback saw t) or "non-finite at step t" (callback saw t).
     """
     direction = kernels.Stage2Direction(O, ds.flat_tokens, ds.lengths, ds.next_tokens)
-    it = _Compensated(K0)
+    return _replay(direction, K0, eta, T, callback)
+
+
+def stage1_replay(ds, O0, eta0, T0, callback):
+    """Stage 1 of Algorithm 1 again, and nothing else: W_ov from ``O0``, step size ``eta0``,
+    calling ``callback(t, O_t)`` for t = 0..T0 (the trainer's per-step path, as
+    :func:`stage2_replay`, so the iterates are the trainer's bit for bit).
+
+    Returns
+    -------
+    str
+        The stop reason, as in :func:`stage2_replay`.
+    """
+    direction = kernels.Stage1Direction(ds.colloc_tokens, ds.colloc_next, ds.vocab_size)
+    return _replay(direction, O0, eta0, T0, callback)
+
+
+def _replay(direction, W0, eta, T, callback):
+    """NGD from ``W0`` with ``direction.direction(W)`` (a Stage1Direction or Stage2Direction),
+    the Kahan update and the trainer's stops; ``callback(t, W_t)`` for every step."""
+    it = _Compensated(W0)
     radius = float(np.linalg.norm(it.W))
     with np.errstate(all="ignore"):
         for t in range(T + 1):

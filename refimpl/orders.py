@@ -255,20 +255,11 @@ def _reach_loop(indptr, indices, n, sources, group_starts, targets, out):
             if wanted[t] != g:
                 wanted[t] = g
                 remaining += 1
-        s = sources[g]
+        # expand the source first without marking it: it is reached only if a path of
+        # length >= 1 returns to it
+        u = sources[g]
         top = 0
-        # the source is not marked: it is reached only if a path of length >= 1 returns to it
-        for e in range(indptr[s], indptr[s + 1]):
-            v = indices[e]
-            if seen[v] != g:
-                seen[v] = g
-                stack[top] = v
-                top += 1
-                if wanted[v] == g:
-                    remaining -= 1
-        while top > 0 and remaining > 0:
-            top -= 1
-            u = stack[top]
+        while True:
             for e in range(indptr[u], indptr[u + 1]):
                 v = indices[e]
                 if seen[v] != g:
@@ -277,6 +268,10 @@ def _reach_loop(indptr, indices, n, sources, group_starts, targets, out):
                     top += 1
                     if wanted[v] == g:
                         remaining -= 1
+            if top == 0 or remaining == 0:
+                break
+            top -= 1
+            u = stack[top]
         for i in range(lo_t, hi_t):
             out[i] = seen[targets[i]] == g
 

@@ -121,7 +121,11 @@ def ragged(tokens, lengths):
 
 class _Prepared:
     """O^T and the ragged int64 sentence arrays, converted once; ``drive(K, want_o, want_k, unit)``.
-    ``OT`` may be replaced between calls (stage 1 moves O)."""
+    ``OT`` may be replaced between calls (stage 1 moves O).
+
+    Private: every public entry checks its tokens, lengths and next tokens first
+    (:func:`refimpl.checks.check_token_problem`, :func:`refimpl.checks.check_tokens`), so
+    only the O(N) structure is re-checked here, not the O(T) token ranges."""
 
     def __init__(self, O, tokens, lengths, ys, n_grads, chunks):
         self.OT = _transposed(O)
@@ -131,12 +135,6 @@ class _Prepared:
         N = len(self.offsets) - 1
         if len(self.ys) != N:
             raise ShapeError(f"{N} sentences but {len(self.ys)} next tokens")
-        if self.flat.size and (self.flat.min() < 0 or self.flat.max() >= M):
-            bad = int(np.flatnonzero((self.flat < 0) | (self.flat >= M))[0])
-            raise SentenceInputError(f"token {self.flat[bad]} (flat position {bad}) is outside 0..{M - 1}")
-        if self.ys.size and (self.ys.min() < 0 or self.ys.max() >= M):
-            bad = int(np.flatnonzero((self.ys < 0) | (self.ys >= M))[0])
-            raise SentenceInputError(f"next token ys[{bad}] = {self.ys[bad]} is outside 0..{M - 1}")
         self.nc = n_chunks(N, self.Lmax, M, n_grads) if chunks is None else int(chunks)
         self._drive = _drive_serial if self.nc == 1 else _drive_parallel
 

@@ -193,6 +193,18 @@ def _query_key(key):
                           field="orders")
 
 
+def _int_list(value, field):
+    """``value`` if it is a flat list of int64 integers, else FileFormatError naming the field
+    and the first bad entry."""
+    if not isinstance(value, list):
+        raise FileFormatError(f"field {field!r} must be a list of integers, got {_describe(value)}",
+                              field=field)
+    if not _all_int64(value):
+        for j, t in enumerate(value):
+            _check_int_entry(t, f"field {field!r} entry {j}", field, j)
+    return value
+
+
 def dataset_from_dict(obj):
     """Build a dataset from the file-format object; raises FileFormatError on bad structure.
 
@@ -239,21 +251,10 @@ def dataset_from_dict(obj):
         raise FileFormatError(str(exc), field="vocab_size") from None
     colloc = _int_rows(obj["collocation"], "collocation", width=2)
     sentences = _int_rows(obj["sentences"], "sentences")
-    nxt = obj["next_tokens"]
-    if not isinstance(nxt, list):
-        raise FileFormatError(f"field 'next_tokens' must be a list of integers, got {_describe(nxt)}",
-                              field="next_tokens")
-    if not _all_int64(nxt):
-        for j, t in enumerate(nxt):
-            _check_int_entry(t, f"field 'next_tokens' entry {j}", "next_tokens", j)
+    nxt = _int_list(obj["next_tokens"], "next_tokens")
     optimal = obj.get("optimal")
     if optimal is not None:
-        if not isinstance(optimal, list):
-            raise FileFormatError(f"field 'optimal' must be a list of integers, got {_describe(optimal)}",
-                                  field="optimal")
-        if not _all_int64(optimal):
-            for j, t in enumerate(optimal):
-                _check_int_entry(t, f"field 'optimal' entry {j}", "optimal", j)
+        _int_list(optimal, "optimal")
     orders = None
     if obj.get("orders") is not None:
         raw = obj["orders"]

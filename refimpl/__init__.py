@@ -9,7 +9,15 @@ column = query token.
 Public names (the public API, README.md) are loaded on first use, so ``import refimpl``
 stays cheap and the Numba kernels compile only when needed.
 """
+import os
 from importlib import import_module
+
+# OpenMP threads (Numba's "omp" threading layer) sleep when idle instead of spinning, unless
+# the environment says otherwise. Read once, when libgomp loads at the first threaded kernel
+# call. Spinning threads on a CPU shared with other busy processes made a threaded step of
+# 0.02 ms take 8-20 ms (the waiting thread spins through the time slice the working thread
+# needs); sleeping threads cost ~10 us per threaded step (bench/bench_contended.py).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 __version__ = "0.1.0"
 

@@ -29,20 +29,26 @@ When different tokens tie for the top score, delta = 0 and the plain formula is 
 Parallelism. Sentences are split into a fixed number of contiguous chunks (a
 function of N, L, M only, never of the thread count); each chunk accumulates
 into its own M x M scratch with its own running scale, and chunks are reduced
-in index order, so results are bit-identical run to run. Kernels allocate
-nothing that grows with N. Requires M >= 2. All kernels: ``njit(cache=True)``,
-no fastmath; the sentence loop lives in :mod:`refimpl.kernels_chunk` and is
-called through the plain Python wrappers below.
+in index order, so results are bit-identical run to run. The same chunks run either
+on Numba's threads or one after another on the calling thread, with the same bits;
+which of the two a prepared problem uses is chosen by timing both (:class:`_Chooser`,
+environment variable ``REFIMPL_THREADS``), because on a CPU shared with another busy
+process the threaded driver can be several times slower than the serial one.
+Kernels allocate nothing that grows with N. Requires M >= 2. All kernels:
+``njit(cache=True)``, no fastmath; the sentence loop lives in
+:mod:`refimpl.kernels_chunk` and is called through the plain Python wrappers below.
 """
 from __future__ import annotations
 
 import math
+import os
+import time
 
 import numpy as np
 from numba import njit
 
 from .checks import check_padded, check_square, check_token_problem, check_tokens, check_weights
-from .errors import SentenceInputError, ShapeError
+from .errors import ConfigError, SentenceInputError, ShapeError
 from .kernels_chunk import _drive_parallel, _drive_serial
 from .kernels_math import scaled, sumsq4
 from .kernels_np import (attention_np, joint_grad_np, logits_np, normalize_np,  # noqa: F401 (twins)
@@ -50,13 +56,17 @@ from .kernels_np import (attention_np, joint_grad_np, logits_np, normalize_np,  
 
 _PUBLIC = ("stage1_grad", "stage2_grad", "joint_grad", "stage2_loss", "normalize", "normalize_pair",
            "attention", "logits")
-__all__ = ["Stage1Direction", "Stage2Direction", "compensated_step", "n_chunks", "ragged", *_PUBLIC, *(n + "_np" for n in _PUBLIC)]
+__all__ = ["Stage1Direction", "Stage2Direction", "THREADS_ENV", "compensated_step", "n_chunks", "ragged", *_PUBLIC, *(n + "_np" for n in _PUBLIC)]
 
 # Chunk counts (n_chunks), measured on the 2-vCPU VM (its vCPUs share one physical core, so
-# two threads give ~1.4-1.6x, not 2x): threads pay off from ~6000 token-columns of work
-# (N * Lmax * M; ~25 us serial) as long as the work is >= 10 M^2 per chunk scratch (each
-# chunk zeroes and reduces its own M x M accumulator); 4 chunks beat 2 from 200 M^2 on.
-_PARALLEL_WORK = 6_000
+# two threads give ~1.4-1.6x, not 2x). Quiet, threads paid off from ~6000 token-columns of
+# work (N * Lmax * M; ~25 us serial), but a parallel region costs a thread wake-up and a
+# barrier, which a busy process on the other vCPU stretches to a scheduler time slice: below
+# ~50,000 token-columns (~0.2 ms serial; size S, M=20 N=200 lengths 2..6, is 24,000) the gain
+# on a quiet machine (at most ~10 us) is not worth the risk, so those sizes stay serial.
+# Chunks also need >= 10 M^2 of work each (each zeroes and reduces its own M x M
+# accumulator); 4 chunks beat 2 from 200 M^2 on.
+_PARALLEL_WORK = 50_000
 _MIN_WORK_PER_M2 = 10
 _FOUR_CHUNKS_PER_M2 = 200
 _SCRATCH_BYTES = 1 << 28  # cap on chunks * M * M * 8 * (number of gradients)
@@ -119,9 +129,147 @@ def ragged(tokens, lengths):
     return flat, offsets, max(int(lengths.max(initial=0)), 1)
 
 
+THREADS_ENV = "REFIMPL_THREADS"
+"""Environment variable choosing how chunked kernels run: ``auto`` (default: time both
+drivers and keep the faster, :class:`_Chooser`), ``serial`` (the chunks one after another on
+the calling thread) or ``parallel`` (the chunks on Numba's threads, ``NUMBA_NUM_THREADS``).
+The results are the same bits in all three; it is read when a problem is prepared."""
+_PROBE_EVERY = 64      # calls between two timings of the driver not in use
+_PROBE_SOONER = 2.0    # a parallel call this much slower than usual brings the next timing forward
+_MIN_PROBE_GAP = 8     # ... but not closer than this many calls to the previous one
+_RECENT = 15           # timings of the driver in use whose median is "usual"
+
+
+def _median(xs):
+    """The upper median of a short non-empty list (plain Python: np.median costs ~10 us)."""
+    return sorted(xs)[len(xs) // 2]
+
+
+def _threads_mode():
+    """``REFIMPL_THREADS`` as one of "auto", "serial", "parallel" (ConfigError otherwise)."""
+    mode = os.environ.get(THREADS_ENV, "").strip().lower() or "auto"
+    if mode not in ("auto", "serial", "parallel"):
+        raise ConfigError(f"{THREADS_ENV}={os.environ[THREADS_ENV]!r}: expected auto, serial or parallel")
+    return mode
+
+
+class _Chooser:
+    """The serial or the parallel driver for one chunked problem, chosen by timing both.
+
+    Both drivers run the same chunks and reduce them in the same order, so the choice
+    changes the speed only, never a bit of the result. On a quiet 2-vCPU machine the
+    parallel driver wins from ~50,000 token-columns of work; with another busy process on
+    the second vCPU it can lose several-fold (its second thread waits for a time slice,
+    and the whole step waits for it), while the serial step loses at most what the shared
+    physical core costs. So ``auto`` (the default):
+
+    - calls 0 and 1 run each driver once, untimed (compilation, thread start-up); calls 2-5
+      alternate them, timed, and the faster (by its best time) is kept;
+    - every ``_PROBE_EVERY`` (64) calls the other driver runs once; if it beats the median
+      of the last 3 timings of the kept one, it runs once more, and after two wins in a row
+      it is kept instead (so a neighbour appearing or leaving mid-run is followed within
+      ~64 calls);
+    - when that median of 3 of the parallel driver exceeds ``_PROBE_SOONER`` (2x) the
+      median of its last ``_RECENT`` (15) timings (both looked at every 4th call), the next
+      probe comes at once, or ``_MIN_PROBE_GAP`` (8) calls after the previous one: a
+      neighbour costs the parallel driver most.
+
+    Parameters
+    ----------
+    mode : {"auto", "serial", "parallel"}
+        "serial" / "parallel" always use that driver (no timing).
+
+    Attributes
+    ----------
+    use : int
+        The driver in use, 0 (serial) or 1 (parallel).
+    counts : list of two ints
+        Calls run by the serial and by the parallel driver so far.
+    clock : callable
+        Seconds as a float (``time.perf_counter``; replaceable in tests).
+    """
+
+    def __init__(self, mode):
+        self.mode = mode
+        self.clock = time.perf_counter
+        self.use = 0 if mode == "serial" else 1          # index into (serial, parallel)
+        self.calls = 0
+        self.counts = [0, 0]                             # calls run by each driver
+        self._recent = []
+        self._timed = 0
+        self._median = np.inf
+        self._next_probe = 6
+        self._last_probe = 0
+        self._wins = 0
+        self._start = [np.inf, np.inf]                   # best time of each in calls 2-5
+
+    def run(self, drivers, args):
+        """Run ``drivers[0 or 1](*args)`` (serial, parallel) and learn from its time."""
+        k = self.calls
+        self.calls = k + 1
+        if self.mode != "auto":
+            self.counts[self.use] += 1
+            return drivers[self.use](*args)
+        if 6 <= k < self._next_probe:                    # the kept driver (most calls)
+            which = self.use
+        elif k < 6:                                      # start-up: P, S untimed, then P S P S
+            which = 1 - k % 2
+        else:
+            which = 1 - self.use
+        clock = self.clock
+        t0 = clock()
+        out = drivers[which](*args)
+        t = clock() - t0
+        self.counts[which] += 1
+        if k < 6:
+            if k >= 2:
+                self._start[which] = min(self._start[which], t)
+            if k == 5:
+                self._keep(0 if self._start[0] < self._start[1] else 1, [self._start[0], self._start[1]])
+            return out
+        if which != self.use:                            # a probe of the other driver
+            self._last_probe = k
+            if t < self._short():                        # faster than the last 3 of the kept one
+                self._wins += 1
+                if self._wins >= 2:
+                    self._keep(which, [t])
+                else:
+                    self._next_probe = k + 1             # confirm on the next call
+            else:
+                self._wins = 0
+                self._next_probe = k + _PROBE_EVERY
+            return out
+        recent = self._recent
+        recent.append(t)
+        if len(recent) > _RECENT:
+            del recent[0]
+        self._timed += 1
+        if self._timed % 4 == 0:                         # every 4th call: the medians
+            self._median = _median(recent)
+            if self.use == 1 and self._short() > _PROBE_SOONER * self._median:
+                self._next_probe = min(self._next_probe, max(k + 1, self._last_probe + _MIN_PROBE_GAP))
+        return out
+
+    def _short(self):
+        """Median of the last (up to) 3 timings of the driver in use."""
+        return _median(self._recent[-3:])
+
+    def _keep(self, which, times):
+        self.use = which
+        self._recent = [times[which]] if len(times) == 2 else list(times)
+        self._median = _median(self._recent)
+        self._wins = 0
+        self._next_probe = self.calls + _PROBE_EVERY
+        self._last_probe = self.calls
+
+
+_CHOOSERS = {}   # one-shot kernel calls (stage2_grad, joint_grad, stage2_loss): a chooser per problem shape
+
+
 class _Prepared:
     """O^T and the ragged int64 sentence arrays, converted once; ``drive(K, want_o, want_k, unit)``.
-    ``OT`` may be replaced between calls (stage 1 moves O).
+    ``OT`` may be replaced between calls (stage 1 moves O). ``chooser`` (:class:`_Chooser`)
+    picks the serial or the parallel driver for the ``nc`` chunks at each call.
 
     Private: every public entry checks its tokens, lengths and next tokens first
     (:func:`refimpl.checks.check_token_problem`, :func:`refimpl.checks.check_tokens`), so
@@ -136,7 +284,7 @@ class _Prepared:
         if len(self.ys) != N:
             raise ShapeError(f"{N} sentences but {len(self.ys)} next tokens")
         self.nc = n_chunks(N, self.Lmax, M, n_grads) if chunks is None else int(chunks)
-        self._drive = _drive_serial if self.nc == 1 else _drive_parallel
+        self.chooser = _Chooser("serial" if self.nc == 1 else _threads_mode())
 
     def drive(self, K, want_o, want_k, unit):
         """(GO (M, M) or None, GK (M, M) or None, log_scale, loss, log10_loss, norm)."""
@@ -146,14 +294,20 @@ class _Prepared:
             raise ShapeError(f"K must have shape {(M, M)}, got {K.shape}")
         GOT = np.empty((M, M) if want_o else (0, 0))
         GK = np.empty((M, M) if want_k else (0, 0))
-        log_scale, loss, log10_loss, norm = self._drive(
-            self.OT, K, self.flat, self.offsets, self.ys, self.Lmax, want_o, want_k, self.nc, unit, GOT, GK)
+        log_scale, loss, log10_loss, norm = self.chooser.run(
+            (_drive_serial, _drive_parallel),
+            (self.OT, K, self.flat, self.offsets, self.ys, self.Lmax, want_o, want_k, self.nc, unit, GOT, GK))
         return (GOT.T.copy() if want_o else None, GK if want_k else None, float(log_scale),
                 float(loss), float(log10_loss), float(norm))
 
 
 def _run(O, K, tokens, lengths, ys, want_o, want_k, chunks=None):
     p = _Prepared(O, tokens, lengths, ys, int(want_o) + int(want_k), chunks)
+    if p.nc > 1 and p.chooser.mode == "auto":          # repeated calls on one problem (a training
+        key = (len(p.offsets), len(p.flat), p.M, p.nc, want_o, want_k)   # loop) share a chooser
+        if key not in _CHOOSERS and len(_CHOOSERS) >= 32:
+            _CHOOSERS.clear()
+        p.chooser = _CHOOSERS.setdefault(key, p.chooser)
     return p.drive(K, want_o, want_k, False)[:5]
 
 
@@ -234,7 +388,9 @@ class Stage2Direction:
     D = GKs / ||GKs||_F, GKs the scale-free dL/dK of :func:`stage2_grad` (same bits as
     ``normalize(stage2_grad(...)[0])``), norm = ||GKs||_F; D is zero and norm 0.0 when the
     gradient vanishes exactly. This is the per-step path of the trainer and of
-    ``bench/bench_step.py``.
+    ``bench/bench_step.py``. When the problem is chunked (:func:`n_chunks` > 1) each call
+    runs the chunks serially or on Numba's threads, whichever this object has timed faster
+    (``REFIMPL_THREADS``, :class:`_Chooser`); the bits are the same either way.
     """
 
     def __init__(self, O, tokens, lengths, ys, *, chunks=None):

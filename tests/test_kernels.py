@@ -228,14 +228,15 @@ def test_parallel_runs_are_bit_identical():
             assert np.array_equal(x, y), f.__name__
 
 
-def test_results_do_not_depend_on_the_thread_count():
+def test_results_do_not_depend_on_the_thread_count(monkeypatch):
     """The chunking is a function of (N, Lmax, M) only: one thread and all threads give the
     same bits (the sentences of a chunk never move to another chunk)."""
     import numba
-    M = 20
-    ds = ri.generate(M, 200, 2, 6, seed=6)                    # size S: 2 chunks
+    M = 40
+    ds = ri.generate(M, 1000, 2, 6, seed=6)                   # 2 chunks
     assert kn.n_chunks(ds.n_sentences, ds.max_len, M) == 2
     O, K = np.random.default_rng(6).standard_normal((2, M, M))
+    monkeypatch.setenv(kn.THREADS_ENV, "parallel")           # always the threaded driver
     sd = kn.Stage2Direction(O, *_args(ds))
     n = numba.get_num_threads()
     try:

@@ -80,8 +80,8 @@ def check_bytes(needed, what):
 def training_bytes(M, n_tokens, N, Lmax):
     """Estimated peak bytes of Algorithm 1 on a dataset: about 24 float64 M x M matrices
     (weights, directions, compensations, up to 4 chunk accumulators per gradient, the
-    max-margin solutions and their certificates; the stage-2 floor works in blocks of
-    sentences of at most 32 MiB per temporary), a padded (N, Lmax) int64 token
+    max-margin solutions and their certificates; the stage-2 floor holds one transposed copy
+    of W_ov and works in blocks of at most 32 MiB per temporary), a padded (N, Lmax) int64 token
     array and a float64 attention array of the same shape (the audit and the metrics read
     them), plus the ragged tokens."""
     return 8 * (24 * M * M + 2 * N * Lmax + 2 * n_tokens + 16 * N) + 8 * (1 << 25)

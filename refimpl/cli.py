@@ -238,8 +238,8 @@ def cmd_sweep_report(args):
     from .sweep_report import format_summary, summary_json, sweep_report
     summary = sweep_report(args.dir, figure=not args.no_figure)
     sys.stdout.write(summary_json(summary) if args.json else format_summary(summary))
-    if not args.no_figure:
-        _note(args, f"wrote {Path(args.dir) / 'report.png'}")
+    for name in summary["figures"]:
+        _note(args, f"wrote {Path(args.dir) / name}")
     return EXIT_OK
 
 
@@ -354,11 +354,12 @@ def build_parser():
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("sweep-report", help="summarize a sweep folder's results (docs/sweeps.md)",
-                       description="Read DIR/results/, print tasks, errors, verdict counts per claim and fitted "
-                                   "vs certified rates, and write DIR/report.png.")
+                       description="Read DIR/results/, print tasks, errors, verdict counts per claim, fitted "
+                                   "vs certified rates, bound slacks, the C10 threshold, generalization and "
+                                   "two stages vs joint, and write DIR/report.png and DIR/sweep_*.png.")
     p.add_argument("dir", metavar="DIR")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
-    p.add_argument("--no-figure", action="store_true", help="do not write DIR/report.png")
+    p.add_argument("--no-figure", action="store_true", help="do not write the figures")
     p.set_defaults(func=cmd_sweep_report)
     return parser
 

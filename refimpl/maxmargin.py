@@ -409,7 +409,10 @@ def w_kq_star(ds, *, workers=None):
     Column q solves ``min ||k|| s.t. k[x*] - k[x'] >= 1`` over the deduplicated training
     relations ``x' <_q x*`` of query q (:func:`refimpl.data.induced_relations`), in the
     coordinates of the tokens those relations involve (the others are 0 at the optimum),
-    then is embedded back. Columns of queries that never occur are zero. Certificate
+    then is embedded back; each column's groups of leaf tokens (tokens in a single relation,
+    below the same upper token) are merged into one variable for the solve
+    (:func:`_merge_leaves`: the same optimum, half the NNLS time at M = 5000). Columns of
+    queries that never occur are zero. Certificate
     rows are pairs (x*, x'); it is checked on the embedded matrix before returning.
 
     Parameters
@@ -483,11 +486,66 @@ _PARALLEL_MIN_WORK = 2_000_000   # sum over columns of m_c * n_c (rows x tokens)
 
 
 def _solve_kq_column(pairs):
-    """(toks int64 (n,), k (n,), alpha (m,)): one W_kq* column on the n tokens its pairs use."""
+    """(toks int64 (n,), k (n,), alpha (m,)): one W_kq* column on the n tokens its pairs use.
+
+    Solved on the program with its leaf groups merged (:func:`_merge_leaves`), then expanded:
+    the same optimum and valid multipliers of the full program (certified by the caller).
+    """
     toks, local = np.unique(pairs, return_inverse=True)
-    G = _difference_matrix(local.reshape(-1, 2), len(toks))
-    k, alpha = least_distance(G)
+    G, expand = _merge_leaves(local.reshape(-1, 2), len(toks))
+    k, alpha = expand(*least_distance(G))
     return toks, k, alpha
+
+
+def _merge_leaves(local, n):
+    """The least-distance program of one W_kq* column with each group of leaves merged into one
+    variable: ``(G_r float64 (m_r, n_r), expand)``.
+
+    local : int64 (m, 2), the pairs (a, b) (constraint ``k_a - k_b >= 1``) on tokens 0..n-1.
+
+    A leaf is a token that occurs in exactly one pair, as its lower token b; the leaves below the
+    same upper token c form a group of size g. The optimum is unique and invariant under
+    permutations of a group (they map the feasible set onto itself and keep ``||k||``), so
+    its g leaves share one value t; with ``s = sqrt(g) t`` their g constraints become the single
+    row ``k_c - s / sqrt(g) >= 1`` and their part of the objective ``g t^2 = s^2``. The merged
+    program keeps the other tokens and pairs as they are (in their order), followed by one
+    variable and one row per group. In a training column the sentences' tokens that occur in
+    no other sentence of the query are such leaves (about 40% of the rows at M = 5000,
+    N = 2e5), and the NNLS solve of the merged program takes half the time.
+
+    ``expand(k_r, beta)`` maps a solution of the merged program back: ``k_l = s / sqrt(g)`` for
+    every leaf l of the group, and its multiplier ``alpha_l = beta / g`` (stationarity at a
+    leaf, ``k_l = -alpha_l``, and at c, ``sum_l alpha_l = beta``), other entries unchanged.
+    """
+    m = len(local)
+    count = np.bincount(local.ravel(), minlength=n)
+    leaf_row = count[local[:, 1]] == 1                        # (m,) the pair of a leaf
+    keep_row = np.flatnonzero(~leaf_row)
+    leaf_rows = np.flatnonzero(leaf_row)
+    uppers, group_of, size = np.unique(local[leaf_rows, 0], return_inverse=True, return_counts=True)
+    group_of = group_of.reshape(-1)
+    is_leaf = np.zeros(n, dtype=bool)
+    is_leaf[local[leaf_rows, 1]] = True
+    kept = np.flatnonzero(~is_leaf)
+    var = np.full(n, -1, dtype=np.int64)
+    var[kept] = np.arange(len(kept))
+    n_keep, n_g, m_keep = len(kept), len(uppers), len(keep_row)
+    root = np.sqrt(size.astype(np.float64))
+    G = np.zeros((m_keep + n_g, n_keep + n_g))
+    G[np.arange(m_keep), var[local[keep_row, 0]]] = 1.0
+    G[np.arange(m_keep), var[local[keep_row, 1]]] = -1.0
+    G[m_keep + np.arange(n_g), var[uppers]] = 1.0
+    G[m_keep + np.arange(n_g), n_keep + np.arange(n_g)] = -1.0 / root
+
+    def expand(k_r, beta):
+        k = np.empty(n)
+        k[kept] = k_r[:n_keep]
+        k[local[leaf_rows, 1]] = (k_r[n_keep:] / root)[group_of]
+        alpha = np.empty(m)
+        alpha[keep_row] = beta[:m_keep]
+        alpha[leaf_rows] = (beta[m_keep:] / size)[group_of]
+        return k, alpha
+    return G, expand
 
 
 def _solve_kq_column_safe(pairs):

@@ -1,6 +1,7 @@
 """Parameter sweeps on Dask: ``refimpl sweep SWEEP_FILE --out DIR`` (docs/sweeps.md).
 
-Every task (a dataset, a training configuration and a report, :mod:`refimpl.sweep_spec`)
+Every task (a dataset, a training configuration and a report, :mod:`refimpl.sweep_spec`;
+the reports ``audit``, ``generalization`` and ``joint``, :mod:`refimpl.sweep_tasks`)
 runs on ``dask.distributed`` workers: a ``LocalCluster`` of single-threaded worker processes
 by default, or an existing cluster given by its scheduler address. Each finished task
 becomes one row (its parameters, its task id, every claim's verdict and numbers flattened
@@ -35,7 +36,7 @@ LOCK_NAME = ".sweep.lock"
 SCHEMA = "refimpl/sweep@1"
 PARAM_COLUMNS = ("M", "N", "min_len", "max_len", "order_dim", "n_colloc", "data_seed",
                  "T0", "T", "eta0", "eta", "init", "seed", "init_scale", "c5_T0", "c5_init_scale",
-                 "generalization")
+                 "generalization", "n_test", "test_seed", "joint_T", "joint_eta")
 
 
 class SweepDependencyError(InputError):
@@ -117,10 +118,10 @@ def _base_row(task):
            "M": d["M"], "N": d["N"], "min_len": d["min_len"], "max_len": d["max_len"],
            "order_dim": d["order_dim"], "n_colloc": d["M"] if d["n_colloc"] is None else d["n_colloc"],
            "data_seed": d["seed"]}
-    row.update({k: t[k] for k in ("T0", "T", "init", "seed", "init_scale", "c5_T0", "c5_init_scale",
-                                  "generalization")})
-    row["eta0"] = math.nan if t["eta0"] is None else float(t["eta0"])
-    row["eta"] = math.nan if t["eta"] is None else float(t["eta"])
+    row.update({k: t.get(k) for k in ("T0", "T", "init", "seed", "init_scale", "c5_T0", "c5_init_scale",
+                                      "generalization", "n_test", "test_seed")})
+    for k in ("eta0", "eta", "joint_T", "joint_eta"):      # None (the default) -> NaN
+        row[k] = math.nan if t.get(k) is None else float(t[k])
     return row
 
 
@@ -134,9 +135,12 @@ def run_task(task):
     Returns
     -------
     dict
-        The parameters (:data:`PARAM_COLUMNS`), ``task_id``, ``report``, ``status`` (``"ok"`` or
-        ``"error"``), ``error`` (the message or None), ``started`` (UTC, ISO 8601),
-        ``seconds`` (wall time of the task), ``worker`` (host:pid) and the flattened report.
+        The parameters (:data:`PARAM_COLUMNS`; a training key the report does not read is None),
+        ``task_id``, ``report``, ``status`` (``"ok"`` or ``"error"``), ``error`` (the message or
+        None), ``started`` (UTC, ISO 8601), ``seconds`` (wall time of the task), ``worker``
+        (host:pid) and the report's columns: the flattened audit report
+        (:func:`flatten_report`), :func:`refimpl.sweep_tasks.generalization_columns` or
+        :func:`refimpl.sweep_tasks.joint_columns`.
     """
     import socket
     row = _base_row(task)
@@ -144,14 +148,23 @@ def run_task(task):
                worker=f"{socket.gethostname()}:{os.getpid()}")
     start = time.perf_counter()
     try:
-        from .audit import run_audit, AuditConfig
         from .generator import generate
         d, t = task.dataset, task.training
         ds = generate(d["M"], d["N"], d["min_len"], d["max_len"], d["seed"], n_colloc=d["n_colloc"],
                       order_dim=d["order_dim"], progress=False)
-        report = run_audit(ds, AuditConfig(**t), progress=False)
-        row.update(flatten_report(report))
-        row["eta0"], row["eta"] = float(report["config"]["eta0"]), float(report["config"]["eta"])
+        if task.report == "audit":
+            from .audit import AuditConfig, run_audit
+            report = run_audit(ds, AuditConfig(**t), progress=False)
+            row.update(flatten_report(report))
+            row["eta0"], row["eta"] = float(report["config"]["eta0"]), float(report["config"]["eta"])
+        elif task.report == "generalization":
+            from .sweep_tasks import generalization_columns
+            row.update(generalization_columns(ds, t))
+        elif task.report == "joint":
+            from .sweep_tasks import joint_columns
+            row.update(joint_columns(ds, t))
+        else:
+            raise ValueError(f"unknown report {task.report!r}")
     except Exception as exc:               # noqa: BLE001 (a failing task is a row, not a gap)
         row.update(status="error", error=_one_line(exc))
     row["seconds"] = time.perf_counter() - start

@@ -1,13 +1,15 @@
 """Sweep specifications: which tasks a ``refimpl sweep`` runs (docs/sweeps.md).
 
 A sweep file (TOML, or JSON by its ``.json`` suffix) has the top-level keys
-``reports`` (a list of report names; only ``"audit"`` is implemented),
+``reports`` (a list of report names: ``"audit"``, ``"generalization"``, ``"joint"``),
 ``batch_size`` (rows per results file) and the tables ``[dataset]`` and
 ``[training]``. Each parameter is a scalar, a list (a grid axis), an integer
 range ``{start, stop, step}`` (stop exclusive, as Python's ``range``) or a
 float range ``{start, stop, num, log}`` (``num`` points, ends included, evenly
 spaced or log-spaced). The tasks are the Cartesian product of every axis and
-every report. Anything else (an unknown key, a wrong type, an empty axis) is
+every report, each report using only the training keys it reads
+(:data:`REPORT_KEYS`), so an axis a report does not read does not multiply its
+tasks. Anything else (an unknown key, a wrong type, an empty axis) is
 refused with a :class:`SweepSpecError` naming the file and the key.
 """
 from __future__ import annotations
@@ -21,9 +23,8 @@ from pathlib import Path
 
 from .errors import InputError
 
-#: Report names a task may compute; other known names are refused with a clear message.
-REPORTS = ("audit",)
-PLANNED_REPORTS = ("generalize", "joint")
+#: Report names a task may compute (docs/sweeps.md, "Reports").
+REPORTS = ("audit", "generalization", "joint")
 
 # name -> (type, default); type "int", "float", "str" or "int?" (an int, or absent for the default)
 DATASET_KEYS = {
@@ -34,6 +35,15 @@ TRAINING_KEYS = {
     "T0": ("int", 2000), "T": ("int", 20000), "eta0": ("float?", None), "eta": ("float?", None),
     "init": ("str", "zero"), "seed": ("int", 0), "init_scale": ("float", 0.1),
     "c5_T0": ("int", 20000), "c5_init_scale": ("float", 1.0), "generalization": ("bool", True),
+    "n_test": ("int", 2000), "test_seed": ("int", 0), "joint_T": ("int?", None), "joint_eta": ("float?", None),
+}
+_RUN_KEYS = ("T0", "T", "eta0", "eta", "init", "seed", "init_scale")
+#: The training keys each report reads (and hashes into its task id); the others are not part of
+#: its tasks. The audit's set is the one every audit task id was computed from.
+REPORT_KEYS = {
+    "audit": _RUN_KEYS + ("c5_T0", "c5_init_scale", "generalization"),
+    "generalization": _RUN_KEYS + ("n_test", "test_seed"),
+    "joint": _RUN_KEYS + ("n_test", "test_seed", "joint_T", "joint_eta"),
 }
 TOP_KEYS = ("reports", "batch_size", "dataset", "training")
 MAX_TASKS = 10_000_000
@@ -50,11 +60,11 @@ class Task:
     Attributes
     ----------
     report : str
-        The report the task computes (``"audit"``).
+        The report the task computes (one of :data:`REPORTS`).
     dataset : dict
         Keyword values of :data:`DATASET_KEYS` (``seed`` is the data seed).
     training : dict
-        Keyword values of :data:`TRAINING_KEYS`.
+        Keyword values of the :data:`TRAINING_KEYS` the report reads (:data:`REPORT_KEYS`).
     """
 
     report: str
@@ -97,19 +107,29 @@ class SweepSpec:
 
     @property
     def n_tasks(self):
-        """The number of tasks (the product of the axis lengths)."""
-        n = len(self.reports)
-        for axis in (*self.dataset.values(), *self.training.values()):
-            n *= len(axis)
-        return n
+        """The number of tasks: per report, the product of the dataset axes and of the axes of
+        the training keys the report reads (:data:`REPORT_KEYS`), summed over the reports."""
+        n_data = math.prod(len(axis) for axis in self.dataset.values())
+        return sum(n_data * math.prod(len(self.training[k]) for k in REPORT_KEYS[r] if k in self.training)
+                   for r in self.reports)
 
     def tasks(self):
-        """Every task, in a deterministic order (an iterator of :class:`Task`)."""
-        dnames, tnames = list(self.dataset), list(self.training)
-        for report in self.reports:
-            for dvals in itertools.product(*(self.dataset[k] for k in dnames)):
-                for tvals in itertools.product(*(self.training[k] for k in tnames)):
-                    yield Task(report, dict(zip(dnames, dvals)), dict(zip(tnames, tvals)))
+        """Every task, in a deterministic order (an iterator of :class:`Task`).
+
+        The data seed is the outermost loop, then the report, the other dataset axes and the
+        training axes: a prefix of the order (``--max-tasks N``) covers the whole grid of every
+        report for the first seeds, a sample of the sweep rather than one corner of it.
+        """
+        other = [k for k in self.dataset if k != "seed"]
+        for seed in self.dataset["seed"]:
+            for report in self.reports:
+                tnames = [k for k in self.training if k in REPORT_KEYS[report]]
+                for dvals in itertools.product(*(self.dataset[k] for k in other)):
+                    dataset = dict(zip(other, dvals))
+                    dataset["seed"] = seed
+                    dataset = {k: dataset[k] for k in self.dataset}      # the declared key order
+                    for tvals in itertools.product(*(self.training[k] for k in tnames)):
+                        yield Task(report, dict(dataset), dict(zip(tnames, tvals)))
 
 
 def _check_scalar(where, kind, value):
@@ -228,9 +248,6 @@ def parse_spec(data, source="<dict>"):
     if not isinstance(reports, list) or not reports or not all(isinstance(r, str) for r in reports):
         raise SweepSpecError(f"{source}: reports: expected a non-empty list of report names, got {reports!r}")
     for r in reports:
-        if r in PLANNED_REPORTS:
-            raise SweepSpecError(f"{source}: reports: {r!r} is not implemented in sweeps yet "
-                                 f"(available: {', '.join(REPORTS)})")
         if r not in REPORTS:
             raise SweepSpecError(f"{source}: reports: unknown report {r!r} (available: {', '.join(REPORTS)})")
     if len(set(reports)) != len(reports):
@@ -240,6 +257,11 @@ def parse_spec(data, source="<dict>"):
         raise SweepSpecError(f"{source}: batch_size: expected an integer >= 1, got {batch!r}")
     dataset = _section(source, "dataset", data.get("dataset", {}), DATASET_KEYS)
     training = _section(source, "training", data.get("training", {}), TRAINING_KEYS)
+    for key in data.get("training", {}):
+        if not any(key in REPORT_KEYS[r] for r in reports):
+            users = [r for r in REPORTS if key in REPORT_KEYS[r]]
+            raise SweepSpecError(f"{source}: training.{key}: not read by the reports {', '.join(reports)} "
+                                 f"(read by: {', '.join(users)})")
     for init in training["init"]:
         if init not in ("zero", "random"):
             raise SweepSpecError(f"{source}: training.init: expected \"zero\" or \"random\", got {init!r}")

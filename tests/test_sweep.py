@@ -149,7 +149,8 @@ def test_a_task_that_raises_is_an_error_row(tmp_path, scheduler):
 @pytest.mark.parametrize("text, words", [
     ('[dataset]\nM = 5\ncolour = 3\n', "unknown key dataset.colour"),
     ('bogus = 1\n', "unknown key 'bogus'"),
-    ('reports = ["generalize"]\n', "not implemented in sweeps yet"),
+    ('reports = ["generalize"]\n', "unknown report 'generalize'"),
+    ('reports = ["joint"]\n[training]\nc5_T0 = 5\n', "training.c5_T0: not read by the reports joint"),
     ('reports = ["nonsense"]\n', "unknown report 'nonsense'"),
     ('[training]\nT0 = "many"\n', "training.T0: expected a number"),
     ('[training]\nT = 2.5\n', "training.T: expected an integer"),

@@ -455,6 +455,133 @@ def _c12_steps(claim):
     ]
 
 
+def _monotone_from_zero(f, var, slack_subs=None):
+    """``f >= 0`` on ``var >= 0``: ``f(0) = 0`` and ``f' >= 0`` by the symbols' assumptions
+    (``slack_subs`` replaces an expression by a positive slack symbol before asking)."""
+    df = sp.diff(f, var)
+    if slack_subs:
+        df = sp.simplify(df).subs(slack_subs)
+    return _zero(f.subs(var, 0)) and bool(df.is_nonnegative)
+
+
+def _c13_steps(claim, c3_claim, c4_claim, c12_claim):
+    cos_lower, m_lower, liminf = (claim.constant("cos_lower"), claim.constant("margin_lower"),
+                                  claim.constant("liminf"))
+    X = sp.Symbol("x", nonnegative=True)              # n_c L0 <= n_c b
+    y = sp.Symbol("y", nonnegative=True)
+    one_minus_y = sp.Symbol("1-y", positive=True)
+    b0, theta = sp.symbols("b_0 theta", positive=True)
+    derived_margin = sp.expand_log(-sp.log((n_c * b) * sp.exp(n_c * b)), force=True)
+    radius = norm0 + c3_claim.constant("norm_upper")  # ||O_t|| <= ||O_0|| + eta0 t (C3)
+    c12 = c12_claim.constant("cos_lower")
+    derived_cos = c12.subs({margin_W: derived_margin, gamma_mm: gamma_ov, norm_W: radius})
+    # -log b_t >= -log b_0 + eta0 c1 sum_{s<t} h(n_c b_s) = -log b_0 + eta0 c1 theta_t t, theta_t -> 1
+    c1_c4 = c4_claim.constant("c1")
+    along = cos_lower.subs(b, b0 * sp.exp(-eta0 * c1 * theta * t))
+    return [
+        _step("C4 lower argument: the column attaining m has loss >= log(1 + e^{-m}), so "
+              "e^{-m} = exp(log(1 + e^{-m})) - 1 <= e^{n_c b} - 1", SYMBOLIC,
+              lambda: _zero(sp.exp(sp.log(1 + sp.exp(-m))) - 1 - sp.exp(-m))
+              and dv.ALL_CHECKS["check_c4_lower_algebra"]()),
+        _step("expm1(x) <= x e^x: f = x e^x - e^x + 1, f(0) = 0, f' = x e^x >= 0", SYMBOLIC,
+              lambda: _monotone_from_zero(X * sp.exp(X) - sp.exp(X) + 1, X)),
+        _step("stated margin lower bound = -log(n_c b e^{n_c b}) <= -log expm1(n_c b) <= m(O_t)",
+              SYMBOLIC, lambda: _zero(sp.expand_log(m_lower, force=True) - derived_margin)),
+        _step("margin bound decreasing in b (so L0 <= b_t suffices): d/db = -1/b - n_c < 0",
+              SYMBOLIC, lambda: bool(sp.diff(m_lower, b).is_negative)),
+        _step("C12 bound decreasing in ||W|| for m > 0 (so ||O_t|| <= ||O_0|| + eta0 t suffices)",
+              SYMBOLIC, lambda: bool(sp.diff(c12, norm_W).is_negative)),
+        _step("stated cosine bound = C12 bound at (margin bound, gamma_ov, ||O_0|| + C3 bound)",
+              SYMBOLIC, lambda: _zero(sp.expand_log(cos_lower, force=True)
+                                      - sp.expand_log(derived_cos, force=True))),
+        _step("-log(1 - y) >= y (f(0) = 0, f' = y/(1-y) >= 0), so log b_{t+1} - log b_t <= "
+              "-eta0 c1 h(n_c b_t); h(0+) = 1 and b_t -> 0 (C4)", SYMBOLIC,
+              lambda: _monotone_from_zero(-sp.log(1 - y) - y, y, {1 - y: one_minus_y,
+                                                                  y - 1: -one_minus_y})
+              and dv.ALL_CHECKS["check_c4_linear_rate"]()),
+        _step("limit of the bound along log b_t = log b_0 - eta0 c1 theta t is theta c1/gamma_ov; "
+              "stated liminf = c1/gamma_ov (theta -> 1, C4's c1)", SYMBOLIC,
+              lambda: _zero(sp.limit(along, t, sp.oo) - theta * c1 / gamma_ov)
+              and _zero(liminf - c1_c4 / gamma_ov)),
+        _step("log-space form (b = e^lu) equals the stated bound", SYMBOLIC,
+              lambda: _zero(sp.expand_log(dv.C13_COS_LOWER_LOG.subs(lu, sp.log(b)), force=True)
+                            - sp.expand_log(cos_lower, force=True))),
+        _step("statement uses the constants", SYMBOLIC, lambda: _uses(claim, "cos_lower", "liminf")),
+    ]
+
+
+def _c14_steps(claim, c7_claim):
+    gap = claim.constant("gap_lower")
+    p, q, h = dv.p_inv, dv.q_inv, dv.eta_step
+    r = sp.Symbol("r", nonnegative=True)
+    pp = sp.Symbol("p", positive=True)                  # p > 0 (at p = 0 the bound is 0)
+    u, w, phi = (sp.IndexedBase(n, real=True) for n in ("u", "w", "phi"))
+    S = sp.Sum(_p[_v], (_v, 1, M - 1))
+    A = sp.Sum(phi[_j] * _g[_j], (_j, 1, _J))          # sum_m phi_m g_m
+    stage2 = sp.expand(sp.Sum(phi[_j] * (_g[_j] - A), (_j, 1, _J)).doit())
+    Sphi = sp.Sum(phi[_j], (_j, 1, _J))
+    radius = q + c7_claim.constant("norm_upper").subs(eta, h)  # ||(I-P) W_t|| <= q + eta t
+    derived = 1 - radius / sp.sqrt(p ** 2 + radius ** 2)
+    return [
+        _step("stage 1 invariant: a gradient column (p - e_y)/n_c sums to 0 (symbolic M)", SYMBOLIC,
+              lambda: _zero(((1 - S) - 1) + S)),
+        _step("stage 2 invariant: sum_l phi_l (g_l - sum_m phi_m g_m) = 0 when sum phi = 1 "
+              "(symbolic L; a sentence's gradient lives on one component)", SYMBOLIC,
+              lambda: _zero(stage2.subs(Sphi, 1)) or _zero(sp.expand(
+                  sp.Sum(phi[_j] * _g[_j], (_j, 1, _J)) - A * Sphi).subs(Sphi, 1))),
+        _step("W* orthogonal to the span: O* columns (1 - 1/M) - (M-1)/M = 0; each W_kq* "
+              "constraint e_x* - e_x' sums to 0 on its component", SYMBOLIC,
+              lambda: _zero((1 - 1 / M) - (M - 1) / M)
+              and _zero(sp.Sum(_alpha[_j] * (1 - 1), (_j, 1, _J)).doit())),
+        _step("Pythagoras: ||u + w||^2 = ||u||^2 + ||w||^2 when <u, w> = 0 (any dimension)",
+              SYMBOLIC, lambda: _zero(sp.expand(sp.Sum((u[_j] + w[_j]) ** 2, (_j, 1, _J))
+                                                - sp.Sum(u[_j] ** 2, (_j, 1, _J))
+                                                - sp.Sum(w[_j] ** 2, (_j, 1, _J))
+                                                - 2 * sp.Sum(u[_j] * w[_j], (_j, 1, _J))).doit())),
+        _step("cos <= r/sqrt(p^2 + r^2) increasing in r: derivative p^2/(p^2 + r^2)^(3/2) >= 0",
+              SYMBOLIC, lambda: _zero(sp.diff(r / sp.sqrt(p ** 2 + r ** 2), r)
+                                      - p ** 2 / (p ** 2 + r ** 2) ** sp.Rational(3, 2))
+              and (pp ** 2 / (pp ** 2 + r ** 2) ** sp.Rational(3, 2)).is_nonnegative),
+        _step("stated bound = 1 - r/sqrt(p^2 + r^2) at r = q + (C7 bound with eta_step)",
+              SYMBOLIC, lambda: _zero(gap - derived)),
+        _step("stated bound >= 0, and 0 at p = 0 (zero init: vacuous)", SYMBOLIC,
+              lambda: bool(gap.subs(p, pp).is_nonnegative) and _zero(gap.subs(p, 0))),
+        _step("statement uses the constant", SYMBOLIC, lambda: _uses(claim, "gap_lower")),
+    ]
+
+
+def _c15_steps(claim, c7_claim, c2_claim, c1_claim):
+    thr, drift = claim.constant("threshold"), claim.constant("drift")
+    phi, dv_, du_ = (sp.IndexedBase(n, real=True) for n in ("phi", "dv", "du"))
+    Lm = sp.Symbol("L-n_star", positive=True)
+    mm, sc, Z = sp.symbols("m s Z", positive=True)
+    zv = sp.Sum(phi[_j] * a * (dv_[_j] - 1 / M), (_j, 1, _J))
+    zu = sp.Sum(phi[_j] * a * (du_[_j] - 1 / M), (_j, 1, _J))
+    wv = sp.Sum(phi[_j] * dv_[_j], (_j, 1, _J))
+    wu = sp.Sum(phi[_j] * du_[_j], (_j, 1, _J))
+    n, Lp = dv.n_star, dv.L_pos
+    # w_{n(xhat)} - w_v >= (e^s/Z)(n* - (L - n*) e^{-m})
+    lower_gap = (sp.exp(sc) / Z) * (n - Lm * sp.exp(-mm))
+    return [
+        _step("zero-init stage-1 columns a (e_n(x) - 1/M) (C2 ray): z_v - z_u = a (w_v - w_u), "
+              "w_v the attention mass on tokens x in C with n(x) = v", SYMBOLIC,
+              lambda: _zero(sp.expand(zv - zu - a * (wv - wu)).doit())
+              and all(s.passed for s in _c2_steps(c2_claim, c1_claim))),
+        _step("margin bound: n* - (L - n*) e^{-m} = 0 exactly at the stated threshold "
+              "(the sufficient condition is sharp)", SYMBOLIC,
+              lambda: _zero(n - (Lp - n) * sp.exp(-thr))),
+        _step("above the threshold the gap bound (e^s/Z)(n* - (L-n*) e^{-m}) is increasing in m",
+              SYMBOLIC, lambda: bool(sp.diff(lower_gap, mm).is_positive)),
+        _step("threshold <= log(L - 1): equal at n* = 1, decreasing in n* (L > n*)", SYMBOLIC,
+              lambda: _zero(thr.subs(n, 1) - sp.log(Lp - 1))
+              and bool(sp.expand_log(sp.diff(thr, n).subs(Lp, n + Lm), force=True).is_negative)),
+        _step("drift: a margin is <A, K> with ||A|| = sqrt2; one NGD step moves K by the C7 "
+              "bound at t = 1", SYMBOLIC,
+              lambda: _zero(drift - sp.sqrt(1 ** 2 + 1 ** 2) * c7_claim.constant("norm_upper").subs(t, 1))),
+        _step("statement uses the constants", SYMBOLIC, lambda: _uses(claim, "threshold", "drift")),
+    ]
+
+
 def _measured(note):
     return [_step("measured on runs", NUMERIC, lambda: None, note)]
 
@@ -494,6 +621,12 @@ def check(claim, registry):
                  + _measured("prediction n(xhat) by trained weights"))
     elif cid == "C12":
         steps = _c12_steps(claim)
+    elif cid == "C13":
+        steps = _c13_steps(claim, get("C3"), get("C4"), get("C12"))
+    elif cid == "C14":
+        steps = _c14_steps(claim, get("C7"))
+    elif cid == "C15":
+        steps = _c15_steps(claim, get("C7"), get("C2"), get("C1"))
     else:
         raise KeyError(cid)
     steps = tuple(steps)

@@ -1,4 +1,4 @@
-"""The registry of claims C1..C11 (docs/theory.md).
+"""The registry of claims C1..C15 (docs/theory.md).
 
 Each claim is a frozen ``Claim``: its statement is a SymPy relation over the
 symbols of ``symbols`` and the closed forms of ``derivations``;
@@ -60,12 +60,15 @@ excess_limit = sp.Symbol("lim_t excess", nonnegative=True)
 c8_min_term = sp.Symbol("c8 (min over sentences)", positive=True)
 delta_zero_init = sp.Symbol("Delta_i (zero-init stage 1)", real=True)
 cos_W_Wstar = sp.Symbol("cos(W,W*)", real=True)
+cos_O_Ostar = sp.Symbol("cos(O_t,O*)", real=True)
+one_minus_cos_t = sp.Symbol("1-cos(W_t,W*)", real=True)
+mhat_K = sp.Symbol("mhat(K)", real=True)   # attention margin of an unseen sentence (C15)
 
 
 @dataclass(frozen=True)
 class Claim:
     """One claim of docs/theory.md."""
-    id: str                    # "C1" .. "C11"
+    id: str                    # "C1" .. "C15"
     title: str                 # short name
     status: str                # one of STATUSES
     doc_ref: str               # where docs/ states and proves it
@@ -145,7 +148,7 @@ _CLAIMS = (
           sp.Le(dist_kq, dv.C7_NORM_UPPER),
           (),
           (("norm_upper", dv.C7_NORM_UPPER),)),
-    Claim("C8", "stage-2 excess loss: certified linear lower bound",
+    Claim("C8", "stage-2 excess loss: certified lower bound c8 exp(-gamma_kq (||K_0|| + eta t))",
           "certified lower, measured rate",
           "docs/theory.md C8; docs/maxmargin.md", ("R1-realizable", "R2-fixed-Wov", "R3-floor"),
           (_ORTHO,
@@ -188,14 +191,47 @@ _CLAIMS = (
           sp.Ge(cos_W_Wstar, margin_W / (gamma_mm * norm_W)),
           (),
           (("cos_lower", margin_W / (gamma_mm * norm_W)),)),
+    Claim("C13", "stage-1 a-priori cosine lower bound (C3 + C4 + C12)", "certified",
+          "docs/theory.md C13", (),
+          (_M2, _ORTHO, _C4_STEP,
+           ("b_t is the C4 upper bound of L0(O_t) (b_0 = L0(O_0))", "C4"),
+           ("the margin lower bound -log(n_c b_t) - n_c b_t > 0", "the bound is vacuous otherwise")),
+          sp.And(sp.Ge(cos_O_Ostar, dv.C13_COS_LOWER),  # b stands for b_t
+                 sp.Ge(sp.Symbol("liminf_t cos(O_t,O*)"), dv.C13_LIMINF)),
+          ("check_c4_lower_algebra", "check_c4_linear_rate"),
+          (("cos_lower", dv.C13_COS_LOWER), ("margin_lower", dv.C13_MARGIN_LOWER),
+           ("liminf", dv.C13_LIMINF))),
+    Claim("C14", "certified lower bound on 1 - cos from the part of W_0 NGD never moves",
+          "certified", "docs/theory.md C14", ("R2-fixed-Wov",),
+          (_ORTHO,
+           ("P = orthogonal projection on the invariant span: stage 1, the columns outside C and "
+            "the constant part of each column in C; stage 2, per query column q the indicator of "
+            "each connected component of the tokens of the sentences of query q (a token in no "
+            "such sentence is its own component)", "the NGD gradient is orthogonal to it"),
+           ("p = ||P W_0||, q = ||(I - P) W_0||, eta_step = eta0 (stage 1) or eta (stage 2)",
+            "from zero init p = 0 and the bound is 0 (vacuous)")),
+          sp.Ge(one_minus_cos_t, dv.C14_GAP_LOWER),
+          (),
+          (("gap_lower", dv.C14_GAP_LOWER),)),
+    Claim("C15", "finite-time generalization from zero-init stage 1", "certified",
+          "docs/theory.md C15", ("R1-realizable", "R2-fixed-Wov", "R4-training-relations"),
+          (_M2, _ORTHO,
+           ("O_0 = 0 and T0 >= 1", "O[:, x] = a (e_n(x) - 1/M) on C (C2), 0 elsewhere, a > 0"),
+           ("xhat in C, n_star >= 1 copies of xhat among the L positions", "C11"),
+           ("attention margin of the sentence mhat(K) = min_{x' != xhat} K[xhat,q] - K[x',q]",
+            "any K: the claim is about W_kq at each step")),
+          sp.And(sp.Gt(mhat_K, dv.C15_THRESHOLD),
+                 sp.Ge(sp.Symbol("mhat(K_{t+s})"), sp.Symbol("mhat(K_t)") - dv.C15_DRIFT * t)),
+          ("check_c2_trajectory",),
+          (("threshold", dv.C15_THRESHOLD), ("drift", dv.C15_DRIFT))),
 )
 
 CLAIMS = {c.id: c for c in _CLAIMS}
-"""Claim id -> Claim, in the order C1..C12."""
+"""Claim id -> Claim, in the order C1..C15."""
 
 
 def get(claim_id):
-    """The Claim with id ``claim_id`` ("C1" .. "C12"); KeyError names the known ids."""
+    """The Claim with id ``claim_id`` ("C1" .. "C15"); KeyError names the known ids."""
     try:
         return CLAIMS[claim_id]
     except KeyError:

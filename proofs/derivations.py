@@ -37,6 +37,31 @@ C8_GAP_ZERO_INIT = a * (M - 1) / (sp.exp(a) + M - 1)             # Delta_i >=, a
 Delta_i, L_i = sp.Symbol("Delta_i", positive=True), sp.Symbol("L_i", positive=True)
 C8_CONSTANT_TERM = Delta_i / (L_i * N)
 
+# C13 (stage-1 a-priori cosine, C3 + C4 + C12): with b = b_t the C4 upper bound of L0(O_t),
+# m(O_t) >= -log(n_c b) - n_c b and cos(O_t, O*) >= that / (gamma_ov (||O_0|| + eta0 t)).
+C13_MARGIN_LOWER = -sp.log(n_c * b) - n_c * b
+C13_COS_LOWER = C13_MARGIN_LOWER / (gamma_ov * (norm0 + eta0 * t))
+C13_LIMINF = 1 - eta0 * sp.exp(SQRT2 * eta0)                     # liminf of C13_COS_LOWER
+# log space: b = e^lu (b_t underflows float64 long before the bound stops growing)
+C13_COS_LOWER_LOG = (-sp.log(n_c) - lu - n_c * sp.exp(lu)) / (gamma_ov * (norm0 + eta0 * t))
+
+# C14 (invariant part of the initialization): p_inv = ||P W_0||, q_inv = ||(I - P) W_0||,
+# P the orthogonal projection on the span NGD never moves; step size eta_step (eta0 or eta).
+p_inv = sp.Symbol("||P W_0||", nonnegative=True)
+q_inv = sp.Symbol("||(I-P) W_0||", nonnegative=True)
+eta_step = sp.Symbol("eta_step", positive=True)
+_r14 = q_inv + eta_step * t
+_s14 = sp.sqrt(p_inv ** 2 + _r14 ** 2)
+C14_GAP_LOWER = p_inv ** 2 / (_s14 * (_s14 + _r14))              # 1 - cos(W_t, W*) >=
+
+# C15 (finite-time generalization, zero-init stage 1): an unseen sentence of L positions with
+# n_star >= 1 copies of its maximum xhat is predicted n(xhat) once its attention margin exceeds
+# log((L - n_star)/n_star) (<= log(L - 1)); the margin moves by at most sqrt2 eta per step.
+n_star = sp.Symbol("n_star", positive=True)
+L_pos = sp.Symbol("L", positive=True)
+C15_THRESHOLD = sp.log((L_pos - n_star) / n_star)
+C15_DRIFT = SQRT2 * eta
+
 # the same with log1p for float evaluation (log(1 + tiny) loses digits); equal by rewrite
 C2_LOSS_LOG1P = log1p((M - 1) * sp.exp(-gamma_ov * eta0 * t))
 C4_LOWER_LOG1P = log1p(sp.exp(-gamma_ov * (norm0 + eta0 * t))) / n_c

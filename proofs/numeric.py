@@ -96,6 +96,62 @@ def c12_cos_lower(margin, gamma, norm_W):
     return _c12_cos_lower(margin, gamma, norm_W)
 
 
+# C13: the registry's bound with b = e^lu (certify checks the log form against it)
+_c13_cos_lower_log = _numpy((lu, n_c, gamma_ov, norm0, eta0, t), dv.C13_COS_LOWER_LOG)
+_c13_liminf = _numpy((eta0,), _const("C13", "liminf"))
+_c14_gap_lower = _numpy((dv.p_inv, dv.q_inv, dv.eta_step, t), _const("C14", "gap_lower"))
+_c15_threshold = _numpy((dv.L_pos, dv.n_star), _const("C15", "threshold"))
+_c15_drift = _numpy((eta,), _const("C15", "drift"))
+
+
+def c13_cos_lower_from_log10(log10_b, n_c, gamma_ov, norm0, eta0, t):
+    """C13: ``cos(O_t, O*) >= (-log(n_c b_t) - n_c b_t)/(gamma_ov (||O_0|| + eta0 t))``.
+
+    Parameters
+    ----------
+    log10_b : array_like
+        ``log10 b_t`` of the C4 recursion (:func:`c4_upper_log10`); finite for any t.
+    n_c : int
+    gamma_ov, norm0, eta0 : float
+        ``1/||O*||``, ``||O_0||``, the stage-1 step size.
+    t : array_like
+        Steps.
+
+    Returns
+    -------
+    ndarray or float
+        The bound; it certifies something only where it is positive (C12 needs ``m > 0``).
+    """
+    return _c13_cos_lower_log(np.asarray(log10_b, dtype=np.float64) * LN10, n_c, gamma_ov, norm0,
+                              eta0, t)
+
+
+def c13_liminf(eta0):
+    """C13: ``liminf_t cos(O_t, O*) >= 1 - eta0 exp(sqrt2 eta0)`` (= c1/gamma_ov of C4)."""
+    return _c13_liminf(eta0)
+
+
+def c14_gap_lower(p, q, eta_step, t):
+    """C14: ``1 - cos(W_t, W*) >= p^2/(s (s + r))``, ``r = q + eta_step t``, ``s = sqrt(p^2 + r^2)``.
+
+    ``p = ||P W_0||`` (the part of the initialization NGD never moves), ``q = ||(I - P) W_0||``;
+    the form has no cancellation (it equals ``1 - r/s``). 0 when ``p = 0`` (zero init).
+    """
+    return _c14_gap_lower(p, q, eta_step, t)
+
+
+def c15_threshold(L, n_star):
+    """C15: attention margin above which a sentence of ``L`` positions with ``n_star`` copies of
+    its maximum is predicted ``n(xhat)`` (zero-init stage 1): ``log((L - n_star)/n_star)``;
+    ``-inf`` when every position is ``xhat``."""
+    return _c15_threshold(L, n_star)
+
+
+def c15_drift(eta):
+    """C15: the most one NGD step of size ``eta`` can lower an attention margin, ``sqrt2 eta``."""
+    return _c15_drift(eta)
+
+
 def c1_norm_sq(M, n_c):
     """C1: ``||O*||_F^2 = n_c (M-1)/M``."""
     return _c1_norm_sq(M, n_c)

@@ -1,4 +1,4 @@
-"""``refimpl audit``: every claim C1-C11 (docs/theory.md) evaluated on one dataset.
+"""``refimpl audit``: every claim C1-C15 (docs/theory.md) evaluated on one dataset.
 
 The audit trains Algorithm 1 with stated hyperparameters (:class:`AuditConfig`),
 then evaluates each claim of the registry :mod:`refimpl_proofs.claims` against the run.
@@ -13,7 +13,7 @@ hold; the reason is given), on every valid dataset and configuration. A FAIL is
 either certified (a bug or a finding; the command exits 1) or measured (reported,
 no exit-status change); each row says which (``failure``). The report is a
 JSON-ready dict whose schema is documented in ``docs/audit.md``
-(``schema: "refimpl/audit@3"``).
+(``schema: "refimpl/audit@5"``).
 """
 from __future__ import annotations
 
@@ -42,7 +42,12 @@ __all__ = ["AuditConfig", "audit", "run_audit", "format_table", "SCHEMA", "REGIM
 #     log10 quantities (log10_c8, min_vertex_gap_sign / min_vertex_gap_log10); C11 FAILs
 #     (measured) when the trained model's closure accuracy at T is below 1; fits over fewer
 #     than 100 steps are NOT APPLICABLE. See docs/audit.md.
-SCHEMA = "refimpl/audit@3"
+# @4 is the trajectory audit's (refimpl.audit_trajectory: @3 plus its own keys, rows C1-C11).
+# @5 = @3 plus the certified rows C12 (margin to cosine on the recorded iterates), C13 (a-priori
+#     stage-1 cosine bound), C14 (lower bound on 1 - cos from the part of W_0 NGD never moves)
+#     and C15 (finite-time generalization from zero-init stage 1; also reported in C11's row).
+SCHEMA = "refimpl/audit@5"
+CLAIM_IDS = tuple(f"C{i}" for i in range(1, 16))
 REGIMES = ("converging", "weak_stage1", "undetermined", "no_attention", "non_finite")
 PASS, FAIL, NA = "PASS", "FAIL", "NOT APPLICABLE"
 CERTIFIED, MEASURED = "certified", "measured"   # the kind of a FAIL (row["failure"])
@@ -61,6 +66,13 @@ C6_TOL = 1e-9    # K* from the certified solver is accurate to ~1e-12; chains ad
 DIRECTION_EXACT = 1e-12
 C10_STALL = 0.01  # C10 (b): the excess has stopped decaying if its rate is above -0.01 gamma_kq eta
 C11_ACCURACY = 1.0  # C11 (measured): closure accuracy of the trained model at T (docs/theory.md section 11)
+# C12/C13: a cosine bound is compared with the measured cosine with this absolute slack: the
+# KKT residuals of the certified W_kq* (~1e-12) enter <W, W*> linearly, and cos is computed to
+# ~1e-15; 1e-9 is far above both and far below any gap the bounds describe.
+COS_TOL = 1e-9
+# C15: a sentence counts as certified at step t only if its attention margin beats the threshold
+# by more than this (K entries carry ~1e-15 relative rounding; margins are O(1) to O(100)).
+C15_TOL = 1e-9
 
 
 def _above_lower(log10_excess, lower):
@@ -167,7 +179,7 @@ def _direction_verdict(steps, one_minus_cos, n_steps, why_short):
 # lower bound, C11: the K* part; a FAIL of C11's measured part is a measured failure). C5 is
 # certified only from zero initialization, where C2 covers it; the audit measures C5 from a
 # random start, so its verdict is a measurement.
-CERTIFIED_VERDICTS = ("C1", "C2", "C3", "C4", "C6", "C7", "C8", "C11")
+CERTIFIED_VERDICTS = ("C1", "C2", "C3", "C4", "C6", "C7", "C8", "C11", "C12", "C13", "C14", "C15")
 
 
 # ------------------------------------------------------------------ stage 1
@@ -267,11 +279,17 @@ def _c4(ds, res):
                 "lower(t) <= L0(O_t) <= b_t at every recorded t; linear decay", None if ok else CERTIFIED)
 
 
-def _c5(ds, res, cfg, progress=False):
-    """C5 needs a random start (from zero it is exact by C2): one extra stage-1 run."""
-    tc = TrainConfig(eta0=res.config.eta0, T0=cfg.c5_T0, T=0, init="random",
-                     init_scale=cfg.c5_init_scale, seed=cfg.seed)
-    run = run_two_stage(ds, tc, progress=progress)
+def _c5_config(res, cfg):
+    """The TrainConfig of the extra random-start stage-1 run that measures C5 (and C12-C14)."""
+    return TrainConfig(eta0=res.config.eta0, T0=cfg.c5_T0, T=0, init="random",
+                       init_scale=cfg.c5_init_scale, seed=cfg.seed)
+
+
+def _c5(ds, res, cfg, progress=False, run=None):
+    """C5 needs a random start (from zero it is exact by C2): one extra stage-1 run (``run``, or
+    trained here when None)."""
+    if run is None:
+        run = run_two_stage(ds, _c5_config(res, cfg), progress=progress)
     if run.non_finite() is not None:
         _, step = run.non_finite()
         return _row("C5", NA, {}, {}, f"the random-start run stopped at a non-finite value at step {step}")
@@ -491,11 +509,292 @@ def _c11(ds, res, regime, inert, run=None):
         summary
 
 
+# ------------------------------------------------------------------ C12-C15
+def _stage1_runs(res, c5_run):
+    """The stage-1 runs C12-C14 read: ``[(label, TrainResult)]``, label ``"audited"`` (the audited
+    run) and ``"random_start"`` (the extra random-start run of C5), each when it took a step.
+    Row keys are ``stage1_<label>`` and ``stage2_audited`` (identifier-safe: sweeps flatten them)."""
+    out = []
+    for label, run in (("audited", res), ("random_start", c5_run)):
+        if run is not None and run.non_finite() is None and _steps_of(run.stage1) >= 1:
+            out.append((label, run))
+    return out
+
+
+def _cos_check(steps, cos, bound):
+    """Compare a measured cosine with a certified lower bound where the bound is positive.
+
+    Returns a dict: ``non_vacuous_steps``, ``first_non_vacuous_step``, ``final_bound``,
+    ``final_cos``, ``min_slack`` (min of cos - bound over non-vacuous steps) and ``ok``."""
+    bound = np.asarray(bound, dtype=np.float64)
+    cos = np.asarray(cos, dtype=np.float64)
+    live = np.isfinite(bound) & (bound > 0)
+    out = {"non_vacuous_steps": int(live.sum()),
+           "first_non_vacuous_step": int(steps[live][0]) if live.any() else None,
+           "final_bound": float(bound[-1]) if live[-1] else None,
+           "final_cos": float(cos[-1]),
+           "min_slack": float(np.min(cos[live] - bound[live])) if live.any() else None}
+    out["ok"] = bool(np.all(cos[live] >= bound[live] - COS_TOL))   # NaN cos fails
+    return out
+
+
+def _verdict_of(parts, claim_id, what, na_reason):
+    """Row from per-run parts (dicts with ``ok`` and ``non_vacuous_steps``): FAIL (certified) if a
+    part fails, NOT APPLICABLE if no part is non-vacuous, else PASS."""
+    measured = {label: {k: v for k, v in d.items() if k != "ok"} for label, d in parts.items()}
+    failed = [label for label, d in parts.items() if not d["ok"]]
+    if failed:
+        return _row(claim_id, FAIL, measured, {"cos_slack": -COS_TOL},
+                    f"{what}: violated on {', '.join(failed)}", CERTIFIED)
+    if not any(d["non_vacuous_steps"] for d in parts.values()):
+        return _row(claim_id, NA, measured, {}, na_reason)
+    return _row(claim_id, PASS, measured, {"cos_slack": -COS_TOL}, what)
+
+
+def _c12(ds, res, c5_run, inert):
+    """C12 on the recorded iterates: cos(W_t, W*) >= m(W_t)/(gamma ||W_t||) where m(W_t) > 0.
+
+    Stage 1: ``min_margin`` is exactly the margin of W_ov*'s constraints O[n(x), x] - O[v, x]
+    (each normalized to >= 1 in the least-distance problem, as gamma_ov = 1/||O*||). Stage 2:
+    ``attention_margin`` is the margin over the deduplicated training relations, the
+    constraints K[x*, q] - K[x', q] >= 1 of W_kq* (gamma_kq = 1/||K*||)."""
+    parts = {}
+    for label, run in _stage1_runs(res, c5_run):
+        s1 = run.stage1
+        m = np.asarray(s1.min_margin, dtype=np.float64)
+        bound = np.where(m > 0, bounds.c12_cos_lower(np.maximum(m, 1e-300), run.gamma_ov,
+                                                     np.maximum(s1.norm, 1e-300)), -np.inf)
+        parts[f"stage1_{label}"] = _cos_check(s1.step, s1.cos_to_star, bound)
+    s2 = res.stage2
+    if not inert and len(s2) and res.non_finite() is None:
+        m = np.asarray(s2.attention_margin, dtype=np.float64)
+        bound = np.where(m > 0, bounds.c12_cos_lower(np.maximum(m, 1e-300), res.gamma_kq,
+                                                     np.maximum(s2.norm, 1e-300)), -np.inf)
+        parts["stage2_audited"] = _cos_check(s2.step, s2.cos_to_star, bound)
+    return _verdict_of(parts, "C12", "cos(W_t, W*) >= m(W_t)/(gamma ||W_t||) at every recorded t with "
+                       "margin m(W_t) > 0 (O_t vs W_ov*, K_t vs W_kq*)",
+                       "no recorded iterate has a positive margin: the bound is vacuous")
+
+
+def _c13(ds, res, c5_run):
+    """C13: cos(O_t, O*) >= (-log(n_c b_t) - n_c b_t)/(gamma_ov (||O_0|| + eta0 t)), b_t the C4
+    recursion, at every recorded t where it is positive; liminf >= 1 - eta0 e^{sqrt2 eta0}."""
+    parts = {}
+    n_c = len(ds.colloc_tokens)
+    eta0 = res.config.eta0
+    if not bool(bounds.c4_precondition(eta0, res.gamma_ov)):
+        return _row("C13", NA, {"eta0": eta0}, {}, "precondition eta0 exp(sqrt2 eta0) < 1 fails (C4)")
+    for label, run in _stage1_runs(res, c5_run):
+        s1 = run.stage1
+        steps = s1.step
+        log10_b = bounds.c4_upper_log10(float(s1.loss[0]), run.gamma_ov, eta0, n_c, int(steps[-1]))[steps]
+        bound = bounds.c13_cos_lower_from_log10(log10_b, n_c, run.gamma_ov, float(s1.norm[0]), eta0,
+                                                steps.astype(float))
+        parts[f"stage1_{label}"] = _cos_check(steps, s1.cos_to_star, bound)
+    row = _verdict_of(parts, "C13", "cos(O_t, O*) >= (-log(n_c b_t) - n_c b_t)/(gamma_ov (||O_0|| + eta0 t)) "
+                      "at every recorded t where positive (C4's b_t, C3, C12)",
+                      "the a-priori bound is not yet positive at any recorded step (stage 1 too short)")
+    row["bound"]["liminf_cos"] = float(bounds.c13_liminf(eta0))
+    return row
+
+
+def invariant_split(W0, kind, ds):
+    """``(||P W0||, ||(I - P) W0||)`` for the span NGD never moves (docs/theory.md section 14).
+
+    Parameters
+    ----------
+    W0 : float (M, M)
+        The initial iterate of the stage.
+    kind : {"ov", "kq"}
+        Stage 1 (P keeps the columns outside C and the mean of each column in C) or stage 2 (P
+        keeps, per query column q, the mean over each connected component of the graph on tokens
+        whose edges are the training relations of q; a token in no relation is its own component).
+    ds : RealizableDataset
+
+    Returns
+    -------
+    (float, float)
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    from .data import training_relations
+    W0 = np.asarray(W0, dtype=np.float64)
+    M = W0.shape[0]
+    PW = W0.copy()
+    if kind == "ov":
+        cols = np.asarray(ds.colloc_tokens, dtype=np.int64)
+        PW[:, cols] = W0[:, cols].mean(axis=0, keepdims=True)
+    else:
+        q_arr, lo, up = training_relations(ds)
+        for q in np.unique(q_arr):
+            sel = q_arr == q
+            graph = coo_matrix((np.ones(int(sel.sum())), (lo[sel], up[sel])), shape=(M, M))
+            n, label = connected_components(graph, directed=False)
+            sums = np.bincount(label, weights=W0[:, q], minlength=n)
+            sizes = np.bincount(label, minlength=n)
+            PW[:, q] = (sums / sizes)[label]
+    return float(np.linalg.norm(PW)), float(np.linalg.norm(W0 - PW))
+
+
+def _gap_check(steps, one_minus_cos, bound):
+    """Measured 1 - cos against the certified lower bound at every recorded step (relative
+    slack REL_TOL on the bound for the float64 drift of the invariant part, ~T eps)."""
+    omc = np.asarray(one_minus_cos, dtype=np.float64)
+    bound = np.asarray(bound, dtype=np.float64)
+    live = bound > 0
+    return {"non_vacuous_steps": int(live.sum()),
+            "final_bound": float(bound[-1]), "final_one_minus_cos": float(omc[-1]),
+            "min_ratio_measured_over_bound": float(np.min(omc[live] / bound[live])) if live.any() else None,
+            "ok": bool(np.all(omc[live] >= bound[live] * (1 - REL_TOL)))}
+
+
+def _c14(ds, res, cfg, c5_run, inert):
+    """C14: 1 - cos(W_t, W*) >= p^2/(s (s + r)), r = ||(I-P)W_0|| + eta t, s = sqrt(p^2 + r^2),
+    p = ||P W_0||: stage 1 of the audited run and of the random-start run, stage 2 of the audited run."""
+    from .train import _init_pair
+    parts, notes = {}, []
+    for label, run in _stage1_runs(res, c5_run):
+        O0 = _init_pair(run.config, ds.vocab_size, None, None)[0] if run.config.init != "given" else None
+        if O0 is None:
+            notes.append(f"stage1_{label}: initialization not known")
+            continue
+        p, q = invariant_split(O0, "ov", ds)
+        s1 = run.stage1
+        d = _gap_check(s1.step, s1.one_minus_cos,
+                       bounds.c14_gap_lower(p, q, run.config.eta0, s1.step.astype(float)))
+        d.update(p=p, q=q)
+        parts[f"stage1_{label}"] = d
+    s2 = res.stage2
+    if not inert and len(s2) > 1 and res.non_finite() is None and res.config.init != "given":
+        K0 = _init_pair(res.config, ds.vocab_size, None, None)[1]
+        p, q = invariant_split(K0, "kq", ds)
+        d = _gap_check(s2.step, s2.one_minus_cos,
+                       bounds.c14_gap_lower(p, q, res.config.eta, s2.step.astype(float)))
+        d.update(p=p, q=q)
+        parts["stage2_audited"] = d
+    what = ("1 - cos(W_t, W*) >= p^2/(s (s + r)), r = ||(I-P) W_0|| + eta t, s = sqrt(p^2 + r^2), "
+            "p = ||P W_0|| the part of W_0 NGD never moves; vacuous (0) from zero init")
+    measured = {label: {k: v for k, v in d.items() if k != "ok"} for label, d in parts.items()}
+    if notes:
+        measured["not_evaluated"] = "; ".join(notes)
+    failed = [label for label, d in parts.items() if not d["ok"]]
+    if failed:
+        return _row("C14", FAIL, measured, {"rel_slack": REL_TOL}, f"{what}: violated on {', '.join(failed)}",
+                    CERTIFIED)
+    if not any(d["non_vacuous_steps"] for d in parts.values()):
+        return _row("C14", NA, measured, {}, "every checked stage starts at zero (p = 0): the bound is 0")
+    return _row("C14", PASS, measured, {"rel_slack": REL_TOL}, what)
+
+
+class MarginTracker:
+    """C15 along stage 2: per closure-decided unseen sentence, the last step whose attention margin
+    ``K[xhat, q] - max_{x' != xhat} K[x', q]`` is not above ``log((L - n*)/n*)`` (+ C15_TOL).
+
+    Called at every stage-2 step (``run_two_stage(..., stage2_callback=tracker)``), so the
+    certified step ``last_bad + 1`` covers every step, not only the recorded ones.
+    """
+
+    def __init__(self, tokens, lengths, queries, x_hat):
+        self.tokens = np.asarray(tokens, dtype=np.int64)
+        L = np.asarray(lengths, dtype=np.int64)
+        pos = np.arange(self.tokens.shape[1])[None, :]
+        self.valid = pos < L[:, None]
+        self.is_hat = (self.tokens == np.asarray(x_hat)[:, None]) & self.valid
+        self.other = self.valid & ~self.is_hat
+        n_star = self.is_hat.sum(axis=1)
+        self.threshold = np.asarray(bounds.c15_threshold(L.astype(float), n_star.astype(float)), dtype=np.float64)
+        self.queries = np.asarray(queries, dtype=np.int64)
+        self.x_hat = np.asarray(x_hat, dtype=np.int64)
+        self.last_bad = np.full(len(L), -1, dtype=np.int64)
+        self.last_step = -1
+        self.final_margin = np.full(len(L), np.nan)
+
+    def margins(self, K):
+        """Attention margins (N,) of the sentences at ``K`` (+inf with no other token)."""
+        scores = K[self.tokens, self.queries[:, None]]
+        other = np.where(self.other, scores, -np.inf).max(axis=1)
+        return K[self.x_hat, self.queries] - other
+
+    def __call__(self, t, K):
+        m = self.margins(K)
+        bad = ~(m > self.threshold + C15_TOL)
+        self.last_bad[bad] = t
+        self.last_step = t
+        self.final_margin = m
+
+    def certified_from(self):
+        """Per sentence, the first step from which it is certified predicted right at every step
+        through the last one (int64; -1: not certified at the last step)."""
+        out = self.last_bad + 1
+        out[self.last_bad == self.last_step] = -1
+        return out
+
+
+def _c15_setup(ds, cfg):
+    """The closure-decided unseen sentences of C11 (same generator and seeds as
+    generalization_report) and a MarginTracker for them; (None, reason) when C15 does not apply."""
+    from .generalize import GeneralizeConfig
+    from .shift import classify, unseen_sentences
+    if not cfg.generalization:
+        return None, "generalization disabled in the audit configuration"
+    if cfg.init != "zero":
+        return None, "stage 1 is not zero-initialized: the columns of W_ov are not a (e_n(x) - 1/M)"
+    if cfg.T0 < 1:
+        return None, "T0 = 0: W_ov = 0 and every prediction is a tie"
+    if attention_inert(ds):
+        return None, attention_inert(ds)
+    gc = GeneralizeConfig()
+    sentences = unseen_sentences(ds, gc.n_test, gc.min_len, gc.max_len, gc.test_seed, gc.targeted)
+    if not len(sentences):
+        return None, "no unseen sentence"
+    cls = classify(ds, sentences, tol=gc.tol)
+    rows = np.flatnonzero((cls.decided_by == "closure") & (cls.expected >= 0))
+    if not len(rows):
+        return None, "no unseen sentence is decided by the extended orders"
+    tracker = MarginTracker(cls.tokens[rows], cls.lengths[rows], cls.queries[rows], cls.x_hat[rows])
+    tracker.expected = cls.expected[rows]
+    tracker.lengths = cls.lengths[rows]
+    return tracker, None
+
+
+def _c15(ds, res, tracker, why, regime):
+    """C15 row and the per-sentence certified steps: a sentence whose margin exceeds its threshold
+    at every step from t on is predicted n(xhat) at every such step (zero-init stage 1). The check:
+    at T, every sentence certified there is predicted n(xhat) by the trained weights."""
+    from .prediction import predict
+    if tracker is None:
+        return _row("C15", NA, {}, {}, why), None
+    if res.non_finite() is not None or tracker.last_step != _steps_of(res.stage2):
+        return _row("C15", NA, {}, {}, "stage 2 was not followed to its last step"), None
+    cert = tracker.certified_from()
+    ok_T = cert >= 0
+    pred, _ = predict(res.W_ov, res.W_kq, (tracker.tokens, tracker.lengths))
+    wrong = int(np.sum(ok_T & (pred != tracker.expected)))
+    n = len(cert)
+    measured = {"closure_decided": n, "certified_at_T": int(ok_T.sum()),
+                "certified_from_step_max": int(cert.max()) if ok_T.all() else None,
+                "certified_from_step_median": float(np.median(cert[ok_T])) if ok_T.any() else None,
+                "certified_but_mispredicted_at_T": wrong,
+                "min_margin_minus_threshold_at_T": float(np.min(tracker.final_margin - tracker.threshold))}
+    bound = {"threshold": "log((L - n*)/n*) <= log(L - 1)", "certified_but_mispredicted_at_T": 0}
+    detail = {"certified_from": cert.tolist()}
+    what = ("an unseen sentence is predicted n(xhat) at every step from the first t after which its attention "
+            "margin stays above log((L - n*)/n*) (zero-init stage 1; checked at every stage-2 step)")
+    if wrong:
+        return _row("C15", FAIL, measured, bound, f"{what}: {wrong} certified sentence(s) mispredicted at T",
+                    CERTIFIED), detail
+    if not ok_T.any():
+        return _row("C15", NA, measured, bound, "no closure-decided sentence has its margin above the "
+                    "threshold at T: nothing is certified yet"), detail
+    return _row("C15", PASS, measured, bound, what), detail
+
+
 # ------------------------------------------------------------------ driver
 def _non_finite_rows(where):
     stage, step = where
     why = f"training stopped at a non-finite value in {stage} at step {step}: no claim is evaluated"
-    return [_row(f"C{i}", NA, {}, {}, why) for i in range(1, 12)]
+    return [_row(cid, NA, {}, {}, why) for cid in CLAIM_IDS]
 
 
 def _phase(bar, rows, desc):
@@ -505,7 +804,7 @@ def _phase(bar, rows, desc):
 
 
 def run_audit(ds, config=None, progress=None):
-    """Train on ``ds`` and evaluate C1-C11.
+    """Train on ``ds`` and evaluate C1-C15.
 
     Parameters
     ----------
@@ -520,7 +819,7 @@ def run_audit(ds, config=None, progress=None):
     Returns
     -------
     dict
-        The report, schema ``refimpl/audit@3`` (docs/audit.md): 11 rows, each PASS, FAIL
+        The report, schema ``refimpl/audit@5`` (docs/audit.md): 15 rows, each PASS, FAIL
         (certified or measured) or NOT APPLICABLE with the reason; ``regime``;
         ``certified_failures`` (exit 1 when non-empty) and ``measured_failures``;
         ``stop_reason`` of the training run. A run that stops at a non-finite value gives
@@ -530,7 +829,8 @@ def run_audit(ds, config=None, progress=None):
     ensure_valid(ds)
     tc = cfg.train_config().resolved(ds.vocab_size)
     start = time.perf_counter()
-    res = run_two_stage(ds, tc, progress=progress)
+    tracker, c15_why = _c15_setup(ds, cfg)
+    res = run_two_stage(ds, tc, progress=progress, stage2_callback=tracker)
     generalization = None
     where = res.non_finite()
     if where is not None:
@@ -538,22 +838,32 @@ def run_audit(ds, config=None, progress=None):
     else:
         inert = attention_inert(ds)
         gaps = bounds.c8_sentence_log_gaps(res.W_ov, ds.tokens, ds.lengths, ds.next_tokens, ds.optimal)
-        with Progress(11, "audit C1 (W_ov* by least distance)", progress, unit="claim") as bar:
+        with Progress(len(CLAIM_IDS), "audit C1 (W_ov* by least distance)", progress, unit="claim") as bar:
             rows = [_c1(ds, res)]
             _phase(bar, rows, "audit C2-C4")
             rows += [_c2(ds, res), _c3(ds, res), _c4(ds, res)]
             _phase(bar, rows, f"audit C5 (random-start stage 1, {cfg.c5_T0} steps)")
-            rows.append(_c5(ds, res, cfg, progress))
+            c5_run = run_two_stage(ds, _c5_config(res, cfg), progress=progress)
+            rows.append(_c5(ds, res, cfg, progress, run=c5_run))
             _phase(bar, rows, "audit C6-C10")
             rows += [_c6(ds, res, inert), _c7(ds, res, inert)]
             c10, regime = _c10(ds, res, gaps, inert)
             rows += [_c8(ds, res, gaps, regime, inert), _c9(ds, res, regime, inert), c10]
             _phase(bar, rows, "audit C11 (stage-2 replay on unseen sentences)")
+            c15, c15_detail = _c15(ds, res, tracker, c15_why, regime)
             if cfg.generalization:
                 row, generalization = _c11(ds, res, regime, inert)
+                if c15["measured"]:
+                    row["measured"]["certified_correct_at_T"] = c15["measured"].get("certified_at_T")
+                    row["measured"]["certified_correct_from_step"] = c15["measured"].get("certified_from_step_max")
+                if generalization is not None and c15_detail is not None:
+                    generalization["c15_certified_from"] = c15_detail["certified_from"]
                 rows.append(row)
             else:
                 rows.append(_row("C11", NA, {}, {}, "generalization disabled in the audit configuration"))
+            _phase(bar, rows, "audit C12-C15")
+            c5_ok = c5_run if c5_run.non_finite() is None else None
+            rows += [_c12(ds, res, c5_ok, inert), _c13(ds, res, c5_ok), _c14(ds, res, cfg, c5_ok, inert), c15]
             bar.update(len(rows))
     return {
         "schema": SCHEMA,
@@ -615,7 +925,7 @@ def format_table(report):
 
 # ------------------------------------------------------------ top-level entry point
 def audit(ds, *, progress=None, **config):
-    """Train on ``ds`` and evaluate every claim C1-C11: ``refimpl audit`` as a function.
+    """Train on ``ds`` and evaluate every claim C1-C15: ``refimpl audit`` as a function.
 
     A thin wrapper over :func:`run_audit`: ``audit(ds, T0=..., T=...)`` equals
     ``run_audit(ds, AuditConfig(T0=..., T=...))``. The package attribute ``refimpl.audit``
@@ -638,8 +948,8 @@ def audit(ds, *, progress=None, **config):
     Returns
     -------
     dict
-        The report of :func:`run_audit` (schema ``refimpl/audit@3``, docs/audit.md):
-        ``claims`` (11 rows with ``verdict``), ``regime``, ``certified_failures``,
+        The report of :func:`run_audit` (schema ``refimpl/audit@5``, docs/audit.md):
+        ``claims`` (15 rows with ``verdict``), ``regime``, ``certified_failures``,
         ``measured_failures``, ``stop_reason``, ...
 
     Raises

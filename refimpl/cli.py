@@ -180,7 +180,11 @@ def cmd_audit(args):
         if given:                                       # before loading anything
             raise UsageError(f"--trajectory audits the run in {args.trajectory} as it was made: "
                              f"--{given[0]} does not apply")
-    ds = load_dataset(args.file)
+    if args.file is None:                               # the built-in default of `refimpl reproduce`
+        from .reproduce import ReproduceConfig
+        ds = ReproduceConfig().dataset()
+    else:
+        ds = load_dataset(args.file)
     AuditConfig(**_train_overrides(args)).train_config().resolved(ds.vocab_size)   # bad options first
     _compile_notice(args)
     if args.trajectory is not None:
@@ -317,11 +321,12 @@ def build_parser():
     _add_train_args(p)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("audit", help="check every claim C1-C11 on a dataset file",
+    p = sub.add_parser("audit", help="check every claim C1-C15 on a dataset file",
                        description="Train on FILE and evaluate every claim: PASS / FAIL / NOT APPLICABLE with "
                                    "measured numbers and bounds. Exit 0 if every certified claim holds, 1 if "
                                    "one fails, 2 on bad input.")
-    p.add_argument("file")
+    p.add_argument("file", nargs="?", default=None,
+                   help="dataset file (default: the built-in default dataset of 'refimpl reproduce')")
     p.add_argument("--json", action="store_true", help="print the report as JSON (schema in docs/audit.md)")
     p.add_argument("--trajectory", metavar="RUN.npz",
                    help="audit the checkpoints of a run made elsewhere instead of training (file schema in "

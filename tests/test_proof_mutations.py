@@ -1,7 +1,8 @@
 """Mutation tests of refimpl_proofs: a perturbed constant in the claims registry fails its check.
 
 Each certified constant and closed form (C1 ||O*||^2, C2 loss, C3 both sides, C4 ``c1`` and
-its lower bound, C7, C8 bound, constant and zero-init gap, C12) is perturbed in the registry
+its lower bound, C7, C8 bound, constant and zero-init gap, C12, the C13 cosine bound, margin
+bound and liminf, the C14 gap bound, the C15 threshold and drift) is perturbed in the registry
 (``claims.CLAIMS``, read at check time), by a factor 101/100 or by adding 1/1000, both in the
 claim's constants and in its statement; the claim's check, and ``check_all()``, must then fail
 at a derivation step (not only at the bookkeeping step "statement uses the constant").
@@ -19,7 +20,9 @@ R = sp.Rational
 MUTATIONS = {"x1.01": lambda e: R(101, 100) * e, "+1/1000": lambda e: e + R(1, 1000)}
 TARGETS = [("C1", "norm_sq"), ("C2", "loss"), ("C3", "norm_upper"), ("C3", "proj_lower"),
            ("C4", "c1"), ("C4", "lower"), ("C7", "norm_upper"), ("C8", "lower"),
-           ("C8", "c8"), ("C8", "gap_zero_init"), ("C12", "cos_lower")]
+           ("C8", "c8"), ("C8", "gap_zero_init"), ("C12", "cos_lower"),
+           ("C13", "cos_lower"), ("C13", "margin_lower"), ("C13", "liminf"), ("C14", "gap_lower"),
+           ("C15", "threshold"), ("C15", "drift")]
 BOOKKEEPING = "statement uses"
 
 
@@ -39,7 +42,8 @@ def baseline():
 def test_unperturbed_run_passes(baseline):
     """Every claim passes unperturbed; measured claims are reported measured, never proved."""
     assert baseline.ok and not baseline.failed, str(baseline)
-    assert set(baseline.proved) == {"C1", "C2", "C3", "C4", "C6", "C7", "C8", "C11", "C12"}
+    assert set(baseline.proved) == {"C1", "C2", "C3", "C4", "C6", "C7", "C8", "C11", "C12", "C13",
+                                    "C14", "C15"}
     assert set(baseline.measured) == {"C5", "C9", "C10"}
     for cid in ("C5", "C9", "C10"):
         r = claims.check(cid)

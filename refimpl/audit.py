@@ -693,6 +693,13 @@ class MarginTracker:
 
     Called at every stage-2 step (``run_two_stage(..., stage2_callback=tracker)``), so the
     certified step ``last_bad + 1`` covers every step, not only the recorded ones.
+
+    Parameters
+    ----------
+    tokens : int array (N, Lmax)
+        The sentences, padded (only the first ``lengths[i]`` positions are read).
+    lengths, queries, x_hat : int arrays (N,)
+        Positions, query tokens (the last position) and closure maxima of the sentences.
     """
 
     def __init__(self, tokens, lengths, queries, x_hat):

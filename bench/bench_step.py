@@ -20,6 +20,11 @@ range of the per-round ratios, and the kernel throughput in token-column multipl
 per second (2 * sum_i L_i * M per step: the logits and the g_l = O[:, x_l]^T r products
 each touch every position's column once).
 
+The kernel's threading follows the library default (``REFIMPL_THREADS``, unset: each
+prepared problem times its serial and threaded drivers and keeps the faster); the note
+gives the share of its calls that ran threaded. ``bench_contended.py`` times it next to a
+busy process.
+
     python bench/bench_step.py [--sizes S L] [--threads 2] [--rounds R]
 """
 from __future__ import annotations
@@ -29,6 +34,11 @@ import os
 import time
 
 import numpy as np
+
+try:            # before refimpl: importing refimpl sets OMP_WAIT_POLICY=PASSIVE when unset, which
+    import torch    # would also put PyTorch's own OpenMP pool to sleep between its steps
+except ImportError:
+    torch = None
 
 import refimpl as ri
 from refimpl import kernels
@@ -44,13 +54,15 @@ WARM = 0.01    # seconds of untimed steps that open each block (the implementati
 def make_kernel_step(ds, M, O):
     """The trainer's stage-2 step: Stage2Direction (prepared once, as O is fixed) and the
     Kahan-compensated update, written into a second buffer as the trainer does."""
-    direction = kernels.Stage2Direction(O, ds.tokens, ds.lengths, ds.next_tokens).direction
+    sd = kernels.Stage2Direction(O, ds.tokens, ds.lengths, ds.next_tokens)
+    direction = sd.direction
     c, out = np.zeros((M, M)), np.empty((M, M))
 
     def step(O, K, _ds):
         D, _, _, loss, _ = direction(K)
         kernels.compensated_step(K, c, D, ETA, out)
         return out, loss
+    step.counts = sd._p.chooser.counts      # calls run serially / on threads (REFIMPL_THREADS)
     return step
 
 
@@ -114,11 +126,8 @@ def main():
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--rounds", type=int, default=None, help="rounds per size (default: S 40, L 9)")
     args = ap.parse_args()
-    try:
-        import torch
+    if torch is not None:
         torch.set_num_threads(args.threads)
-    except ImportError:
-        torch = None
     print(f"cpus={os.cpu_count()} torch={'none' if torch is None else torch.__version__} "
           f"load={os.getloadavg()[0]:.2f}")
     print(f"{'size':4} {'impl':6} {'median ms':>10} {'x kernel':>9} {'rounds':>13}  notes")
@@ -143,8 +152,10 @@ def main():
             note = ""
             if impl == "kernel":
                 madds = 2.0 * ds.lengths.sum() * M
+                n_serial, n_threads = steps["kernel"].counts
                 note = (f"{madds / t / 1e9:.2f} G token-column multiply-adds/s, "
-                        f"chunks={kernels.n_chunks(ds.n_sentences, ds.max_len, M)}")
+                        f"chunks={kernels.n_chunks(ds.n_sentences, ds.max_len, M)}, "
+                        f"threaded share {n_threads / max(1, n_serial + n_threads):.2f}")
             print(f"{name:4} {impl:6} {t * 1e3:10.3f} {t / t_kernel:9.1f} {span:>13}  {note}",
                   flush=True)
 

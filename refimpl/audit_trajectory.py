@@ -63,9 +63,8 @@ from .data import ensure_valid
 from .errors import InputError, NonOrthonormalEmbeddingError
 from .maxmargin import stage2_floor, w_kq_star, w_ov_star
 from .model import check_orthonormal, to_token_coords
-from .trajectory import (STAGE1_COLUMNS, STAGE2_COLUMNS, ExcessLoss, Trajectory, accuracy,
-                         attention_constraints, attention_inert, attention_margin, direction_metrics,
-                         record_steps, stage1_metrics)
+from .trajectory import (STAGE1_COLUMNS, STAGE2_COLUMNS, ExcessLoss, Trajectory, attention_constraints,
+                         attention_inert, record_steps, stage1_metrics, stage2_metrics)
 
 __all__ = ["audit_trajectory", "load_run", "save_checkpoints", "refimpl_checkpoints", "format_table",
            "TrajectoryFileError", "LoadedRun", "SCHEMA", "KEYS", "USES", "CHECK_IDS"]
@@ -494,7 +493,7 @@ def _stage1_trajectory(ds, steps, Os, O_hat):
 
 def _stage2_trajectory(ds, steps, Ks, O, K_hat):
     """The trainer's stage-2 columns at the checkpoints (the same metrics as its ``record``)."""
-    tokens, lengths, y = ds.tokens, ds.lengths, ds.next_tokens
+    lengths, y = ds.lengths, ds.next_tokens
     constraints = attention_constraints(ds)
     floor, _, vertex, details = stage2_floor(ds, O, return_details=True)
     excess = ExcessLoss(ds, O, floor, vertex, details["log_loss"])
@@ -502,14 +501,8 @@ def _stage2_trajectory(ds, steps, Ks, O, K_hat):
     traj = Trajectory(STAGE2_COLUMNS, len(steps))
     for t, K in zip(steps, Ks):
         _, _, _, loss, log10_loss = direction.direction(K)
-        cos, omc, dist = direction_metrics(K, K_hat)
-        phi = kernels.attention(K, tokens, lengths)
-        z = kernels.logits(O, None, tokens, lengths, phi=phi)
-        ex, log10_ex = excess(phi, z)
-        traj.append(step=int(t), loss=loss, log10_loss=log10_loss, norm=np.linalg.norm(K),
-                    dist_from_init=np.linalg.norm(K - Ks[0]), cos_to_star=cos, one_minus_cos=omc,
-                    normalized_distance=dist, attention_margin=attention_margin(K, constraints),
-                    train_accuracy=accuracy(z, y), floor=excess.floor, excess_loss=ex, log10_excess=log10_ex)
+        traj.append(step=int(t), loss=loss, log10_loss=log10_loss,
+                    **stage2_metrics(K, Ks[0], K_hat, excess, constraints))
     return traj.finish()
 
 

@@ -23,8 +23,9 @@ steps is the exactly rounded sum of the t steps instead of carrying up to
 ``t * 2^-53`` relative rounding error, which is what makes the C2 check
 ``O_t = eta0 t hat O*`` hold to ~1e-16 relative at ``t = 10^5`` (about 1e-12 without it).
 
-Metrics are computed only at the recorded steps (:func:`~refimpl.trajectory.record_steps`)
-and cost at most two extra kernel calls per recorded step.
+Metrics are computed only at the recorded steps (:func:`~refimpl.trajectory.record_steps`),
+by compiled passes (:mod:`refimpl.kernels_metrics`): one over the sentences and a few over
+the M x M iterates, with no (N, M) array.
 """
 from __future__ import annotations
 
@@ -40,9 +41,9 @@ from .data import ensure_valid
 from .errors import ConfigError
 from .maxmargin import stage2_floor, w_kq_star, w_ov_star
 from .progress import Progress
-from .trajectory import (JOINT_COLUMNS, STAGE1_COLUMNS, STAGE2_COLUMNS, ExcessLoss, Trajectory, accuracy,
-                         attention_constraints, attention_margin, direction_metrics, record_steps,
-                         stage1_metrics)
+from .kernels_metrics import matrix_metrics
+from .trajectory import (JOINT_COLUMNS, STAGE1_COLUMNS, STAGE2_COLUMNS, ExcessLoss, LogitAccuracy, Trajectory,
+                         attention_constraints, attention_margin, record_steps, stage1_metrics, stage2_metrics)
 
 __all__ = ["TrainConfig", "TrainResult", "JointResult", "train_two_stage", "train_joint",
            "run_two_stage", "stage1_replay", "stage2_replay", "stop_kind", "non_finite_stop", "NonFiniteTrainingError",
@@ -362,7 +363,7 @@ def _stage1(ds, cfg, O0, O_hat, bar, base):
 
 
 def _stage2(ds, cfg, O, K0, K_hat, excess, bar, base, callback=None):
-    tokens, lengths, y = ds.tokens, ds.lengths, ds.next_tokens
+    lengths, y = ds.lengths, ds.next_tokens
     constraints = attention_constraints(ds)
     sched = record_steps(cfg.T, cfg.record_dense_limit, cfg.record_points)
     traj = Trajectory(STAGE2_COLUMNS, len(sched) + 1)
@@ -374,15 +375,8 @@ def _stage2(ds, cfg, O, K0, K_hat, excess, bar, base, callback=None):
         return loss, log10_loss, lambda: ([D], nrm)
 
     def record(t, K, loss, log10_loss):
-        cos, omc, dist = direction_metrics(K, K_hat)
-        phi = kernels.attention(K, tokens, lengths)  # (N, Lmax), once for both uses
-        z = kernels.logits(O, None, tokens, lengths, phi=phi)  # (N, M)
-        ex, log10_ex = excess(phi, z)
-        traj.append(step=t, loss=loss, log10_loss=log10_loss, norm=np.linalg.norm(K),
-                    dist_from_init=np.linalg.norm(K - K0), cos_to_star=cos, one_minus_cos=omc,
-                    normalized_distance=dist, attention_margin=attention_margin(K, constraints),
-                    train_accuracy=accuracy(z, y), floor=excess.floor, excess_loss=ex,
-                    log10_excess=log10_ex)
+        # compiled, no (N, M) array: a few passes over K and one over the sentences
+        traj.append(step=t, loss=loss, log10_loss=log10_loss, **stage2_metrics(K, K0, K_hat, excess, constraints))
 
     reason = _ngd([it], cfg.eta, cfg.T, sched, evaluate, record, bar, base, callback)
     return it.W, traj.finish(), reason
@@ -645,12 +639,16 @@ def train_joint(ds, eta=None, T=DEFAULT_T, init=DEFAULT_INIT, seed=0, *, init_sc
             return [DO, DK], nrm
         return loss, log10_loss, directions
 
+    O0c, K0c = np.ascontiguousarray(O0, dtype=np.float64), np.ascontiguousarray(K0, dtype=np.float64)
+    train_accuracy = LogitAccuracy(ds)
+
     def record(t, O, K, loss, log10_loss):
-        traj.append(step=t, loss=loss, log10_loss=log10_loss, norm_ov=np.linalg.norm(O),
-                    norm_kq=np.linalg.norm(K), one_minus_cos_ov=direction_metrics(O, O_hat)[1],
-                    one_minus_cos_kq=direction_metrics(K, K_hat)[1],
-                    attention_margin=attention_margin(K, constraints),
-                    train_accuracy=accuracy(kernels.logits(O, K, tokens, lengths), y))
+        # compiled, no (N, M) array (the logits are formed per sentence)
+        nrm_ov, _, _, omc_ov, _, _ = matrix_metrics(O, O0c, O_hat)
+        nrm_kq, _, _, omc_kq, _, _ = matrix_metrics(K, K0c, K_hat)
+        traj.append(step=t, loss=loss, log10_loss=log10_loss, norm_ov=nrm_ov, norm_kq=nrm_kq,
+                    one_minus_cos_ov=omc_ov, one_minus_cos_kq=omc_kq,
+                    attention_margin=attention_margin(K, constraints), train_accuracy=train_accuracy(O, K))
 
     bar = _Progress(cfg.T, progress, "joint")
     start = time.perf_counter()

@@ -6,8 +6,11 @@ increasing order. Columns are read as attributes (``traj.loss``) or by name
 (``traj["loss"]``); :meth:`Trajectory.to_csv` writes the table atomically.
 
 The metrics of the columns are computed here too (:func:`stage1_metrics`,
-:class:`ExcessLoss`, ...), from the kernels' outputs; none of them costs more
-than a kernel call.
+:class:`ExcessLoss`, ...). The trainer's record path is compiled
+(:mod:`refimpl.kernels_metrics`: one pass over the ragged sentences, no (N, M) array);
+the NumPy definitions stay as references (:func:`stage1_metrics_np`,
+:meth:`ExcessLoss.reference`, :func:`accuracy`, :func:`attention_margin_np`,
+:func:`direction_metrics`) and ``tests/test_metrics_fused.py`` compares the two.
 
 Recording schedule (:func:`record_steps`): every step when the stage has at
 most ``dense_limit`` steps; otherwise the union of a geometric schedule
@@ -21,13 +24,14 @@ import math
 
 import numpy as np
 
+from . import kernels_metrics as km
 from .data import training_relations
 from .io import atomic_write_text
 from .maxmargin import log_loss
 
 __all__ = ["Trajectory", "record_steps", "STAGE1_COLUMNS", "STAGE2_COLUMNS", "JOINT_COLUMNS",
-           "direction_metrics", "stage1_metrics", "attention_constraints", "attention_inert", "attention_margin",
-           "accuracy", "ExcessLoss"]
+           "direction_metrics", "stage1_metrics", "stage1_metrics_np", "stage2_metrics", "attention_constraints", "attention_inert",
+           "attention_margin", "attention_margin_np", "accuracy", "ExcessLoss", "LogitAccuracy"]
 
 # column name -> meaning (the order is the CSV column order)
 STAGE1_COLUMNS = {
@@ -172,11 +176,40 @@ def direction_metrics(W, W_star_hat):
 
 
 def stage1_metrics(O, O0, O_hat, xs, ys):
-    """The stage-1 columns other than step and losses, as a dict.
+    """The stage-1 columns other than step and losses, as a dict (compiled, no (n_c, M) copy).
 
-    O, O0 : (M, M) current and initial iterate; O_hat : W_ov* / ||W_ov*||;
-    xs, ys : (n_c,) collocation tokens and their next tokens.
+    Parameters
+    ----------
+    O, O0 : ndarray, float64, shape (M, M)
+        Current and initial iterate.
+    O_hat : ndarray, float64, shape (M, M), or None
+        ``W_ov* / ||W_ov*||`` (None when W_ov* = 0).
+    xs, ys : ndarray, int64, shape (n_c,)
+        Collocation tokens and their next tokens.
+
+    Returns
+    -------
+    dict
+        ``norm = ||O||``, ``dist_from_init = ||O - O0||``, ``cos_to_star``, ``one_minus_cos``,
+        ``normalized_distance`` (:func:`direction_metrics`), ``proj_on_star = <O - O0, O_hat>``,
+        ``min_margin = min_x O[n(x), x] - max_{v != n(x)} O[v, x]`` (+inf when n_c = 0) and
+        ``accuracy`` = the fraction of x with a positive margin (1.0 when n_c = 0). The
+        margins are exact (a max and one subtraction), the same as :func:`stage1_metrics_np`;
+        the norms are fixed-order sums that agree with it to a few ulps.
     """
+    O = np.ascontiguousarray(O, dtype=np.float64)
+    O0 = np.ascontiguousarray(O0, dtype=np.float64)
+    nrm, dist0, cos, omc, dist, proj = km.matrix_metrics(O, O0, O_hat)
+    n_c = len(xs)
+    low, n_ok = km.colloc_margins(O, np.ascontiguousarray(xs, dtype=np.int64),
+                                  np.ascontiguousarray(ys, dtype=np.int64))
+    return dict(norm=nrm, dist_from_init=dist0, cos_to_star=cos, one_minus_cos=omc, normalized_distance=dist,
+                proj_on_star=proj, min_margin=float(low) if n_c else math.inf,
+                accuracy=n_ok / n_c if n_c else 1.0)
+
+
+def stage1_metrics_np(O, O0, O_hat, xs, ys):
+    """NumPy reference of :func:`stage1_metrics` (builds the (n_c, M) logits ``O[:, xs].T``)."""
     cos, omc, dist = direction_metrics(O, O_hat)
     n_c = len(xs)
     margins = logit_margins(O[:, xs].T, ys)  # (n_c,): O[n(x), x] - max_{v != n(x)} O[v, x]
@@ -187,11 +220,45 @@ def stage1_metrics(O, O0, O_hat, xs, ys):
                 accuracy=float(np.mean(margins > 0)) if n_c else 1.0)
 
 
+def stage2_metrics(K, K0, K_hat, excess, constraints):
+    """The stage-2 columns other than step and losses, as a dict (compiled, no (N, M) array).
+
+    Parameters
+    ----------
+    K, K0 : ndarray, float64, shape (M, M)
+        Current and initial iterate.
+    K_hat : ndarray, float64, shape (M, M), or None
+        ``W_kq* / ||W_kq*||`` (None when W_kq* = 0).
+    excess : ExcessLoss
+        For the fixed O (its floor is the ``floor`` column).
+    constraints : tuple of int64 arrays or None
+        :func:`attention_constraints` of the dataset.
+
+    Returns
+    -------
+    dict
+        ``norm``, ``dist_from_init``, ``cos_to_star``, ``one_minus_cos``, ``normalized_distance``
+        (:func:`refimpl.kernels_metrics.matrix_metrics`), ``attention_margin``, and from one pass
+        over the sentences (:meth:`ExcessLoss.at`) ``train_accuracy``, ``excess_loss``,
+        ``log10_excess``, with ``floor``. The trainer's rows and the trajectory audit's
+        recomputed rows both come from here, so they agree bit for bit.
+    """
+    K = np.ascontiguousarray(K, dtype=np.float64)
+    K0 = np.ascontiguousarray(K0, dtype=np.float64)
+    nrm, dist0, cos, omc, dist, _ = km.matrix_metrics(K, K0, K_hat)
+    ex, log10_ex, acc = excess.at(K)
+    return dict(norm=nrm, dist_from_init=dist0, cos_to_star=cos, one_minus_cos=omc, normalized_distance=dist,
+                attention_margin=attention_margin(K, constraints), train_accuracy=acc, floor=excess.floor,
+                excess_loss=ex, log10_excess=log10_ex)
+
+
 def attention_constraints(ds):
     """The training constraints of W_kq* as three int64 arrays ``(x*, x', q)``, or None if none
     (:func:`refimpl.data.training_relations`, reordered for :func:`attention_margin`)."""
     q, lower, upper = training_relations(ds)
-    return (upper, lower, q) if len(q) else None
+    if not len(q):
+        return None
+    return tuple(np.ascontiguousarray(a, dtype=np.int64) for a in (upper, lower, q))
 
 
 def attention_inert(ds):
@@ -215,7 +282,20 @@ def attention_inert(ds):
 
 
 def attention_margin(K, constraints):
-    """min over training constraints of K[x*, q] - K[x', q]; +inf when there are none."""
+    """min over training constraints of K[x*, q] - K[x', q]; +inf when there are none.
+
+    K : float64 (M, M); constraints : ``(x*, x', q)`` int64 arrays from
+    :func:`attention_constraints`, or None. Compiled (no gathered temporaries); the same
+    value as :func:`attention_margin_np` (one subtraction per constraint, then a min: exact).
+    """
+    if constraints is None:
+        return math.inf
+    star, other, q = constraints
+    return float(km.constraint_margin(np.ascontiguousarray(K, dtype=np.float64), star, other, q))
+
+
+def attention_margin_np(K, constraints):
+    """NumPy reference of :func:`attention_margin`."""
     if constraints is None:
         return math.inf
     star, other, q = constraints
@@ -235,13 +315,47 @@ def accuracy(z, y):
     return float(np.mean(logit_margins(z, y) > 0))
 
 
+class LogitAccuracy:
+    """The train accuracy at (O, K) without the (N, M) logits: one compiled pass
+    (:func:`refimpl.kernels_metrics.logit_accuracy`), equal to
+    ``accuracy(kernels.logits(O, K, ds.tokens, ds.lengths), ds.next_tokens)`` bit for bit.
+
+    Parameters
+    ----------
+    ds : RealizableDataset
+        Its ragged sentences and next tokens are kept (O(N) scratch besides).
+
+    Call it with ``(O, K)``, float64 (M, M) each; returns the fraction of sentences whose
+    logit y is strictly the largest.
+    """
+
+    def __init__(self, ds):
+        self.flat = np.ascontiguousarray(ds.flat_tokens, dtype=np.int64)
+        self.offsets = np.ascontiguousarray(ds.offsets, dtype=np.int64)
+        self.y = np.ascontiguousarray(ds.next_tokens, dtype=np.int64)
+        self.N, self.Lmax = len(self.y), ds.max_len
+        self.nc = km.metric_chunks(self.N, len(self.flat), ds.vocab_size)
+        self._correct = np.empty(self.N, dtype=np.uint8)
+
+    def __call__(self, O, K):
+        if self.N == 0:
+            return math.nan
+        OT = np.ascontiguousarray(np.asarray(O, dtype=np.float64).T)
+        KT = np.ascontiguousarray(np.asarray(K, dtype=np.float64).T)
+        return km.logit_accuracy(OT, KT, self.flat, self.offsets, self.y, self.Lmax, self.nc,
+                                 self._correct) / self.N
+
+
 class ExcessLoss:
     """The excess-loss columns ``L(O, K) - L_floor(O)`` and their log10 for a fixed O (the floor
     of docs/theory.md section 9), computed in log space so that an excess far below the
     smallest double (large ``T0``: the floor and the excess are of size ``e^{-a}``) keeps its
-    logarithm.
+    logarithm, together with the train accuracy.
 
-    Call it with ``(phi, z)``; precomputes what does not depend on K.
+    :meth:`at` ``(K)`` is the trainer's path: one compiled pass over the ragged sentences
+    (:func:`refimpl.kernels_metrics.excess_accuracy`). :meth:`reference` ``(phi, z)`` (also
+    ``__call__``) is the NumPy definition, which builds (N, M) arrays per call; the
+    constructor builds none (O(N) arrays and O(P M) tables, P <= M the distinct pairs (x*, y)).
 
     Parameters
     ----------
@@ -254,37 +368,89 @@ class ExcessLoss:
         Whether perfect attention is the floor of each sentence.
     log_floor : array_like of float, shape (N,)
         Per-sentence log-floors.
+
+    Notes
+    -----
+    Per pair p = (x*, y) with ``b_v = O[v, x*] - O[y, x*]`` (``b_y = -inf``): ``c_p = max_v b_v``,
+    ``eb[p, v] = exp(b_v - c_p)`` in [0, 1] and ``log1p_s[p] = log(1 + sum_v e^{b_v})``
+    (= the vertex log-loss argument; never overflows). The formulas are in :meth:`reference`.
     """
 
-    _DIRECT = 30.0  # delta_v above this: the excess is not small, take log(loss_i - floor_i) directly
-    _LOG_TINY = -40.0  # below, log(log1p(e^r)) = r to < e^{-40} relative
+    _DIRECT = km._DIRECT  # delta_v above this: the excess is not small, take log(loss_i - floor_i) directly
+    _LOG_TINY = km._LOG_TINY  # below, log(log1p(e^r)) = r to < e^{-40} relative
 
     def __init__(self, ds, O, floor, vertex, log_floor):
-        N = ds.n_sentences
+        N, M = ds.n_sentences, ds.vocab_size
         self.floor = float(floor)
-        self.y, self.idx = ds.next_tokens, np.arange(N)
-        self.vertex = np.asarray(vertex, dtype=bool)
-        self.log_floor = np.asarray(log_floor, dtype=np.float64)  # (N,) per-sentence log-floors
-        self.OT = np.ascontiguousarray(O.T)  # (M, M): row u is the column O[:, u]
-        self.safe = np.where(ds.valid_mask, ds.tokens, 0)  # (N, Lmax); padding has phi = 0
-        zs = self.OT[ds.optimal]  # (N, M): perfect-attention logits z*
-        self.zs = zs
-        b = zs - zs[self.idx, self.y][:, None]
-        b[self.idx, self.y] = -np.inf
-        self.c = b.max(axis=1)  # (N,): max_{v != y} (z*_v - z*_y), finite (M >= 2)
-        self.eb = np.exp(b - self.c[:, None])  # (N, M): exp(z*_v - z*_y - c) in [0, 1], 0 at v = y
-        # log(1 + S*_i), S*_i = sum_{v != y} exp(z*_v - z*_y) = e^c sum(eb): never overflows
-        self.log1p_s = np.logaddexp(0.0, self.c + np.log(self.eb.sum(axis=1)))
+        self._ds = ds
+        self.y = np.ascontiguousarray(ds.next_tokens, dtype=np.int64)
+        self.vertex = np.ascontiguousarray(vertex, dtype=bool)
+        self.log_floor = np.ascontiguousarray(log_floor, dtype=np.float64)  # (N,) per-sentence log-floors
+        self.OT = np.ascontiguousarray(np.asarray(O, dtype=np.float64).T)  # (M, M): row u is the column O[:, u]
+        self.flat = np.ascontiguousarray(ds.flat_tokens, dtype=np.int64)
+        self.offsets = np.ascontiguousarray(ds.offsets, dtype=np.int64)
+        self.xstar = np.ascontiguousarray(ds.optimal, dtype=np.int64)
+        self.Lmax = ds.max_len
+        keys, pair = np.unique(self.xstar * M + self.y, return_inverse=True)
+        self.pair = np.ascontiguousarray(pair.reshape(-1), dtype=np.int64)  # (N,) index of (x*, y)
+        xp, yp = keys // M, keys % M
+        P = len(keys)
+        zs = self.OT[xp]  # (P, M): perfect-attention logits z* of each pair
+        b = zs - zs[np.arange(P), yp][:, None]
+        b[np.arange(P), yp] = -np.inf
+        self.c = b.max(axis=1) if M > 1 else np.zeros(P)  # (P,): max_{v != y} (z*_v - z*_y), finite
+        with np.errstate(divide="ignore", invalid="ignore", under="ignore"):
+            self.eb = np.ascontiguousarray(np.exp(b - self.c[:, None]))  # (P, M) in [0, 1], 0 at v = y
+            # log(1 + S*), S* = sum_{v != y} exp(z*_v - z*_y) = e^c sum(eb): never overflows
+            self.log1p_s = np.logaddexp(0.0, self.c + np.log(self.eb.sum(axis=1)))
+            ecl = np.exp(self.c - self.log1p_s)  # (P,) e^c / (1 + S*) in (0, 1]: R = num * ecl
+        self.ecl = np.where(ecl >= km._ECL_MIN, ecl, 0.0)
+        self._tie = km._TIE * km._EPS * (float(np.max(np.abs(O))) if O.size else 0.0)
+        self._nc = km.metric_chunks(N, len(self.flat), M)
+        self._lx = np.empty(N)
+        self._xv = np.empty(N)
+        self._correct = np.empty(N, dtype=np.uint8)
 
-    def __call__(self, phi, z):
-        """Excess loss ``L(O, K) - L_floor(O)`` and its log10, without cancellation or underflow.
+    def at(self, K):
+        """Excess loss, its log10 and the train accuracy at K, in one compiled pass.
+
+        Parameters
+        ----------
+        K : ndarray, float64, shape (M, M)
+            The attention matrix (token coordinates).
+
+        Returns
+        -------
+        excess : float
+            ``L(O, K) - L_floor(O)`` (underflows to 0.0 below 5e-324).
+        log10_excess : float
+            Its log10 from log space (``-inf`` when every sentence is at its floor).
+        accuracy : float
+            Fraction of sentences whose logit y is strictly the largest (the same count as
+            :func:`accuracy` of the padded logits).
+
+        Notes
+        -----
+        The formulas of :meth:`reference`, with O(M + Lmax) scratch per chunk of sentences
+        (module docstring of :mod:`refimpl.kernels_metrics`): the same values to rounding
+        (``tests/test_metrics_fused.py`` states the tolerances).
+        """
+        N = len(self.y)
+        KT = np.ascontiguousarray(np.asarray(K, dtype=np.float64).T)  # (M, M) copy: rows are queries
+        ex, log10_ex, n_ok = km.excess_accuracy(
+            self.OT, KT, self.flat, self.offsets, self.y, self.xstar, self.pair, self.eb, self.c, self.log1p_s,
+            self.ecl, self.vertex, self.log_floor, self._tie, self.Lmax, self._nc, self._lx, self._xv, self._correct)
+        return ex, log10_ex, (n_ok / N if N else math.nan)
+
+    def reference(self, phi, z):
+        """Excess loss ``L(O, K) - L_floor(O)`` and its log10 in NumPy (the definition).
 
         Parameters
         ----------
         phi : ndarray, float64, shape (N, Lmax)
-            The attention at K.
+            The attention at K (:func:`refimpl.kernels.attention`).
         z : ndarray, float64, shape (N, M)
-            The logits at K.
+            The logits at K (:func:`refimpl.kernels.logits`).
 
         Returns
         -------
@@ -309,18 +475,23 @@ class ExcessLoss:
         log-floor ``f_i``. A sentence whose computed excess is <= 0 (rounding at the floor)
         contributes 0. The mean is a log-sum-exp over sentences minus ``log N``.
         """
+        ds = self._ds
         N = len(self.y)
-        dz = np.zeros_like(self.zs)  # (N, M): z - z*, one position at a time (no N x L x M array)
+        idx = np.arange(N)
+        safe = np.where(ds.valid_mask, ds.tokens, 0)  # (N, Lmax); padding has phi = 0
+        zs = self.OT[self.xstar]  # (N, M): perfect-attention logits z*
+        c, eb, log1p_s = self.c[self.pair], self.eb[self.pair], self.log1p_s[self.pair]
+        dz = np.zeros_like(zs)  # (N, M): z - z*, one position at a time (no N x L x M array)
         for l in range(phi.shape[1]):
-            dz += phi[:, l, None] * (self.OT[self.safe[:, l]] - self.zs)
-        delta = dz - dz[self.idx, self.y][:, None]
+            dz += phi[:, l, None] * (self.OT[safe[:, l]] - zs)
+        delta = dz - dz[idx, self.y][:, None]
         lx = np.full(N, -np.inf)  # log of each sentence's excess
         with np.errstate(divide="ignore", under="ignore", over="ignore", invalid="ignore"):
             stable = self.vertex & (delta.max(axis=1) <= self._DIRECT)
             if stable.any():
-                num = (self.eb[stable] * np.expm1(delta[stable])).sum(axis=1)
+                num = (eb[stable] * np.expm1(delta[stable])).sum(axis=1)
                 pos = num > 0
-                log_r = (self.c[stable] + np.log(np.where(pos, num, 1.0)) - self.log1p_s[stable])
+                log_r = (c[stable] + np.log(np.where(pos, num, 1.0)) - log1p_s[stable])
                 small = log_r < self._LOG_TINY
                 log_x = np.where(small, log_r, np.log(np.log1p(np.exp(np.minimum(log_r, 700.0)))))
                 lx[stable] = np.where(pos, log_x, -np.inf)
@@ -335,3 +506,5 @@ class ExcessLoss:
                 return 0.0, -math.inf
             log_ex = top + math.log(float(np.sum(np.exp(lx - top)))) - math.log(N)
             return math.exp(log_ex), float(log_ex / math.log(10.0))
+
+    __call__ = reference

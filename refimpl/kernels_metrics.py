@@ -211,7 +211,7 @@ def _excess_chunk(OT, KT, tokens, offsets, ys, xstar, pair, EB, cpair, l1s, ecl,
         for j in range(n):
             ph[j] /= tot
             sphi += ph[j]
-        # ---- dz = z - z* = sum_{x_l != x*} phi_l O[:, x_l] - sphi O[:, x*], two rows per pass
+        # ---- dz = z - z* = sum_{x_l != x*} phi_l O[:, x_l] - sphi O[:, x*], four rows per pass
         xr = OT[xs]
         if n == 0:
             for v in range(M):
@@ -220,7 +220,19 @@ def _excess_chunk(OT, KT, tokens, offsets, ys, xstar, pair, EB, cpair, l1s, ecl,
             for v in range(M):
                 dz[v] = -sphi * xr[v]
             j = 0
-            while j + 2 <= n:
+            while j + 4 <= n:
+                x0 = nt[j]
+                x1 = nt[j + 1]
+                x2 = nt[j + 2]
+                x3 = nt[j + 3]
+                a0 = ph[j]
+                a1 = ph[j + 1]
+                a2 = ph[j + 2]
+                a3 = ph[j + 3]
+                for v in range(M):
+                    dz[v] = fma(a3, OT[x3, v], fma(a2, OT[x2, v], fma(a1, OT[x1, v], fma(a0, OT[x0, v], dz[v]))))
+                j += 4
+            if j + 2 <= n:
                 x0 = nt[j]
                 x1 = nt[j + 1]
                 a0 = ph[j]

@@ -310,6 +310,7 @@ def _ngd(iterates, eta, T, sched, evaluate, record, bar, base, callback=None):
     warnings are silenced inside the loop: a non-finite value is reported as a stop reason.
     """
     radius = max(float(np.linalg.norm(it.W)) for it in iterates)
+    sched = np.asarray(sched, dtype=np.int64).tolist()   # Python ints: an int compare per step
     k = 0
     with np.errstate(all="ignore"):
         for t in range(T + 1):

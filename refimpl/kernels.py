@@ -62,8 +62,9 @@ __all__ = ["Stage1Direction", "Stage2Direction", "THREADS_ENV", "compensated_ste
 # two threads give ~1.4-1.6x, not 2x). Quiet, threads paid off from ~6000 token-columns of
 # work (N * Lmax * M; ~25 us serial), but a parallel region costs a thread wake-up and a
 # barrier, which a busy process on the other vCPU stretches to a scheduler time slice: below
-# ~50,000 token-columns (~0.2 ms serial; size S, M=20 N=200 lengths 2..6, is 24,000) the gain
-# on a quiet machine (at most ~10 us) is not worth the risk, so those sizes stay serial.
+# ~50,000 token-columns (~60 us serial at M = 20; size S, M=20 N=200 lengths 2..6, is 24,000)
+# the gain on a quiet machine (a few us; a sleeping pool's wake-up alone is ~10 us) is not
+# worth the risk, so those sizes stay serial.
 # Chunks also need >= 10 M^2 of work each (each zeroes and reduces its own M x M
 # accumulator); 4 chunks beat 2 from 200 M^2 on.
 _PARALLEL_WORK = 50_000

@@ -255,7 +255,7 @@ def _excess_chunk(OT, KT, tokens, offsets, ys, xstar, pair, EB, cpair, l1s, ecl,
         dmax = max4(dz)
         z[y] = -np.inf
         mz = max4(z)                              # max_{v != y} z_v - z_y
-        if abs(mz) > tie * (L + 2):
+        if abs(mz) > tie * (L + 2) and tot < np.inf:   # (tot: a NaN score makes max4 unreliable)
             correct[i] = 1 if mz < 0.0 else 0
         else:                                     # within rounding of a tie: the exact logits
             correct[i] = 1 if _exact_correct(OT, KT, tokens, off, L, y, ph, em) else 0

@@ -422,12 +422,13 @@ class ExcessLoss:
         Returns
         -------
         excess : float
-            ``L(O, K) - L_floor(O)`` (underflows to 0.0 below 5e-324).
+            ``L(O, K) - L_floor(O)`` (underflows to 0.0 below 5e-324; NaN when K is not finite).
         log10_excess : float
-            Its log10 from log space (``-inf`` when every sentence is at its floor).
+            Its log10 from log space (``-inf`` when every sentence is at its floor; NaN when K
+            is not finite).
         accuracy : float
             Fraction of sentences whose logit y is strictly the largest (the same count as
-            :func:`accuracy` of the padded logits).
+            :func:`accuracy` of the padded logits; a NaN logit is not largest).
 
         Notes
         -----
@@ -440,6 +441,8 @@ class ExcessLoss:
         ex, log10_ex, n_ok = km.excess_accuracy(
             self.OT, KT, self.flat, self.offsets, self.y, self.xstar, self.pair, self.eb, self.c, self.log1p_s,
             self.ecl, self.vertex, self.log_floor, self._tie, self.Lmax, self._nc, self._lx, self._xv, self._correct)
+        if not np.isfinite(KT).all():  # a non-finite stop: the attention (so the excess) is undefined
+            ex, log10_ex = math.nan, math.nan
         return ex, log10_ex, (n_ok / N if N else math.nan)
 
     def reference(self, phi, z):

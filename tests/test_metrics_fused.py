@@ -262,3 +262,20 @@ def test_trainer_rows_match_reference():
     joint = train_joint(ds, T=40, progress=False)
     z = kernels.logits(joint.W_ov, joint.W_kq, ds.tokens, ds.lengths)
     assert joint.trajectory.train_accuracy[-1] == accuracy(z, ds.next_tokens)
+
+
+def test_non_finite_attention_gives_nan_excess():
+    """A K with inf (a non-finite stop records its last iterate): the excess is NaN, not a
+    number made up from NaN attention, and the accuracy still matches the padded logits."""
+    ds = ri.generate(*DATASETS["M8"])
+    O = 10.0 * _unit(w_ov_star(ds)[0])
+    ex, _ = _excess(ds, O)
+    K = np.zeros_like(O)
+    K[ds.flat_tokens[0], ds.flat_tokens[ds.offsets[1] - 1]] = np.inf
+    got_ex, got_l10, got_acc = ex.at(K)
+    assert math.isnan(got_ex) and math.isnan(got_l10)
+    # the padded path without its finiteness check (kernels.logits rejects a non-finite K)
+    phi = kernels._attention(np.ascontiguousarray(K.T), ds.tokens, ds.lengths)
+    z = kernels._logits(np.ascontiguousarray(O.T), phi, ds.tokens, ds.lengths)
+    with np.errstate(invalid="ignore"):
+        assert got_acc == accuracy(z, ds.next_tokens) < 1.0

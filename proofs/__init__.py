@@ -6,7 +6,7 @@ Modules
 -------
 symbols      SymPy symbols with assumptions, exact constants.
 derivations  symbolic checks of every algebraic proof step (each returns bool).
-claims       the registry of the claims C1..C12 (``CLAIMS``, ``get``, ``check``;
+claims       the registry of the claims C1..C16 (``CLAIMS``, ``get``, ``check``;
              docs/theory.md).
 certify      each claim as hypotheses => conclusion: derives its constants again and
              returns a ``ClaimResult`` (verdict and every step checked).

@@ -26,7 +26,7 @@ import mpmath
 import sympy as sp
 
 from . import derivations as dv
-from .symbols import (LOG_TINY, SQRT2, M, N, a, b, c1, c8, eta, eta0, gamma_kq,
+from .symbols import (HALF, LOG_TINY, SQRT2, M, N, a, b, c1, c8, eta, eta0, gamma_kq,
                       gamma_mm, gamma_ov, k_chain, lu, m, margin_W, n_c, norm0, norm_W, t)
 
 SYMBOLIC, INSTANCES, INTERVAL, NUMERIC = ("symbolic", "instances", "interval",
@@ -582,6 +582,97 @@ def _c15_steps(claim, c7_claim, c2_claim, c1_claim):
     ]
 
 
+def _c16_steps(claim, c8_claim):
+    """C16 (docs/stage2_upper.md): every constant derived again from the proof's ingredients."""
+    bound, rate, lf, cf, bf = (claim.constant(n) for n in ("bound", "rate", "l", "c", "b"))
+    beta_i, eps_bar, growth, rate_inf = (claim.constant(n) for n in ("beta_i", "eps_bar", "growth", "rate_inf"))
+    u0, gap0, eps0, rinf0 = (claim.constant(n) for n in ("ustar_zero_init", "gap_in_C_zero_init",
+                                                          "eps_star_zero_init", "rate_inf_zero_init"))
+    e, Dl, hmax, hrange, rho, DW, u = (dv.e_leak, dv.Delta16, dv.hmax16, dv.hrange16, dv.rho16, dv.D16,
+                                       dv.u_star)
+    mu, nW, dl, kap, bet, r, k, E0 = (dv.mu16, dv.normW16, dv.delta16, dv.kappa16, dv.beta16, dv.r16,
+                                      dv.k16, dv.E0)
+    tt, R, X, Ex = sp.symbols("t R X E", nonnegative=True)
+    hmin = sp.Symbol("h_min", positive=True)            # (H3): h_min(e) > 0
+    eta_r = sp.Symbol("eta_r", positive=True)           # (H4): 0 < eta r
+    one_minus = sp.Symbol("1-eta_r", positive=True)     # (H4): eta r < 1
+    # step 2: |h_v - h*_v| <= int_0^1 u* e^{t R} R(c_v) R dt with R = R(dz) <= rho e, R(c_v) <= rho
+    l_derived = sp.integrate(u * sp.exp(tt * R) * rho * R, (tt, 0, 1)).subs(R, rho * e)
+    # step 4: -<grad, W> >= mu (1 - e) X - (1/2) e (X / h_min) (hrange + 2 l) D_W = c(e) X
+    dom = mu * (1 - e) * X - HALF * e * (X / hmin) * (hrange + 2 * lf) * DW
+    # step 7: psi'' <= R(sigma)^2 [e (hmax + l(e)) + u* e^{rho e} rho^2 e^2] = R(sigma)^2 e b(e)
+    curv = e * (hmax + lf) + u * sp.exp(rho * e) * rho ** 2 * e ** 2
+    g = sp.exp(SQRT2 * (1 + dl) * eta)                   # step 6: eps(eta) <= eps(0) e^{R(sigma) eta}
+    # zero init (C2 ray): O[:, s] = a (e_y - 1/M), p*_w = e^{-a} / (1 + (M-1) e^{-a}) for w != y
+    pw = sp.exp(-a) / (1 + (M - 1) * sp.exp(-a))
+    h_in = pw * (2 * a) + (M - 2) * pw * a             # c_v = a (e_n(v) - e_y): c_w - c_y = 2a, a, ...
+    h_out = (M - 1) * pw * a                            # c_v = -a (e_y - 1/M): c_w - c_y = a
+    hmin0 = gap0 - u0 * (2 * a) * (sp.exp(2 * a * e) - 1)   # rho = R(c_v) = 2a, U' inside C
+    Mp = sp.Symbol("M_1", positive=True)                # M = M_1 + 1 >= 2
+    return [
+        _step("step 1: covariance as a sum over pairs; pair weight (1 - sum p^2)/2 <= 1 - p_y "
+              "(fixed M = 2..4)", INSTANCES, dv.ALL_CHECKS["check_c16_covariance"]),
+        _step("steps 2, 6, 7: softmax derivatives d pi = pi (sigma - bar), d^2 pi = pi ((sigma - bar)^2 "
+              "- Var), d c^T p = Cov_p(c, dz); (x - y)^2 <= 2(x^2 + y^2) (fixed sizes)", INSTANCES,
+              dv.ALL_CHECKS["check_c16_attention_derivatives"]),
+        _step("Lemma C (growth factor, symbolic M): 1 - p_y <= u* e^{t R(dz)}", SYMBOLIC, lemma_growth),
+        _step("step 2: stated l(e) = int_0^1 u* e^{t rho e} rho (rho e) dt", SYMBOLIC,
+              lambda: _zero(lf - l_derived)),
+        _step("monotone in e (remark b): dl/de >= 0, d h_min/de <= 0, db/de >= 0", SYMBOLIC,
+              lambda: bool(sp.diff(lf, e).is_nonnegative) and bool((-sp.diff(Dl - lf, e)).is_nonnegative)
+              and bool(sp.diff(bf, e).is_nonnegative)),
+        _step("step 3: the vertex gradient of C8 (symbolic M and number of tokens)", SYMBOLIC,
+              lemma_vertex_gradient),
+        _step("step 3: convexity in pi (Lemma B, symbolic M)", SYMBOLIC, lemma_curvature),
+        _step("step 4: pairs containing x* and pairs inside U' (fixed sizes)", INSTANCES,
+              dv.ALL_CHECKS["check_c16_domination_pairs"]),
+        _step("step 4: stated c(e) X = mu (1 - e) X - (1/2) e (X/h_min) (hrange + 2 l) D_W", SYMBOLIC,
+              lambda: _zero(cf * X - dom.subs(hmin, Dl - lf))),
+        _step("remark a: mu - c(e) = mu e + e (hrange + 2 l) D_W / (2 h_min) >= 0, so r <= mu/||W||",
+              SYMBOLIC, lambda: certificate(mu - cf, [(mu, e), (e * DW / (2 * hmin), hrange + 2 * lf)],
+                                            {hmin: Dl - lf})),
+        _step("step 5: eps_i <= excess_i/Delta_i <= N E0/Delta_i = stated eps_bar", SYMBOLIC,
+              lambda: _zero(eps_bar - N * E0 / Dl)),
+        _step("step 6: R(sigma) <= sqrt2 (1 + delta): stated g = e^{R eta}", SYMBOLIC,
+              lambda: _zero(growth - g)),
+        _step("step 7: psi_i'' <= R(sigma)^2 e b(e) with the stated b", SYMBOLIC,
+              lambda: _zero(curv - e * bf)),
+        _step("step 7: R(sigma)^2 g b(g eps_bar) excess/Delta with R^2 <= 2 (1 + delta)^2 = stated beta_i "
+              "excess", SYMBOLIC,
+              lambda: _zero(beta_i - 2 * (1 + dl) ** 2 * g * bf.subs(e, g * eps_bar) / Dl)),
+        _step("step 8: E - eta (1 - delta) kappa E/||W|| + (eta^2/2) beta E = (1 - eta r) E, stated r",
+              SYMBOLIC, lambda: _zero(Ex - eta * (1 - dl) * kap * Ex / nW + eta ** 2 / 2 * bet * Ex
+                                      - (1 - eta * rate) * Ex)),
+        _step("step 8: 0 < (1 - eta r) E <= E under (H4)", SYMBOLIC,
+              lambda: certificate(Ex - (1 - eta_r) * Ex, [(Ex, eta_r)])
+              and certificate((1 - eta_r) * Ex, [(Ex, one_minus)], {one_minus: 1 - eta_r})),
+        _step("induction: stated bound at k = 0 is E0 and bound(k+1) = (1 - eta r) bound(k)", SYMBOLIC,
+              lambda: _zero(bound.subs(k, 0) - E0)
+              and _zero(sp.expand(bound.subs(k, k + 1) - (1 - eta * r) * bound, power_base=True))),
+        _step("log-space bound: C16_BOUND_LOG is the log of the stated bound", SYMBOLIC,
+              lambda: _zero(sp.expand_log(sp.log(bound), force=True) - dv.C16_BOUND_LOG.rewrite(sp.log))),
+        _step("remark b: r_inf = lim_{E0 -> 0} r (kappa -> c(0), beta -> 2 (1+delta)^2 g b(0)/Delta)",
+              SYMBOLIC, lambda: _zero(rate_inf - rate.subs({kap: cf.subs(e, 0),
+                                                            bet: 2 * (1 + dl) ** 2 * g * bf.subs(e, 0) / Dl}))),
+        _step("section 4: zero-init u* = (M-1) p*_w = stated; h*_v = a M p*_w (v in C) = stated; "
+              "h*_v = a (M-1) p*_w (outside C) = C8's zero-init gap", SYMBOLIC,
+              lambda: _zero(u0 - (M - 1) * pw) and _zero(gap0 - h_in)
+              and _zero(h_out - c8_claim.constant("gap_zero_init"))),
+        _step("section 4: h_min(e) = (a M - 2 a (M-1) expm1(2 a e))/(e^a + M - 1) vanishes at the stated "
+              "eps*, and decreases in e", SYMBOLIC,
+              lambda: _zero(sp.simplify(hmin0.subs(e, eps0))) and
+              bool((-sp.diff(hmin0, e)).subs(M, Mp + 1).subs(a, sp.Symbol("a_p", positive=True)).is_nonnegative)),
+        _step("section 4: r_inf with delta = 0, mu/||W|| = gamma_kq, hmax = Delta = stated", SYMBOLIC,
+              lambda: _zero(rinf0 - rate_inf.subs(dl, 0).subs({mu: gamma_kq * nW, hmax: Dl}))),
+        _step("statement uses the constants", SYMBOLIC,
+              lambda: _uses(claim, "bound", "rate", "l", "c", "b", "beta_i", "eps_bar", "growth",
+                            "rate_inf", "ustar_zero_init", "gap_in_C_zero_init", "eps_star_zero_init",
+                            "rate_inf_zero_init")),
+        _step("hypotheses (H1)-(H4) and E0 on a run", NUMERIC, lambda: None,
+              "checked a posteriori in interval arithmetic (refimpl.stage2_bound, audit row C16)"),
+    ]
+
+
 def _measured(note):
     return [_step("measured on runs", NUMERIC, lambda: None, note)]
 
@@ -627,6 +718,8 @@ def check(claim, registry):
         steps = _c14_steps(claim, get("C7"))
     elif cid == "C15":
         steps = _c15_steps(claim, get("C7"), get("C2"), get("C1"))
+    elif cid == "C16":
+        steps = _c16_steps(claim, get("C8"))
     else:
         raise KeyError(cid)
     steps = tuple(steps)
@@ -634,7 +727,7 @@ def check(claim, registry):
         verdict = FAILED
     elif claim.status == "measured" or cid == "C5":
         verdict = MEASURED
-    elif claim.status == "certified":
+    elif claim.status in ("certified", "certified a posteriori"):
         verdict = PROVED
     else:
         verdict = PROVED_PART

@@ -1,4 +1,4 @@
-"""The registry of claims C1..C15 (docs/theory.md).
+"""The registry of claims C1..C16 (docs/theory.md).
 
 Each claim is a frozen ``Claim``: its statement is a SymPy relation over the
 symbols of ``symbols`` and the closed forms of ``derivations``;
@@ -30,6 +30,9 @@ STATUSES = (
     "certified upper, measured slope",
     "certified lower, measured rate",
     "certified for K*, measured for trained weights",
+    "certified a posteriori",                           # proved theorem whose hypotheses are
+    #                                                     inequalities checked on each run (in
+    #                                                     interval arithmetic); no verdict without them
 )
 
 READINGS = {
@@ -63,12 +66,16 @@ cos_W_Wstar = sp.Symbol("cos(W,W*)", real=True)
 cos_O_Ostar = sp.Symbol("cos(O_t,O*)", real=True)
 one_minus_cos_t = sp.Symbol("1-cos(W_t,W*)", real=True)
 mhat_K = sp.Symbol("mhat(K)", real=True)   # attention margin of an unseen sentence (C15)
+excess_t0k = sp.Symbol("E(K_{t0+k})", nonnegative=True)            # C16
+c16_names = {n: sp.Symbol(n, real=True) for n in
+             ("l_i(e)", "c_i(e)", "b_i(e)", "beta_i", "eps_bar_i", "g", "r", "r_inf",
+              "u*_i (zero init)", "Delta_i in C (zero init)", "eps* (zero init)", "r_inf (zero init)")}
 
 
 @dataclass(frozen=True)
 class Claim:
     """One claim of docs/theory.md."""
-    id: str                    # "C1" .. "C15"
+    id: str                    # "C1" .. "C16"
     title: str                 # short name
     status: str                # one of STATUSES
     doc_ref: str               # where docs/ states and proves it
@@ -224,14 +231,46 @@ _CLAIMS = (
                  sp.Ge(sp.Symbol("mhat(K_{t+s})"), sp.Symbol("mhat(K_t)") - dv.C15_DRIFT * t)),
           ("check_c2_trajectory",),
           (("threshold", dv.C15_THRESHOLD), ("drift", dv.C15_DRIFT))),
+    Claim("C16", "stage-2 excess: certified linear upper bound after a checkpoint, a posteriori",
+          "certified a posteriori", "docs/stage2_upper.md; docs/theory.md C8",
+          ("R1-realizable", "R2-fixed-Wov", "R3-floor"),
+          (_ORTHO,
+           ("(H1) Delta_i > 0 for every sentence i with two or more distinct tokens",
+            "the vertex e_x* is the unique minimizer of the sentence's convex floor problem"),
+           ("(H2) mu = min_i min_{v != x*} (W[x*, q] - W[v, q]) > 0 for the comparator W (K*)",
+            "gradient domination needs a direction that increases every attention margin"),
+           ("(H3) h_min,i(eps_bar_i) = Delta_i - l_i(eps_bar_i) > 0 and kappa = min_i c_i(eps_bar_i) > 0",
+            "E(K_t0) small enough: the threshold on the excess"),
+           ("(H4) 0 < eta r < 1, r = (1 - delta) kappa/||W|| - eta beta/2", "descent beats curvature"),
+           ("steps K_{t+1} = K_t - eta D_t, ||D_t|| <= 1 + delta, <D_t, G_t> >= (1 - delta) ||G_t||",
+            "exact NGD is delta = 0; the float64 iterates are checked with delta = 1e-9"),
+           ("E0 >= E(K_t0), the upper end of an interval enclosure",
+            "a posteriori: (H1)-(H4) and E0 are evaluated on the run in interval arithmetic")),
+          sp.And(sp.Le(excess_t0k, dv.C16_BOUND), sp.Eq(c16_names["r"], dv.C16_RATE),
+                 sp.Eq(c16_names["l_i(e)"], dv.C16_L), sp.Eq(c16_names["c_i(e)"], dv.C16_C),
+                 sp.Eq(c16_names["b_i(e)"], dv.C16_B), sp.Eq(c16_names["beta_i"], dv.C16_BETA_I),
+                 sp.Eq(c16_names["eps_bar_i"], dv.C16_EPS_BAR), sp.Eq(c16_names["g"], dv.C16_GROWTH),
+                 sp.Eq(c16_names["r_inf"], dv.C16_RATE_INF),
+                 sp.Eq(c16_names["u*_i (zero init)"], dv.C16_USTAR_ZERO_INIT),
+                 sp.Eq(c16_names["Delta_i in C (zero init)"], dv.C16_GAP_IN_C_ZERO_INIT),
+                 sp.Eq(c16_names["eps* (zero init)"], dv.C16_EPS_STAR_ZERO_INIT),
+                 sp.Eq(c16_names["r_inf (zero init)"], dv.C16_RATE_INF_ZERO_INIT)),
+          ("check_c16_covariance", "check_c16_attention_derivatives", "check_c16_domination_pairs",
+           "check_growth_factor", "check_c8_vertex_gradient", "check_c8_zero_init_gap"),
+          (("bound", dv.C16_BOUND), ("rate", dv.C16_RATE), ("l", dv.C16_L), ("c", dv.C16_C),
+           ("b", dv.C16_B), ("beta_i", dv.C16_BETA_I), ("eps_bar", dv.C16_EPS_BAR),
+           ("growth", dv.C16_GROWTH), ("rate_inf", dv.C16_RATE_INF),
+           ("ustar_zero_init", dv.C16_USTAR_ZERO_INIT), ("gap_in_C_zero_init", dv.C16_GAP_IN_C_ZERO_INIT),
+           ("eps_star_zero_init", dv.C16_EPS_STAR_ZERO_INIT),
+           ("rate_inf_zero_init", dv.C16_RATE_INF_ZERO_INIT))),
 )
 
 CLAIMS = {c.id: c for c in _CLAIMS}
-"""Claim id -> Claim, in the order C1..C15."""
+"""Claim id -> Claim, in the order C1..C16."""
 
 
 def get(claim_id):
-    """The Claim with id ``claim_id`` ("C1" .. "C15"); KeyError names the known ids."""
+    """The Claim with id ``claim_id`` ("C1" .. "C16"); KeyError names the known ids."""
     try:
         return CLAIMS[claim_id]
     except KeyError:

@@ -415,6 +415,61 @@ def check_log_space_forms():
             and _zero(sp.exp(step) - C4_STEP.subs(b, sp.exp(lu))))
 
 
+def check_c16_covariance(M_):
+    """C16 step 1 (docs/stage2_upper.md), fixed size ``M_``: for p on the simplex,
+    ``Cov_p(a, b) = (1/2) sum_{v,w} p_v p_w (a_v - a_w)(b_v - b_w)`` and
+    ``(1/2) sum_{v != w} p_v p_w = (1 - sum_v p_v^2)/2``; then
+    ``(1 - p_y) - (1 - p_y^2)/2 = (1 - p_y)^2/2 >= 0`` (the weight bound ``<= 1 - p_y``).
+    """
+    p = _probabilities(M_, 0)
+    av, bv = vec("a", M_, real=True), vec("b", M_, real=True)
+    Ea = sum(p[v] * av[v] for v in range(M_))
+    Eb = sum(p[v] * bv[v] for v in range(M_))
+    cov = sum(p[v] * av[v] * bv[v] for v in range(M_)) - Ea * Eb
+    pairs = HALF * sum(p[v] * p[w] * (av[v] - av[w]) * (bv[v] - bv[w])
+                       for v in range(M_) for w in range(M_))
+    off = HALF * sum(p[v] * p[w] for v in range(M_) for w in range(M_) if v != w)
+    py = sp.Symbol("p_y", nonnegative=True)
+    return (_zero(cov - pairs) and _zero(off - (1 - sum(pv ** 2 for pv in p)) / 2)
+            and _zero((1 - py) - (1 - py ** 2) / 2 - (1 - py) ** 2 / 2))
+
+
+def check_c16_attention_derivatives(J_):
+    """C16 steps 2, 6, 7, fixed number ``J_`` of tokens: with ``pi = softmax(s + tau sigma)``,
+    ``d/dtau pi_v = pi_v (sigma_v - sigma_bar)`` and
+    ``d^2/dtau^2 pi_v = pi_v ((sigma_v - sigma_bar)^2 - Var_pi(sigma))``; with
+    ``p = softmax(z)``, ``d/dt c^T p(z + t dz) = c^T (diag p - p p^T) dz = Cov_p(c, dz)``;
+    and ``2 (x^2 + y^2) - (x - y)^2 = (x + y)^2`` (``R(sigma) <= sqrt2 ||D||``).
+    """
+    tau = sp.Symbol("tau", real=True)
+    sc, sg = vec("s", J_, real=True), vec("sigma", J_, real=True)
+    pi = _softmax([sc[v] + tau * sg[v] for v in range(J_)])
+    bar = sum(pi[v] * sg[v] for v in range(J_))
+    var = sum(pi[v] * sg[v] ** 2 for v in range(J_)) - bar ** 2
+    ok = all(_zero(sp.diff(pi[v], tau) - pi[v] * (sg[v] - bar))
+             and _zero(sp.diff(pi[v], tau, 2) - pi[v] * ((sg[v] - bar) ** 2 - var)) for v in range(J_))
+    z, dz, c = vec("z", J_, real=True), vec("dz", J_, real=True), vec("c", J_, real=True)
+    p = _softmax([z[v] + tau * dz[v] for v in range(J_)])
+    lhs = sp.diff(sum(c[v] * p[v] for v in range(J_)), tau)
+    cov = (sum(p[v] * c[v] * dz[v] for v in range(J_))
+           - sum(p[v] * c[v] for v in range(J_)) * sum(p[v] * dz[v] for v in range(J_)))
+    xs, ys = sp.symbols("x y", real=True)
+    return ok and _zero(lhs - cov) and _zero(2 * (xs ** 2 + ys ** 2) - (xs - ys) ** 2 - (xs + ys) ** 2)
+
+
+def check_c16_domination_pairs(J_):
+    """C16 step 4, fixed number ``J_`` of tokens (token 0 is x*, ``h_0 = d_0 = 0``):
+    ``(1/2) sum_{v,w} pi_v pi_w (h_v - h_w)(d_v - d_w) = pi_0 sum_{v>0} pi_v h_v d_v
+    + (1/2) sum_{v,w>0} pi_v pi_w (h_v - h_w)(d_v - d_w)`` (the pairs containing x*, and the rest).
+    """
+    pi, h, d = vec("pi", J_, nonnegative=True), vec("h", J_, real=True), vec("d", J_, real=True)
+    h[0], d[0] = 0, 0
+    full = HALF * sum(pi[v] * pi[w] * (h[v] - h[w]) * (d[v] - d[w]) for v in range(J_) for w in range(J_))
+    inner = HALF * sum(pi[v] * pi[w] * (h[v] - h[w]) * (d[v] - d[w])
+                       for v in range(1, J_) for w in range(1, J_))
+    return _zero(full - pi[0] * sum(pi[v] * h[v] * d[v] for v in range(1, J_)) - inner)
+
+
 ALL_CHECKS = {
     "check_gradient_formula": lambda: (check_gradient_formula(2, 2, [1, 1], 0)
                                        and check_gradient_formula(3, 3, [0, 1, 0], 2)),
@@ -434,5 +489,42 @@ ALL_CHECKS = {
     "check_c8_zero_init_gap": lambda: all(check_c8_zero_init_gap(k) for k in (2, 3, 4, 5)),
     "check_c8_lower_algebra": check_c8_lower_algebra,
     "check_log_space_forms": check_log_space_forms,
+    "check_c16_covariance": lambda: all(check_c16_covariance(k) for k in (2, 3, 4)),
+    "check_c16_attention_derivatives": lambda: all(check_c16_attention_derivatives(k) for k in (2, 3)),
+    "check_c16_domination_pairs": lambda: all(check_c16_domination_pairs(k) for k in (2, 3, 4)),
 }
 """Name -> zero-argument check on the default sizes; ``claims`` refers to these names."""
+
+# ----------------------------------------------------------------------------
+# C16 (stage-2 a-posteriori upper bound, docs/stage2_upper.md). Per sentence: Delta the vertex
+# gap, hmax / hrange the largest value / the spread of h*_v over U', rho = max_v R(o_v - o_s),
+# D_W the spread of W[v, q] over U', u_star = 1 - p*_y; mu the margin of the comparator W,
+# delta the step tolerance of (S_delta), E0 >= E(K_t0), e an attention leak eps_i.
+# ----------------------------------------------------------------------------
+E0 = sp.Symbol("E0", positive=True)
+e_leak = sp.Symbol("e", nonnegative=True)
+Delta16 = sp.Symbol("Delta", positive=True)
+hmax16, hrange16, rho16, D16 = sp.symbols("hmax hrange rho D_W", nonnegative=True)
+u_star = sp.Symbol("u_star", nonnegative=True)
+mu16 = sp.Symbol("mu", positive=True)
+normW16 = sp.Symbol("||W||", positive=True)
+delta16 = sp.Symbol("delta", nonnegative=True)
+kappa16, beta16 = sp.Symbol("kappa", positive=True), sp.Symbol("beta", nonnegative=True)
+r16 = sp.Symbol("r", real=True)
+k16 = sp.Symbol("k", integer=True, nonnegative=True)
+C16_L = u_star * rho16 * (sp.exp(rho16 * e_leak) - 1)                   # l(e), step 2
+C16_HMIN = Delta16 - C16_L                                              # h_min(e)
+C16_C = mu16 * (1 - e_leak) - e_leak * (hrange16 + 2 * C16_L) * D16 / (2 * C16_HMIN)   # c(e), step 4
+C16_B = hmax16 + C16_L + u_star * rho16 ** 2 * e_leak * sp.exp(rho16 * e_leak)           # b(e), step 7
+C16_GROWTH = sp.exp(SQRT2 * (1 + delta16) * eta)                        # g, step 6
+C16_EPS_BAR = N * E0 / Delta16                                          # eps_bar, step 5
+C16_BETA_I = 2 * (1 + delta16) ** 2 * C16_GROWTH * C16_B.subs(e_leak, C16_GROWTH * C16_EPS_BAR) / Delta16
+C16_RATE = (1 - delta16) * kappa16 / normW16 - eta * beta16 / 2         # r, (H4)
+C16_BOUND = E0 * (1 - eta * r16) ** k16                                 # E(K_{t0+k}) <=
+C16_BOUND_LOG = sp.log(E0) + k16 * log1p(-eta * r16)                    # its log (numeric)
+C16_RATE_INF = (1 - delta16) * mu16 / normW16 - (1 + delta16) ** 2 * eta * C16_GROWTH * hmax16 / Delta16
+# zero-init stage 1 (docs/stage2_upper.md section 4), a = gamma_ov eta0 T0, U' inside C
+C16_USTAR_ZERO_INIT = (M - 1) / (sp.exp(a) + M - 1)
+C16_GAP_IN_C_ZERO_INIT = a * M / (sp.exp(a) + M - 1)
+C16_EPS_STAR_ZERO_INIT = sp.log(1 + M / (2 * (M - 1))) / (2 * a)        # h_min(e) > 0 iff e < this
+C16_RATE_INF_ZERO_INIT = gamma_kq - eta * sp.exp(SQRT2 * eta)          # delta = 0, mu/||W|| = gamma_kq

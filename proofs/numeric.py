@@ -443,3 +443,33 @@ def c8_excess_lower_log10_from_log(log_c8, gamma_kq, norm0, eta, t):
     (``log_c8`` from :func:`c8_log_constant`); ``-inf`` when ``log_c8 = -inf`` (vacuous).
     """
     return _c8_lower_from_log(log_c8, gamma_kq, norm0, eta, t) / LN10
+
+
+# C16 (docs/stage2_upper.md): the registry's bound in log space (certify checks C16_BOUND_LOG is the
+# log of the claim's "bound") and its E0 -> 0 rate from zero-init stage 1.
+_c16_bound_log = _numpy((dv.E0, eta, dv.r16, dv.k16), dv.C16_BOUND_LOG)
+_c16_rate_inf_zero_init = _numpy((gamma_kq, eta), _const("C16", "rate_inf_zero_init"))
+
+
+def c16_log10_bound(E0, eta, r, k):
+    """C16: ``log10(E0 (1 - eta r)^k)``, the certified upper bound on ``log10 E(K_{t0+k})``.
+
+    Float64 and not outward rounded: the audit uses the certificate's own rounded-up
+    ``Stage2UpperCertificate.log10_bound``; this is the registry's formula for tests and plots.
+
+    Parameters
+    ----------
+    E0 : float > 0
+        An upper bound on the excess at the checkpoint.
+    eta, r : float
+        Step size and certified rate, ``0 < eta r < 1``.
+    k : array_like
+        Steps after the checkpoint.
+    """
+    return _c16_bound_log(E0, eta, r, k) / LN10
+
+
+def c16_rate_inf_zero_init(gamma_kq, eta):
+    """C16: the certified rate as ``E0 -> 0`` from zero-init stage 1, ``gamma_kq - eta e^{sqrt2 eta}``
+    (``delta = 0``, every sentence's other tokens in C)."""
+    return _c16_rate_inf_zero_init(gamma_kq, eta)

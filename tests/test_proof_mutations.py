@@ -2,7 +2,9 @@
 
 Each certified constant and closed form (C1 ||O*||^2, C2 loss, C3 both sides, C4 ``c1`` and
 its lower bound, C7, C8 bound, constant and zero-init gap, C12, the C13 cosine bound, margin
-bound and liminf, the C14 gap bound, the C15 threshold and drift) is perturbed in the registry
+bound and liminf, the C14 gap bound, the C15 threshold and drift, every C16 constant: the bound
+E0 (1 - eta r)^k, r, l(e), c(e), b(e), beta_i, eps_bar, g, r_inf and the zero-init closed forms of
+docs/stage2_upper.md section 4) is perturbed in the registry
 (``claims.CLAIMS``, read at check time), by a factor 101/100 or by adding 1/1000, both in the
 claim's constants and in its statement; the claim's check, and ``check_all()``, must then fail
 at a derivation step (not only at the bookkeeping step "statement uses the constant").
@@ -22,7 +24,10 @@ TARGETS = [("C1", "norm_sq"), ("C2", "loss"), ("C3", "norm_upper"), ("C3", "proj
            ("C4", "c1"), ("C4", "lower"), ("C7", "norm_upper"), ("C8", "lower"),
            ("C8", "c8"), ("C8", "gap_zero_init"), ("C12", "cos_lower"),
            ("C13", "cos_lower"), ("C13", "margin_lower"), ("C13", "liminf"), ("C14", "gap_lower"),
-           ("C15", "threshold"), ("C15", "drift")]
+           ("C15", "threshold"), ("C15", "drift"),
+           ("C16", "bound"), ("C16", "rate"), ("C16", "l"), ("C16", "c"), ("C16", "b"), ("C16", "beta_i"),
+           ("C16", "eps_bar"), ("C16", "growth"), ("C16", "rate_inf"), ("C16", "ustar_zero_init"),
+           ("C16", "gap_in_C_zero_init"), ("C16", "eps_star_zero_init"), ("C16", "rate_inf_zero_init")]
 BOOKKEEPING = "statement uses"
 
 
@@ -43,7 +48,7 @@ def test_unperturbed_run_passes(baseline):
     """Every claim passes unperturbed; measured claims are reported measured, never proved."""
     assert baseline.ok and not baseline.failed, str(baseline)
     assert set(baseline.proved) == {"C1", "C2", "C3", "C4", "C6", "C7", "C8", "C11", "C12", "C13",
-                                    "C14", "C15"}
+                                    "C14", "C15", "C16"}
     assert set(baseline.measured) == {"C5", "C9", "C10"}
     for cid in ("C5", "C9", "C10"):
         r = claims.check(cid)

@@ -43,9 +43,9 @@ def test_checks_can_fail():
 
 
 def test_registry_complete():
-    """Every claim C1..C15 exists, has a known status, lists the embedding precondition,
+    """Every claim C1..C16 exists, has a known status, lists the embedding precondition,
     and its check returns a result listing the steps checked."""
-    assert list(claims.CLAIMS) == [f"C{i}" for i in range(1, 16)]
+    assert list(claims.CLAIMS) == [f"C{i}" for i in range(1, 17)]
     assert all(claims.check(cid) for cid in ("C1", "C2", "C3", "C6"))
     for cid, c in claims.CLAIMS.items():
         assert any(p[0] == "E^T E = I" for p in c.preconditions), cid
@@ -54,8 +54,8 @@ def test_registry_complete():
     assert r.verdict == "proved" and r.steps and all(s.passed for s in r.steps)
     for cid in ("C6", "C8"):                             # the precondition is spelled out there too
         assert "E^T E = I" in dict(claims.get(cid).preconditions)
-    with pytest.raises(KeyError, match="C16"):
-        claims.get("C16")
+    with pytest.raises(KeyError, match="C17"):
+        claims.get("C17")
 
 
 def test_measured_claims_never_proved():

@@ -47,7 +47,8 @@ class Stage2UpperCertificate:
     rate : float
         ``r``, rounded down (NaN when not ok): ``E(K_{t0+k}) <= E0 (1 - eta r)^k``.
     log10_excess0 : float
-        Upper end of the enclosure of ``log10 E(K_t0)``, rounded up (always computed).
+        Upper end of the enclosure of ``log10 E(K_t0)``, rounded up (always computed; when (H1)
+        fails it is the log of the mean loss above the vertex loss, NaN if that mean is negative).
     log10_factor : float
         Upper bound on ``log10(1 - eta r) < 0``, rounded up (NaN when not ok).
     quantities : mapping str -> (float, float)
@@ -291,7 +292,7 @@ def certify_stage2_upper(ds, O, K, eta, K_star=None, *, step_tol=0.0):
     q = {}
 
     def result(ok, reason, e0, rate=None, factor=None):
-        log10_e0 = _hi(ctx.log10(e0)) if e0.b > 0 else -math.inf
+        log10_e0 = _hi(ctx.log10(e0)) if e0.b > 0 else (-math.inf if e0.b == 0 else math.nan)
         return Stage2UpperCertificate(
             ok=ok, reason=reason, eta=eta, step_tol=delta,
             rate=_lo(rate) if rate is not None else math.nan, log10_excess0=log10_e0,
@@ -311,17 +312,19 @@ def certify_stage2_upper(ds, O, K, eta, K_star=None, *, step_tol=0.0):
             break
         ctx.prec = 2 * ctx.prec
         consts = [_vertex_constants(ctx, O, W, s) for s in sents]
-    e0 = ctx.mpf([max(e0.a, 0), e0.b])        # E >= 0 (the floor is a per-sentence minimum)
-    q["excess0"] = _pair(e0)
-    E0 = ctx.mpf(e0.b)                         # the number E0 of the theorem (an upper bound)
-
     gaps = [c["gap"] for c in consts]
     min_gap = _imin(ctx, gaps)
-    q["min_gap"] = _pair(min_gap)
     bad = [s[0] for s, g in zip(sents, gaps) if not _positive(g)]
     if bad:
+        # without (H1) the vertex need not be the floor: e0 encloses the mean of loss_i(K) - loss_i(e_s),
+        # which may be negative (a sentence doing better than perfect attention); not an excess
+        q["excess0"], q["min_gap"] = _pair(e0), _pair(min_gap)
         return result(False, f"(H1) vertex gap Delta_i not certified > 0 for {len(bad)} sentence(s), "
                       f"first i = {bad[0]} (min_i Delta_i in [{_lo(min_gap):.3e}, {_hi(min_gap):.3e}])", e0)
+    e0 = ctx.mpf([max(e0.a, 0), max(e0.b, 0)])   # E >= 0 under (H1) (the floor is a per-sentence minimum)
+    q["excess0"] = _pair(e0)
+    q["min_gap"] = _pair(min_gap)
+    E0 = ctx.mpf(e0.b)                         # the number E0 of the theorem (an upper bound)
 
     mu = _imin(ctx, [m for c in consts for m in c["margins"]])
     normW = ctx.sqrt(ctx.fsum(ctx.mpf(float(x)) ** 2 for x in W.reshape(-1)))

@@ -226,3 +226,17 @@ def test_ok_near_the_vertex_and_bad_inputs(small):
         certify_stage2_upper(ds, res.W_ov, res.K_star, 0.1, res.K_star, step_tol=1.0)
     with pytest.raises(TypeError):
         certify_stage2_upper(res.W_ov, res.W_ov, res.K_star, 0.1)
+
+
+def test_weak_stage1_gap_fails_h1_without_crash():
+    """Weak-stage-1 regime (docs/findings.md; the C10 regression example): some Delta_i < 0, so the
+    vertex is not the floor and a sentence may do better than perfect attention, making the mean
+    loss above the vertex loss negative. The certificate is not ok, names (H1), and does not fail
+    on the negative enclosure."""
+    from pathlib import Path
+    ds = ri.load_dataset(Path(__file__).parent / "data" / "c10_weak_stage1.json")
+    res = ri.train_two_stage(ds, T0=2, T=4000, init="random", init_scale=0.5, seed=1309607927, eta0=0.1,
+                             eta=0.025, progress=False)
+    cert = certify_stage2_upper(ds, res.W_ov, res.W_kq, res.config.eta, res.K_star)
+    assert not cert.ok and cert.reason.startswith("(H1)")
+    assert cert.quantities["min_gap"][0] < 0

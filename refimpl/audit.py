@@ -1,4 +1,4 @@
-"""``refimpl audit``: every claim C1-C15 (docs/theory.md) evaluated on one dataset.
+"""``refimpl audit``: every claim C1-C16 (docs/theory.md) evaluated on one dataset.
 
 The audit trains Algorithm 1 with stated hyperparameters (:class:`AuditConfig`),
 then evaluates each claim of the registry :mod:`refimpl_proofs.claims` against the run.
@@ -13,7 +13,7 @@ hold; the reason is given), on every valid dataset and configuration. A FAIL is
 either certified (a bug or a finding; the command exits 1) or measured (reported,
 no exit-status change); each row says which (``failure``). The report is a
 JSON-ready dict whose schema is documented in ``docs/audit.md``
-(``schema: "refimpl/audit@5"``).
+(``schema: "refimpl/audit@6"``).
 """
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ from .progress import Progress
 from .rates import fit_exponential_rate, fit_linear_slope, fit_power_law, too_short
 from .shift import longest_chains
 from .train import TrainConfig, run_two_stage, stop_kind
-from .trajectory import attention_inert
+from .trajectory import attention_inert, record_steps
 
 __all__ = ["AuditConfig", "audit", "run_audit", "format_table", "SCHEMA", "REGIMES"]
 
@@ -46,8 +46,10 @@ __all__ = ["AuditConfig", "audit", "run_audit", "format_table", "SCHEMA", "REGIM
 # @5 = @3 plus the certified rows C12 (margin to cosine on the recorded iterates), C13 (a-priori
 #     stage-1 cosine bound), C14 (lower bound on 1 - cos from the part of W_0 NGD never moves)
 #     and C15 (finite-time generalization from zero-init stage 1; also reported in C11's row).
-SCHEMA = "refimpl/audit@5"
-CLAIM_IDS = tuple(f"C{i}" for i in range(1, 16))
+# @6 = @5 plus the certified row C16 (a-posteriori linear upper bound on the stage-2 excess after
+#     the earliest certified recorded step t0, docs/stage2_upper.md).
+SCHEMA = "refimpl/audit@6"
+CLAIM_IDS = tuple(f"C{i}" for i in range(1, 17))
 REGIMES = ("converging", "weak_stage1", "undetermined", "no_attention", "non_finite")
 PASS, FAIL, NA = "PASS", "FAIL", "NOT APPLICABLE"
 CERTIFIED, MEASURED = "certified", "measured"   # the kind of a FAIL (row["failure"])
@@ -179,7 +181,8 @@ def _direction_verdict(steps, one_minus_cos, n_steps, why_short):
 # lower bound, C11: the K* part; a FAIL of C11's measured part is a measured failure). C5 is
 # certified only from zero initialization, where C2 covers it; the audit measures C5 from a
 # random start, so its verdict is a measurement.
-CERTIFIED_VERDICTS = ("C1", "C2", "C3", "C4", "C6", "C7", "C8", "C11", "C12", "C13", "C14", "C15")
+CERTIFIED_VERDICTS = ("C1", "C2", "C3", "C4", "C6", "C7", "C8", "C11", "C12", "C13", "C14", "C15",
+                      "C16")
 
 
 # ------------------------------------------------------------------ stage 1
@@ -797,6 +800,195 @@ def _c15(ds, res, tracker, why, regime):
     return _row("C15", PASS, measured, bound, what), detail
 
 
+# ------------------------------------------------------------------ C16
+# C16: the certificate is called with the direction tolerance delta = 1e-9 of the theorem (S_delta):
+# the stored float64 steps deviate from exact NGD by ~3e-13 (measured in tests/test_stage2_bound.py),
+# and delta = 1e-9 changes the certified rate in its ninth digit only (docs/stage2_upper.md, section 5).
+C16_STEP_TOL = 1e-9
+# C16: slack in log10 when the certified bound is compared with the recorded excess. At k = 0 both
+# are the same number (the bound is the enclosure's upper end of E(K_t0), the trajectory's value is
+# an independent float64 evaluation, ~1e-12 relative); 1e-9 in log10 (2.3e-9 relative) covers that
+# rounding and is far below the bound's distance from the excess after a few steps.
+C16_TOL = 1e-9
+# C16: K is kept at the recorded stage-2 steps while their copies take at most this many bytes
+# (every recorded step for M <= 70 at the default schedule); beyond, every stride-th recorded step.
+C16_KEEP_BYTES = 256 * 2 ** 20
+C16_MAX_CALLS = 8   # certificate calls (about 1 s each at N = 200) the search for t0 may make
+
+
+class KeepStage2:
+    """Stage-2 callback: a copy of ``K_t`` at the kept recorded steps, and the C15 tracker.
+
+    Parameters
+    ----------
+    steps : int array
+        The recording schedule of stage 2 (``trajectory.record_steps``).
+    M : int
+        Vocabulary size (the copies are M x M float64).
+    tracker : callable ``(t, K)`` or None
+        Called first at every step (C15's MarginTracker).
+    max_bytes : int
+        Memory for the copies; every ``stride``-th recorded step is kept, ``stride >= 1`` the
+        smallest that fits.
+    """
+
+    def __init__(self, steps, M, tracker=None, max_bytes=C16_KEEP_BYTES):
+        steps = np.asarray(steps, dtype=np.int64)
+        per = 8 * M * M
+        self.stride = max(1, math.ceil(len(steps) * per / max_bytes)) if len(steps) else 1
+        self.want = set(int(t) for t in steps[::self.stride])
+        self.tracker = tracker
+        self.K = {}
+
+    def __call__(self, t, K):
+        if self.tracker is not None:
+            self.tracker(t, K)
+        if t in self.want:
+            self.K[int(t)] = np.array(K, dtype=np.float64, copy=True)
+
+
+def _c16_threshold_log10(ds, O, W, eta, delta):
+    """A float64 estimate of the largest ``log10 E0`` for which (H1)-(H4) of docs/stage2_upper.md
+    hold (-inf when none does). Not a certificate: it only chooses the recorded step where
+    :func:`refimpl.stage2_bound.certify_stage2_upper` (interval arithmetic) is called first; the
+    formulas are those of the theorem, section 2, evaluated in float64."""
+    N = ds.n_sentences
+    gap, hmax, hrange, rho, D, u, margins = [], [], [], [], [], [], []
+    for i in range(N):
+        toks = np.unique(ds.sentence(i))
+        if len(toks) < 2:
+            continue
+        s, y, q = int(ds.optimal[i]), int(ds.next_tokens[i]), int(ds.queries[i])
+        others = [int(v) for v in toks if v != s]
+        o = O[:, s]
+        with np.errstate(over="ignore", under="ignore"):
+            A = np.exp(o - o[y])
+        A[y] = 0.0
+        pstar = A / (1.0 + A.sum())
+        c = O[:, others] - o[:, None]                                  # (M, |U'|)
+        h = pstar @ (c - c[y][None, :])                                # h*_v, no cancellation
+        gap.append(h.min()), hmax.append(h.max()), hrange.append(h.max() - h.min())
+        rho.append(float(np.max(c.max(axis=0) - c.min(axis=0))))
+        D.append(float(W[others, q].max() - W[others, q].min()))
+        u.append(A.sum() / (1.0 + A.sum()))
+        margins.append(float(np.min(W[s, q] - W[others, q])))
+    if not gap:
+        return -math.inf
+    gap, hmax, hrange, rho, D, u = (np.asarray(v, dtype=np.float64) for v in (gap, hmax, hrange, rho, D, u))
+    mu, normW = min(margins), float(np.linalg.norm(W))
+    if not (np.all(gap > 0) and mu > 0 and normW > 0):
+        return -math.inf
+    g = math.exp(math.sqrt(2.0) * (1.0 + delta) * eta)
+
+    def holds(log_e0):
+        with np.errstate(all="ignore"):
+            eb = N * math.exp(log_e0) / gap
+            lip = u * rho * np.expm1(rho * eb)
+            hmin = gap - lip
+            if not np.all(hmin > 0):
+                return False
+            kappa = float(np.min(mu * (1 - eb) - eb * (hrange + 2 * lip) * D / (2 * hmin)))
+            eh = g * eb
+            beta = float(np.max(2 * (1 + delta) ** 2 * g * (hmax + u * rho * np.expm1(rho * eh)
+                                                             + u * rho ** 2 * eh * np.exp(rho * eh)) / gap))
+            r = (1 - delta) * kappa / normW - eta * beta / 2
+            return kappa > 0 and 0 < eta * r < 1
+
+    lo, hi = -745.0, 0.0            # natural log of E0: the smallest positive double .. 1
+    if not holds(lo):
+        return -math.inf
+    if holds(hi):
+        return 0.0
+    for _ in range(60):             # bisection to ~1e-15 in ln E0
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if holds(mid) else (lo, mid)
+    return lo / math.log(10)
+
+
+def _c16(ds, res, keep, inert):
+    """C16: the earliest recorded stage-2 step t0 from which the a-posteriori certificate
+    (docs/stage2_upper.md) holds, its rate, and the certified bound against the recorded excess.
+
+    The verdict of the certificate depends on ``K_t0`` only through the upper end of its
+    enclosure of ``E(K_t0)`` and is monotone in it (a threshold on the excess): the search
+    calls it first at the last recorded step (NOT APPLICABLE with its reason when it fails
+    there), then at the first kept step whose recorded excess is below the float64 estimate
+    of the threshold, then moves one kept step at a time (at most C16_MAX_CALLS calls in all)
+    until a certified step follows an uncertified one."""
+    from .stage2_bound import certify_stage2_upper
+    s2, eta = res.stage2, res.config.eta
+    if inert:
+        return _row("C16", NA, {}, {}, f"{inert} (no constraint, the excess is 0 for every K)")
+    n = _steps_of(s2)
+    if n == 0:
+        return _row("C16", NA, {}, {}, "stage 2 took no step: nothing after a checkpoint to bound")
+    steps = s2.step
+    Ks = dict(keep.K) if keep is not None else {}
+    Ks[int(steps[-1])] = res.W_kq
+    recorded = set(steps.tolist())
+    kept = np.array(sorted(t for t in Ks if t in recorded), dtype=np.int64)
+    calls, certs = 0, {}
+
+    def cert(t):
+        nonlocal calls
+        if t not in certs:
+            calls += 1
+            certs[t] = certify_stage2_upper(ds, res.W_ov, Ks[t], eta, res.K_star, step_tol=C16_STEP_TOL)
+        return certs[t]
+
+    start = time.perf_counter()
+    try:
+        last = cert(int(kept[-1]))
+        if not last.ok:
+            return _row("C16", NA, {"certificate_calls": calls},
+                        {}, f"no recorded step is certified (not even t = {int(kept[-1])}): {last.reason}")
+        idx = {int(t): j for j, t in enumerate(steps)}
+        log10_ex = s2.log10_excess[[idx[int(t)] for t in kept]]
+        est = _c16_threshold_log10(ds, res.W_ov, res.K_star, eta, C16_STEP_TOL)
+        below = np.flatnonzero(log10_ex <= est)
+        j = int(below[0]) if len(below) else len(kept) - 1
+        # walk to the boundary: a certified kept step j whose predecessor is not certified
+        if cert(int(kept[j])).ok:
+            while j > 0 and calls < C16_MAX_CALLS and cert(int(kept[j - 1])).ok:
+                j -= 1
+        else:
+            while j < len(kept) - 1 and calls < C16_MAX_CALLS:
+                j += 1
+                if cert(int(kept[j])).ok:
+                    break
+            if not cert(int(kept[j])).ok:          # the walk ran out of calls: the last step is certified
+                j = len(kept) - 1
+    except (ValueError, ArithmeticError, AssertionError) as exc:   # mpmath asserts on its intervals
+        return _row("C16", NA, {}, {}, f"the certificate could not be evaluated: {type(exc).__name__}: {exc}")
+    t0 = int(kept[j])
+    c = cert(t0)
+    prev = certs.get(int(kept[j - 1])) if j > 0 else None
+    after = steps >= t0
+    bound = c.log10_bound((steps[after] - t0).astype(np.int64))
+    meas = s2.log10_excess[after]
+    finite = np.isfinite(meas)
+    slack = bound - meas
+    ok = bool(np.all(slack[finite] >= -C16_TOL) and np.all(meas[~finite] == -np.inf))
+    gk = res.gamma_kq * eta
+    measured = {"t0": t0, "previous_kept_step_certified": None if prev is None else bool(prev.ok),
+                "kept_stride": keep.stride if keep is not None else None,
+                "log10_excess_at_t0": float(s2.log10_excess[idx[t0]]),
+                "final_log10_excess": float(meas[-1]),
+                "min_log10_slack": float(np.min(slack[finite])) if finite.any() else None,
+                "steps_checked": int(after.sum()), "certificate_calls": calls,
+                "seconds": time.perf_counter() - start}
+    bnd = {"rate": c.rate, "rate_per_step": c.rate_per_step, "rate_over_gamma_kq_eta": c.rate_per_step / gk,
+           "final_log10_upper": float(bound[-1]), "log10_threshold_estimate": est, "step_tol": C16_STEP_TOL}
+    bnd["rate_over_gamma_kq_eta_certified_at_T"] = last.rate_per_step / gk   # the rate a checkpoint at T gets
+    if res.config.init == "zero" and res.config.T0 >= 1:
+        bnd["rate_inf_zero_init"] = float(bounds.c16_rate_inf_zero_init(res.gamma_kq, eta))
+    what = ("excess <= E0 (1 - eta r)^(t - t0) at every recorded t >= t0, t0 the earliest recorded step "
+            "certified (interval arithmetic, docs/stage2_upper.md)")
+    if not ok:
+        return _row("C16", FAIL, measured, bnd, what, CERTIFIED)
+    return _row("C16", PASS, measured, bnd, what)
+
+
 # ------------------------------------------------------------------ driver
 def _non_finite_rows(where):
     stage, step = where
@@ -811,7 +1003,7 @@ def _phase(bar, rows, desc):
 
 
 def run_audit(ds, config=None, progress=None):
-    """Train on ``ds`` and evaluate C1-C15.
+    """Train on ``ds`` and evaluate C1-C16.
 
     Parameters
     ----------
@@ -826,7 +1018,7 @@ def run_audit(ds, config=None, progress=None):
     Returns
     -------
     dict
-        The report, schema ``refimpl/audit@5`` (docs/audit.md): 15 rows, each PASS, FAIL
+        The report, schema ``refimpl/audit@6`` (docs/audit.md): 16 rows, each PASS, FAIL
         (certified or measured) or NOT APPLICABLE with the reason; ``regime``;
         ``certified_failures`` (exit 1 when non-empty) and ``measured_failures``;
         ``stop_reason`` of the training run. A run that stops at a non-finite value gives
@@ -837,7 +1029,8 @@ def run_audit(ds, config=None, progress=None):
     tc = cfg.train_config().resolved(ds.vocab_size)
     start = time.perf_counter()
     tracker, c15_why = _c15_setup(ds, cfg)
-    res = run_two_stage(ds, tc, progress=progress, stage2_callback=tracker)
+    keep = KeepStage2(record_steps(tc.T, tc.record_dense_limit, tc.record_points), ds.vocab_size, tracker)
+    res = run_two_stage(ds, tc, progress=progress, stage2_callback=keep)
     generalization = None
     where = res.non_finite()
     if where is not None:
@@ -871,6 +1064,9 @@ def run_audit(ds, config=None, progress=None):
             _phase(bar, rows, "audit C12-C15")
             c5_ok = c5_run if c5_run.non_finite() is None else None
             rows += [_c12(ds, res, c5_ok, inert), _c13(ds, res, c5_ok), _c14(ds, res, cfg, c5_ok, inert), c15]
+            _phase(bar, rows, "audit C16 (stage-2 upper bound, interval arithmetic)")
+            rows.append(_c16(ds, res, keep, inert))
+            keep.K.clear()
             bar.update(len(rows))
     return {
         "schema": SCHEMA,
@@ -932,7 +1128,7 @@ def format_table(report):
 
 # ------------------------------------------------------------ top-level entry point
 def audit(ds, *, progress=None, **config):
-    """Train on ``ds`` and evaluate every claim C1-C15: ``refimpl audit`` as a function.
+    """Train on ``ds`` and evaluate every claim C1-C16: ``refimpl audit`` as a function.
 
     A thin wrapper over :func:`run_audit`: ``audit(ds, T0=..., T=...)`` equals
     ``run_audit(ds, AuditConfig(T0=..., T=...))``. The package attribute ``refimpl.audit``
@@ -955,8 +1151,8 @@ def audit(ds, *, progress=None, **config):
     Returns
     -------
     dict
-        The report of :func:`run_audit` (schema ``refimpl/audit@5``, docs/audit.md):
-        ``claims`` (15 rows with ``verdict``), ``regime``, ``certified_failures``,
+        The report of :func:`run_audit` (schema ``refimpl/audit@6``, docs/audit.md):
+        ``claims`` (16 rows with ``verdict``), ``regime``, ``certified_failures``,
         ``measured_failures``, ``stop_reason``, ...
 
     Raises

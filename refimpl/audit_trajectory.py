@@ -71,7 +71,7 @@ __all__ = ["audit_trajectory", "load_run", "save_checkpoints", "refimpl_checkpoi
 
 # @4 = @3 plus "source", "checks" and "checkpoints", the regime "no_stage2", and check ids
 # (NGD-1, NGD-2) in "certified_failures" (docs/audit.md). ``refimpl audit`` without
-# --trajectory writes @5 (@3 plus the rows C12-C15); this report keeps the rows C1-C11 of @3.
+# --trajectory writes @6 (@3 plus the rows C12-C16); this report keeps the rows C1-C11 of @3.
 SCHEMA = "refimpl/audit@4"
 KEYS = ("stage1_steps", "stage1_W_ov", "stage2_steps", "stage2_W_kq", "W_ov", "eta0", "eta", "embeddings")
 CHECK_IDS = ("NGD-1", "NGD-2")

@@ -321,7 +321,7 @@ def build_parser():
     _add_train_args(p)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("audit", help="check every claim C1-C15 on a dataset file",
+    p = sub.add_parser("audit", help="check every claim C1-C16 on a dataset file",
                        description="Train on FILE and evaluate every claim: PASS / FAIL / NOT APPLICABLE with "
                                    "measured numbers and bounds. Exit 0 if every certified claim holds, 1 if "
                                    "one fails, 2 on bad input.")

@@ -28,7 +28,7 @@ def default_report():
 def test_default_dataset_passes_every_certified_claim(default_report):
     rep = default_report
     assert set(rep) == TOP_KEYS and rep["schema"] == audit.SCHEMA
-    assert [r["id"] for r in rep["claims"]] == [f"C{i}" for i in range(1, 16)]
+    assert [r["id"] for r in rep["claims"]] == [f"C{i}" for i in range(1, 17)]
     for r in rep["claims"]:
         assert set(r) == ROW_KEYS
         assert r["verdict"] in (audit.PASS, audit.FAIL, audit.NA)
@@ -36,7 +36,7 @@ def test_default_dataset_passes_every_certified_claim(default_report):
             assert r["verdict"] == audit.PASS, r
     assert rep["certified_failures"] == [] and rep["regime"] == "converging"
     assert rep["measured_failures"] == []          # every measured claim is observed on the default
-    assert rep["schema"] == "refimpl/audit@5"
+    assert rep["schema"] == "refimpl/audit@6"
     json.dumps(rep, default=float)  # JSON-ready
 
 
@@ -51,9 +51,83 @@ def test_default_measured_rates_have_the_claimed_signs(default_report):
     assert 0.9 * eta < slope <= eta * (1 + 1e-9)
 
 
+def test_c16_default_run(default_report):
+    """C16 on the default run: the earliest certified recorded step is found (its predecessor is not
+    certified), the certified rate is below C8's gamma_kq (remark a of docs/stage2_upper.md) and the
+    bound lies above the recorded excess at every later recorded step."""
+    from refimpl_proofs import numeric
+    r = {x["id"]: x for x in default_report["claims"]}["C16"]
+    m, b = r["measured"], r["bound"]
+    assert r["verdict"] == audit.PASS and r["status"] == "certified a posteriori"
+    # docs/stage2_upper.md section 7: certified from 10600 on a 50-step grid, 10550 fails; the
+    # recorded schedule has steps 10551, 10571, 10591 there
+    assert 10550 < m["t0"] <= 10600 and m["previous_kept_step_certified"] is False
+    assert m["kept_stride"] == 1 and m["certificate_calls"] <= audit.C16_MAX_CALLS
+    assert 0 < b["rate_over_gamma_kq_eta"] < b["rate_over_gamma_kq_eta_certified_at_T"] < 1
+    # 0.86 gamma_kq eta at T (section 7); the E0 -> 0 rate of section 4 is above every certified rate
+    assert b["rate_over_gamma_kq_eta_certified_at_T"] == pytest.approx(0.86, abs=0.01)
+    assert b["rate"] < b["rate_inf_zero_init"]
+    assert b["final_log10_upper"] >= m["final_log10_excess"] and m["min_log10_slack"] >= -audit.C16_TOL
+    # the registry's formula agrees with the certificate's rounded-up bound (float64 vs exact rounding:
+    # 1e-9 absolute in log10 over ~9400 steps of log10(1 - eta r) ~ -4e-5)
+    eta, T = default_report["config"]["eta"], default_report["config"]["T"]
+    E0 = 10.0 ** m["log10_excess_at_t0"]
+    assert float(numeric.c16_log10_bound(E0, eta, b["rate"], T - m["t0"])) == pytest.approx(
+        b["final_log10_upper"], abs=1e-6)   # log10_excess_at_t0 is the trajectory's value, not E0
+
+
+def test_c16_short_run_not_applicable():
+    """Too few stage-2 steps: not even the last recorded step is certified; the reason is the
+    certificate's (H3: the excess is not yet below the threshold)."""
+    rep = audit.run_audit(ri.generate(), audit.AuditConfig(T0=2000, T=2000, c5_T0=200,
+                                                           generalization=False), progress=False)
+    r = {x["id"]: x for x in rep["claims"]}["C16"]
+    assert r["verdict"] == audit.NA and "(H3)" in r["detail"] and "no recorded step" in r["detail"]
+
+
+def test_c16_fails_when_the_certified_rate_is_too_fast(monkeypatch):
+    """The comparison can fail: a certificate claiming a rate of 1.5 gamma_kq (faster than C8's lower
+    bound allows) is violated by the recorded excess, a certified FAIL."""
+    import dataclasses
+
+    from refimpl import stage2_bound
+    real = stage2_bound.certify_stage2_upper
+
+    def too_fast(ds, O, K, eta, K_star=None, *, step_tol=0.0):
+        c = real(ds, O, K, eta, K_star, step_tol=step_tol)
+        if not c.ok:
+            return c
+        gk = 1.0 / np.linalg.norm(K_star)
+        return dataclasses.replace(c, rate=1.5 * gk, log10_factor=math.log10(1 - 1.5 * gk * eta))
+    monkeypatch.setattr(stage2_bound, "certify_stage2_upper", too_fast)
+    rep = audit.run_audit(ri.generate(), audit.AuditConfig(T0=2000, T=14000, c5_T0=200,
+                                                           generalization=False), progress=False)
+    r = {x["id"]: x for x in rep["claims"]}["C16"]
+    assert r["verdict"] == audit.FAIL and r["failure"] == audit.CERTIFIED and "C16" in rep["certified_failures"]
+
+
+def test_c16_thinned_checkpoints():
+    """When the copies of K at every recorded step would exceed the memory budget, every stride-th
+    recorded step is kept: t0 is then the earliest certified kept step (its kept predecessor is not
+    certified), and the bound is still compared with the excess at every recorded step after t0."""
+    from refimpl.train import TrainConfig, run_two_stage
+    from refimpl.trajectory import record_steps
+    ds = ri.generate(vocab_size=6, n_sentences=20, seed=4)
+    tc = TrainConfig(T0=300, T=3000).resolved(ds.vocab_size)
+    sched = record_steps(tc.T, tc.record_dense_limit, tc.record_points)
+    keep = audit.KeepStage2(sched, ds.vocab_size, None, max_bytes=100 * 8 * 36)   # room for 100 copies
+    res = run_two_stage(ds, tc, progress=False, stage2_callback=keep)
+    assert keep.stride > 1 and len(keep.K) <= 100
+    r = audit._c16(ds, res, keep, None)
+    m = r["measured"]
+    assert r["verdict"] == audit.PASS and m["kept_stride"] == keep.stride
+    assert m["t0"] in keep.K and m["previous_kept_step_certified"] is False
+    assert m["steps_checked"] == int(np.sum(res.stage2.step >= m["t0"]))
+
+
 def test_table_has_one_line_per_claim(default_report):
     lines = audit.format_table(default_report).splitlines()
-    assert len(lines) == 2 + 15 + 1
+    assert len(lines) == 2 + 16 + 1
     assert lines[-1] == "all certified claims hold"
 
 

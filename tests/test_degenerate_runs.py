@@ -35,7 +35,7 @@ def test_audit_explains_every_verdict(path, steps, capsys):
     assert code in (0, 1), err
     report = json.loads(out)
     claims = report["claims"]
-    assert [c["id"] for c in claims] == [f"C{k}" for k in range(1, 16)]
+    assert [c["id"] for c in claims] == [f"C{k}" for k in range(1, 17)]
     for c in claims:
         assert c["verdict"] in VERDICTS, c
         if c["verdict"] == "NOT APPLICABLE":
@@ -47,6 +47,7 @@ def test_audit_explains_every_verdict(path, steps, capsys):
         for c in claims[5:11]:                    # C6..C11 need attention
             assert c["verdict"] == "NOT APPLICABLE" and "length 1" in c["detail"], c
         assert claims[14]["verdict"] == "NOT APPLICABLE"          # C15 too (stage 1 rows C12-C14 may apply)
+        assert claims[15]["verdict"] == "NOT APPLICABLE" and "length 1" in claims[15]["detail"]   # C16
 
 
 @pytest.mark.parametrize("path", DEGENERATE, ids=lambda p: p.stem)

@@ -90,7 +90,7 @@ def flatten_report(report):
     Parameters
     ----------
     report : dict
-        A report of :func:`refimpl.audit.run_audit` (schema ``refimpl/audit@3``).
+        A report of :func:`refimpl.audit.run_audit` (schema ``refimpl/audit@6``).
 
     Returns
     -------

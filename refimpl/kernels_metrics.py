@@ -28,15 +28,18 @@ bit for bit, ties included.
 *Excess*: with ``c = max_{v != y} b_v``, ``eb_v = exp(b_v - c)`` and
 ``log1p_s = log(1 + sum_v exp(b_v))`` (per distinct pair (x*, y): an O(M^2) table, never
 (N, M)), a sentence whose floor is the perfect-attention vertex and whose ``max delta <= 30``
-takes ``log R = c + log(sum_v eb_v expm1(delta_v)) - log1p_s`` and
+has ``R = (S - S*) / (1 + S*) = e^{c - log1p_s} sum_v eb_v expm1(delta_v)`` and
+``loss_i - floor_i = log1p(R)``: computed as that value while ``R >= 1e-280`` (one libm call),
+else in log space, ``log R = c + log(sum_v eb_v expm1(delta_v)) - log1p_s`` and
 ``log(loss_i - floor_i) = log R`` below ``log R = -40``, else ``log(log1p(e^{log R}))``;
 any other sentence takes ``log(loss_i - floor_i) = l_i + log(-expm1(f_i - l_i))`` from its
 log-loss ``l_i = log(log1p(e^a))`` (``a + log1p(-e^a / 2)`` for ``a < -20``),
 ``a = log sum_{v != y} exp(b_v + delta_v)``, and its log-floor ``f_i``. A sentence with no
-positive excess contributes 0. ``log(L - L_floor) = logsumexp_i(log x_i) - log N``.
+positive excess contributes 0. ``log(L - L_floor) = log(sum_i x_i) - log N``, the sum taken
+as ``top + log(sum_i e^{log x_i - top})`` over the values and the logarithms together.
 These are the formulas of ``ExcessLoss.reference``; they differ from it only in rounding
-(``expm1`` and ``exp`` here are polynomials, <= 2 ulp in the normal range; sums are in a
-fixed order).
+(``exp`` and ``expm1`` here are polynomials, <= 2 and <= 3 ulp in the normal range; sums are
+in a fixed order; ``tests/test_metrics_fused.py`` states the agreement).
 
 Parallelism: sentences are split into fixed chunks under ``prange``; each sentence's values
 depend on that sentence only and the sums over sentences run afterwards in index order, so

@@ -41,6 +41,7 @@ from .data import ensure_valid
 from .errors import ConfigError
 from .maxmargin import stage2_floor, w_kq_star, w_ov_star
 from .progress import Progress
+from .kernels_math import sumsq4
 from .kernels_metrics import matrix_metrics
 from .trajectory import (JOINT_COLUMNS, STAGE1_COLUMNS, STAGE2_COLUMNS, ExcessLoss, LogitAccuracy, Trajectory,
                          attention_constraints, attention_margin, record_steps, stage1_metrics, stage2_metrics)
@@ -279,8 +280,14 @@ COMPLETED, ZERO_GRADIENT, NON_FINITE = "completed", "zero_gradient", "non-finite
 _NORM_SAFE = 1e150
 
 
+def _fro(W):
+    """||W||_F by a compiled fixed-order sum: np.linalg.norm calls a threaded BLAS dot whose
+    pool then spins against the kernel's threads for the first steps of the loop."""
+    return math.sqrt(sumsq4(W))
+
+
 def _norms_finite(Ws):
-    return all(math.isfinite(float(np.linalg.norm(W))) for W in Ws)
+    return all(math.isfinite(_fro(W)) for W in Ws)
 
 
 def stop_kind(reason):
@@ -309,7 +316,7 @@ def _ngd(iterates, eta, T, sched, evaluate, record, bar, base, callback=None):
     computed only once it exceeds ``_NORM_SAFE``, which takes a huge eta). NumPy floating-point
     warnings are silenced inside the loop: a non-finite value is reported as a stop reason.
     """
-    radius = max(float(np.linalg.norm(it.W)) for it in iterates)
+    radius = max(_fro(it.W) for it in iterates)
     sched = np.asarray(sched, dtype=np.int64).tolist()   # Python ints: an int compare per step
     k = 0
     with np.errstate(all="ignore"):

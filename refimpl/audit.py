@@ -42,7 +42,8 @@ __all__ = ["AuditConfig", "audit", "run_audit", "format_table", "SCHEMA", "REGIM
 #     log10 quantities (log10_c8, min_vertex_gap_sign / min_vertex_gap_log10); C11 FAILs
 #     (measured) when the trained model's closure accuracy at T is below 1; fits over fewer
 #     than 100 steps are NOT APPLICABLE. See docs/audit.md.
-# @4 is the trajectory audit's (refimpl.audit_trajectory: @3 plus its own keys, rows C1-C11).
+# @4 is the trajectory audit's (refimpl.audit_trajectory: @3 plus its own keys, rows C1-C11); @7 is
+#     @4 plus the row C16.
 # @5 = @3 plus the certified rows C12 (margin to cosine on the recorded iterates), C13 (a-priori
 #     stage-1 cosine bound), C14 (lower bound on 1 - cos from the part of W_0 NGD never moves)
 #     and C15 (finite-time generalization from zero-init stage 1; also reported in C11's row).

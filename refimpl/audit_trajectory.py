@@ -1,4 +1,4 @@
-"""``refimpl audit FILE --trajectory RUN.npz``: the claims C1-C11 on checkpoints of a run made elsewhere.
+"""``refimpl audit FILE --trajectory RUN.npz``: the claims C1-C11 and C16 on checkpoints of a run made elsewhere.
 
 Someone who trains the model in their own framework saves checkpoints of Algorithm 1
 (stage-1 ``W_ov``, stage-2 ``W_kq``, in embedding space) with the step sizes they
@@ -71,8 +71,10 @@ __all__ = ["audit_trajectory", "load_run", "save_checkpoints", "refimpl_checkpoi
 
 # @4 = @3 plus "source", "checks" and "checkpoints", the regime "no_stage2", and check ids
 # (NGD-1, NGD-2) in "certified_failures" (docs/audit.md). ``refimpl audit`` without
-# --trajectory writes @6 (@3 plus the rows C12-C16); this report keeps the rows C1-C11 of @3.
-SCHEMA = "refimpl/audit@4"
+# --trajectory writes @6 (@3 plus the rows C12-C16); this report keeps the rows C1-C11 of @3 and adds C16.
+# @7 = @4 plus the row C16 after C11 (the a-posteriori stage-2 upper bound from the checkpoints).
+SCHEMA = "refimpl/audit@7"
+CLAIM_IDS = [f"C{i}" for i in range(1, 12)] + ["C16"]
 KEYS = ("stage1_steps", "stage1_W_ov", "stage2_steps", "stage2_W_kq", "W_ov", "eta0", "eta", "embeddings")
 CHECK_IDS = ("NGD-1", "NGD-2")
 _EMBEDDING_TOL = 1e-12       # max |E^T E - I|, as model.check_orthonormal (theory code needs E^T E = I)
@@ -595,8 +597,22 @@ def _run_view(stage1, stage2, eta0, eta, init, common):
                            stop_reason={"stage1": "completed", "stage2": "completed"}, **common)
 
 
+def _c16(ds, r, s2, init, K_star, gamma_kq, inert):
+    """C16 from the stage-2 checkpoints: :func:`refimpl.audit._c16` with every checkpoint kept
+    (the certificate is called at checkpoints only; ``t0`` is the earliest certified one)."""
+    if s2 is None:
+        return _na("C16", "the file has no stage-2 checkpoints")
+    if r.eta is None:
+        return _na("C16", "no declared eta: the certified rate is a rate per step of size eta")
+    T0 = int(r.stage1_steps[-1]) if r.stage1_steps is not None else 0
+    view = SimpleNamespace(stage2=s2, config=SimpleNamespace(eta=r.eta, init=init, T0=T0), W_ov=r.W_ov,
+                           W_kq=r.stage2_K[-1], K_star=K_star, gamma_kq=gamma_kq)
+    keep = SimpleNamespace(K={int(t): K for t, K in zip(r.stage2_steps, r.stage2_K)}, stride=1)
+    return au._c16(ds, view, keep, inert)
+
+
 def audit_trajectory(ds, run):
-    """Evaluate the claims C1-C11 on checkpoints of a run made elsewhere.
+    """Evaluate the claims C1-C11 and C16 on checkpoints of a run made elsewhere.
 
     Parameters
     ----------
@@ -609,8 +625,8 @@ def audit_trajectory(ds, run):
     Returns
     -------
     dict
-        The report, schema ``refimpl/audit@4``: the keys of ``refimpl audit``'s report (11 claim
-        rows with the same verdict rules, ``regime``, ``certified_failures`` (exit 1 when
+        The report, schema ``refimpl/audit@7``: the keys of ``refimpl audit``'s report (12 claim
+        rows C1-C11, C16 with the same verdict rules, ``regime``, ``certified_failures`` (exit 1 when
         non-empty), ``measured_failures``, ``generalization``) plus ``"source": "trajectory"``,
         ``checks`` (the NGD step-length rows ``NGD-1``, ``NGD-2``, certified: a FAIL is listed in
         ``certified_failures``) and ``checkpoints`` (counts, first and last steps, and
@@ -710,7 +726,8 @@ def audit_trajectory(ds, run):
         checkpoints = (r.W_ov, [(int(t), K) for t, K in zip(r.stage2_steps, r.stage2_K)])
         row, generalization = au._c11(ds, absolute, regime, inert, run=checkpoints)
         rows.append(row)
-    assert [row["id"] for row in rows] == [f"C{i}" for i in range(1, 12)]
+    rows.append(_c16(ds, r, s2, init, K_star, common["gamma_kq"], inert))
+    assert [row["id"] for row in rows] == CLAIM_IDS
 
     stage1_dir = None if s1 is None else kernels.Stage1Direction(ds.colloc_tokens, ds.colloc_next, M)
     stage2_dir = None if s2 is None else kernels.Stage2Direction(r.W_ov, ds.flat_tokens, ds.lengths,
@@ -765,7 +782,7 @@ def format_table(report):
     -------
     str
         A header line (the run, M, N, d, the declared step sizes, the last step of each stage,
-        the initialization, the regime), the column line, one line per claim C1-C11 and per NGD
+        the initialization, the regime), the column line, one line per claim C1-C11, C16 and per NGD
         step-length check as in :func:`refimpl.audit.format_table` (nothing shortened; the
         reason after ``--`` for a row that is not PASS), and the summary line.
     """

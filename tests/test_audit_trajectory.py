@@ -19,7 +19,7 @@ from refimpl.cli import main
 
 DATA = Path(__file__).parent / "data"
 SMALL = DATA / "valid_small.json"
-CLAIMS = [f"C{i}" for i in range(1, 12)]
+CLAIMS = [f"C{i}" for i in range(1, 12)] + ["C16"]
 
 
 def by_id(report):
@@ -244,7 +244,7 @@ def test_random_embeddings_d_above_m(tmp_path, capsys):
     code, out, err = cli(capsys, ["audit", str(SMALL), "--trajectory", str(path), "--json"])
     assert code == 0, err
     rep = json.loads(out)
-    assert rep["schema"] == SCHEMA == "refimpl/audit@4" and rep["source"] == "trajectory"
+    assert rep["schema"] == SCHEMA == "refimpl/audit@7" and rep["source"] == "trajectory"
     assert rep["config"]["d"] == 9 and rep["config"]["embeddings"] == "given"
     assert rep["certified_failures"] == [] and rep["regime"] == "converging"
 
@@ -252,7 +252,7 @@ def test_random_embeddings_d_above_m(tmp_path, capsys):
 def test_table_lists_claims_then_checks(small, small_run):
     from refimpl.audit_trajectory import format_table
     lines = format_table(audit_trajectory(small, small_run)).splitlines()
-    assert len(lines) == 2 + 11 + 2 + 1
+    assert len(lines) == 2 + 12 + 2 + 1
     assert lines[0].startswith("refimpl audit --trajectory")
     assert [ln.split()[0] for ln in lines[2:-1]] == CLAIMS + ["NGD-1", "NGD-2"]
     assert lines[-1] == "all certified claims hold"
@@ -354,3 +354,20 @@ def test_save_checkpoints_writes_the_schema(small, tmp_path):
     assert ri.save_checkpoints is save_checkpoints
     # ri.audit_trajectory (the package attribute: the module, callable) runs the audit
     assert ri.audit_trajectory(small, path)["claims"][0]["verdict"] == au.PASS
+
+
+def test_c16_from_checkpoints():
+    """C16 from the checkpoints of refimpl's own run (the trainer's recording schedule, the same
+    iterates bit for bit) finds the t0 and rate of ``refimpl audit``; without stage-2 checkpoints it
+    is NOT APPLICABLE."""
+    ds = ri.generate(vocab_size=6, n_sentences=20, seed=4)
+    cfg = au.AuditConfig(T0=300, T=3000, c5_T0=300, generalization=False)
+    a = by_id(au.run_audit(ds, cfg, progress=False))["C16"]
+    run = refimpl_checkpoints(ds, cfg)
+    b = by_id(audit_trajectory(ds, run))["C16"]
+    assert a["verdict"] == b["verdict"] == au.PASS
+    assert b["measured"]["t0"] == a["measured"]["t0"] and b["bound"]["rate"] == a["bound"]["rate"]
+    assert b["measured"]["steps_checked"] == a["measured"]["steps_checked"]
+    del run["stage2_steps"], run["stage2_W_kq"]
+    c = by_id(audit_trajectory(ds, run))["C16"]
+    assert c["verdict"] == au.NA and "no stage-2 checkpoints" in c["detail"]

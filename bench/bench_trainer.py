@@ -16,9 +16,9 @@ of one run, found first by ``stage2_replay``):
   at S (all 100 windows, so the totals are the whole run's) and T = 300 at L, where the
   default schedule records every step (T <= record_dense_limit = 2000);
 * ``dense``: every step (``record_dense_limit >= T``);
-* ``sparse``: one row per block (B steps), close to the mean density of the default
-  schedule at T = 20000 (1604 rows: 8.0%); at L this stands in for that schedule, whose
-  20000-step run would take minutes per pass;
+* ``sparse``: one row per block of B steps; at L (B = 12: 8.3%) this is the mean density of
+  the default schedule at T = 20000 (1603 rows: 8.0%) and stands in for it, whose
+  20000-step run would take minutes per pass (at S, B = 200: 0.5%);
 * ``none``: no row (the bare loop overhead of ``_ngd``).
 
 Timing (bench/README.md, "How it times"): the machine is noisy, so every round runs one

@@ -30,7 +30,8 @@ of the machine running out of memory; the default 0 sets no cap).
 
 After training, the generation target runs in a child process of its own (its own peak RSS):
 ``generate(vocab_size=--gen-M, n_sentences=N)`` with the same lengths (default M = 50000;
-``--gen-M 0`` skips it).
+``--gen-M 0`` skips it); its peak is the child's ``VmHWM`` (Linux), since ``ru_maxrss`` of a
+process started from this one reports this process's peak.
 
 Usage::
 
@@ -85,6 +86,20 @@ def _peak_mib(who=resource.RUSAGE_SELF):
     return resource.getrusage(who).ru_maxrss * _KIB / 2 ** 20
 
 
+def _own_peak_mib():
+    """This process's own peak RSS: ``VmHWM`` of /proc/self/status where there is one (reset by
+    exec; ``ru_maxrss`` of a child started from a large process reports the parent's peak), else
+    ``ru_maxrss``."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return _peak_mib()
+
+
 def _generate_child(M, N, lo, hi, seed):
     """Generation alone in this (child) process: one JSON line with seconds and peak RSS."""
     ri.generate(20, 10)                                     # imports and first calls out of the timing
@@ -92,7 +107,7 @@ def _generate_child(M, N, lo, hi, seed):
     ds = ri.generate(vocab_size=M, n_sentences=N, min_len=lo, max_len=hi, seed=seed, progress=False)
     wall, cpu = time.perf_counter() - t, time.process_time() - c
     print(json.dumps({"M": M, "N": N, "tokens": int(ds.offsets[-1]), "wall_s": wall, "cpu_s": cpu,
-                      "peak_mib": _peak_mib()}))
+                      "peak_mib": _own_peak_mib()}))
 
 
 def _train(ds, args, times, cpu):

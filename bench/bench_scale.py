@@ -38,6 +38,7 @@ Usage::
     python bench/bench_scale.py                      # M = 5000, N = 2e5, lengths 2..6, T0 = T = 100
     python bench/bench_scale.py --kernels            # phases alone (steps without the metrics)
     python bench/bench_scale.py -M 2000 --profile    # also a cProfile of the training call
+    python bench/bench_scale.py --kernels --compare-step 3   # one stage-2 step, dense vs structured
     python bench/bench_scale.py --workers 2          # W_kq* columns on 2 processes
 """
 from __future__ import annotations
@@ -153,7 +154,37 @@ def _kernels(ds, args, times, cpu):
     reason2 = phase("stage 2", train_mod.stage2_replay, ds, O, np.zeros((M, M)), cfg.eta, args.T,
                     lambda t_, K: None)
     print(f"floor: log10 {floor[1]:.6f}, vertex optimal for all sentences: {bool(floor[2].all())}")
+    if args.compare_step > 0:
+        _compare_step(ds, O, args.compare_step)
     return {"stage1": reason1, "stage2": reason2}, time.perf_counter() - t, _cpu() - c
+
+
+def _compare_step(ds, O, n):
+    """Seconds of one stage-2 direction (Stage2Direction.direction) on the dense and on the
+    structured path, at K = 0 and at n - 1 random K of Frobenius norm 10, with the largest
+    entrywise difference of the directions relative to their largest entry."""
+    from refimpl import kernels
+    M = ds.vocab_size
+    rng = np.random.default_rng(1)
+    Ks = [np.zeros((M, M))] + [rng.standard_normal((M, M)) * (10.0 / M) for _ in range(n - 1)]
+    out = {}
+    for name, flag in (("structured", None), ("dense", False)):
+        t = time.perf_counter()
+        sd = kernels.Stage2Direction(O, ds.flat_tokens, ds.lengths, ds.next_tokens, structured=flag)
+        prep = time.perf_counter() - t
+        sd.direction(Ks[0])                                 # compilation and start-up out of the timing
+        res, secs = [], []
+        for K in Ks:
+            t, c = time.perf_counter(), _cpu()
+            res.append(sd.direction(K))
+            secs.append((time.perf_counter() - t, _cpu() - c))
+        out[name] = res
+        print(f"stage-2 direction, {name} (in use: {'structured' if sd.structured else 'dense'}): prepare "
+              f"{prep:.2f} s; per call " + ", ".join(f"{w:.3f} s wall / {c:.3f} s CPU" for w, c in secs), flush=True)
+    for k, (a, b) in enumerate(zip(out["structured"], out["dense"])):
+        rel = float(np.abs(a[0] - b[0]).max() / max(np.abs(b[0]).max(), 1e-300))
+        print(f"  K #{k}: max |D_s - D_d| / max |D_d| = {rel:.2e}; norm {a[1]:.17g} vs {b[1]:.17g}; "
+              f"loss {a[3]:.17g} vs {b[3]:.17g}")
 
 
 def main(argv=None):
@@ -169,6 +200,8 @@ def main(argv=None):
                     help="processes for the W_kq* columns (default: refimpl's choice)")
     ap.add_argument("--kernels", action="store_true",
                     help="time the phases alone (stage steps without the recorded metrics), not train_two_stage")
+    ap.add_argument("--compare-step", type=int, default=0,
+                    help="with --kernels: time this many stage-2 directions on the dense and the structured path")
     ap.add_argument("--gen-M", type=int, default=50_000,
                     help="vocabulary of the generation target run in a child process (0: skip)")
     ap.add_argument("--rlimit-gib", type=float, default=0.0, help="address-space cap in GiB (0: none)")

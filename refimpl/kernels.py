@@ -49,6 +49,7 @@ from numba import njit
 
 from .checks import check_padded, check_square, check_token_problem, check_tokens, check_weights
 from .errors import ConfigError, SentenceInputError, ShapeError
+from . import kernels_sparse
 from .kernels_chunk import _drive_parallel, _drive_serial
 from .kernels_math import scaled, sumsq4
 from .kernels_np import (attention_np, joint_grad_np, logits_np, normalize_np,  # noqa: F401 (twins)
@@ -387,20 +388,117 @@ class Stage2Direction:
     lengths, ys : int64 (N,); O^T and the integer arrays are converted here, not per step.
     ``direction(K)`` returns (D (M, M), norm, log_scale, loss, log10_loss) with
     D = GKs / ||GKs||_F, GKs the scale-free dL/dK of :func:`stage2_grad` (same bits as
-    ``normalize(stage2_grad(...)[0])``), norm = ||GKs||_F; D is zero and norm 0.0 when the
-    gradient vanishes exactly. This is the per-step path of the trainer and of
-    ``bench/bench_step.py``. When the problem is chunked (:func:`n_chunks` > 1) each call
+    ``normalize(stage2_grad(...)[0])`` on the dense path), norm = ||GKs||_F; D is zero and
+    norm 0.0 when the gradient vanishes exactly. This is the per-step path of the trainer and
+    of ``bench/bench_step.py``. When the problem is chunked (:func:`n_chunks` > 1) each call
     runs the chunks serially or on Numba's threads, whichever this object has timed faster
     (``REFIMPL_THREADS``, :class:`_Chooser`); the bits are the same either way.
+
+    Structured path. When every column of O is a constant except at a few rows, detected
+    bitwise (:func:`refimpl.kernels_sparse.detect`: at most ``_STRUCT_MAX_PER_COLUMN`` (8)
+    exceptions in a column and ``_STRUCT_MAX_MEAN`` (4) per column on average) -- as after
+    stage 1 from zero initialisation, where O[:, x] = a (e_{n(x)} - 1/M) -- the logits,
+    log-sum-exp and g_l = O[:, x_l]^T (p - e_y) are formed from the constants and the
+    exceptions (O(L + exceptions) per sentence instead of O(L M); the formulas are in
+    :mod:`refimpl.kernels_sparse`). The result equals the dense one up to rounding: the sum
+    over v != y of e^{z_v - zmax} is formed as (M - |S|) e^{base - zmax} + sum_S, and g_l as its
+    exact sparse value (the dense dot product rounds at ~M eps |c_x| sum_v p_v);
+    ``tests/test_kernels_sparse.py`` states the agreement.
+
+    Parameters
+    ----------
+    O : float64 (M, M)
+    tokens : int64 (N, Lmax) padded or (T,) flat
+    lengths, ys : int64 (N,)
+    chunks : int, optional
+        Overrides :func:`n_chunks` (dense path; given, the structured path is not used).
+    structured : bool or None, optional
+        None (default): the structured path when O has the structure and M >= 256 (below, the
+        dense kernel is cheap and keeps the bits of :func:`stage2_grad`); True: whenever O has
+        the structure (any M); False: always dense. The attribute ``structured`` says which
+        path is in use.
     """
 
-    def __init__(self, O, tokens, lengths, ys, *, chunks=None):
+    def __init__(self, O, tokens, lengths, ys, *, chunks=None, structured=None):
         O, _ = check_token_problem(O, None, tokens, lengths, ys, need_k=False)   # once, not per step
-        self._p = _Prepared(O, tokens, lengths, ys, 1, chunks)
+        self._s = None
+        M = O.shape[0]
+        if chunks is None and structured is not False and (structured or M >= _STRUCT_MIN_M) and M >= 2:
+            self._s = _Structured.build(O, tokens, lengths, ys)
+        self.structured = self._s is not None
+        self._p = None if self.structured else _Prepared(O, tokens, lengths, ys, 1, chunks)
 
     def direction(self, K):
+        if self._s is not None:
+            return self._s.direction(K)
         _, D, log_scale, loss, log10_loss, norm = self._p.drive(K, False, True, True)
         return D, norm, log_scale, loss, log10_loss   # norm >= 0 with unit=True
+
+
+_STRUCT_MIN_M = 256          # automatic structured path from this vocabulary size on
+_STRUCT_MAX_MEAN = 4         # at most this many exceptions per column on average ...
+_STRUCT_MAX_PER_COLUMN = 8   # ... and in any one column (bounds the per-sentence special set)
+
+
+def structure(O, min_m=2):
+    """The column-constant + exceptions form of O (:func:`refimpl.kernels_sparse.detect`) when it
+    is worth using, else None.
+
+    O : float64 (M, M), finite. Used when M >= ``min_m``, every column has at most
+    ``_STRUCT_MAX_PER_COLUMN`` exceptions and all columns together at most
+    ``_STRUCT_MAX_MEAN * M``. Returns ``(cst, eoff, erow, evals, edif)`` or None.
+    """
+    O = np.ascontiguousarray(O, dtype=np.float64)
+    M = O.shape[0]
+    if M < max(min_m, 2):
+        return None
+    rep = kernels_sparse.detect(O, _STRUCT_MAX_MEAN * M)
+    if rep is None or int(np.diff(rep[1]).max(initial=0)) > _STRUCT_MAX_PER_COLUMN:
+        return None
+    return rep
+
+
+class _Structured:
+    """The structured stage-2 problem (:mod:`refimpl.kernels_sparse`): the column constants
+    and exceptions of O, the ragged sentences, their (key, query) pairs and a driver chooser."""
+
+    @classmethod
+    def build(cls, O, tokens, lengths, ys):
+        """A prepared structured problem, or None when O lacks the structure."""
+        rep = structure(O)
+        if rep is None:
+            return None
+        M = rep[0].shape[0]
+        kmax = int(np.diff(rep[1]).max(initial=0))
+        self = cls()
+        self.M = M
+        self.rep = rep
+        self.kmax = max(kmax, 1)
+        self.flat, self.offsets, self.Lmax = ragged(tokens, lengths)
+        self.ys = np.ascontiguousarray(ys, dtype=np.int64).ravel()
+        N = len(self.offsets) - 1
+        if len(self.ys) != N:
+            raise ShapeError(f"{N} sentences but {len(self.ys)} next tokens")
+        self.pairs, self.slot = kernels_sparse.pair_slots(self.flat, self.offsets, M)
+        self.nc = kernels_sparse.sparse_chunks(N, len(self.flat))
+        self.chooser = _Chooser("serial" if self.nc == 1 else _threads_mode())
+        return self
+
+    def direction(self, K):
+        """(D (M, M), norm, log_scale, loss, log10_loss), as :meth:`Stage2Direction.direction`."""
+        K = np.ascontiguousarray(K, dtype=np.float64)
+        M = self.M
+        if K.shape != (M, M):
+            raise ShapeError(f"K must have shape {(M, M)}, got {K.shape}")
+        vals = np.empty(len(self.pairs))
+        cst, eoff, erow, evals, edif = self.rep
+        log_scale, loss, log10_loss, norm = self.chooser.run(
+            kernels_sparse.DRIVERS,
+            (cst, eoff, erow, evals, edif, K, self.flat, self.offsets, self.ys, self.slot, self.pairs,
+             self.Lmax, self.kmax, self.nc, vals))
+        D = np.zeros((M, M))
+        kernels_sparse.scatter(self.pairs, vals, D)
+        return D, float(norm), float(log_scale), float(loss), float(log10_loss)
 
 
 @njit(**_OPTS)

@@ -55,9 +55,10 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from .kernels_math import as_bits, exp_scalar, exp_shifted, fma, from_bits, max4, sum4
+from .kernels_math import _EXP_MIN, _exp_reduced, as_bits, exp_scalar, exp_shifted, fma, from_bits, max4, sum4
+from .kernels_sparse import _entry
 
-__all__ = ["excess_accuracy", "logit_accuracy", "colloc_margins", "matrix_metrics", "constraint_margin",
+__all__ = ["excess_accuracy", "excess_accuracy_structured", "logit_accuracy", "colloc_margins", "matrix_metrics", "constraint_margin",
            "metric_chunks"]
 
 _OPTS = dict(cache=True, fastmath=False, nogil=True, boundscheck=False, error_model="numpy")
@@ -384,6 +385,235 @@ def excess_accuracy(OT, KT, tokens, offsets, ys, xstar, pair, EB, cpair, l1s, ec
     drive = _excess_serial if nc == 1 else _excess_parallel
     ex, l10, n_ok = drive(OT, KT, tokens, offsets, ys, xstar, pair, EB, cpair, l1s, ecl, vertex, log_floor, tie,
                           Lmax, nc, lx, xv, correct)
+    return float(ex), float(l10), int(n_ok)
+
+
+# ===================================================================== stage 2, structured O
+# O as column constants plus a few exceptions (refimpl.kernels_sparse.detect): column x is
+# cst[x] except at rows erow[eoff[x]:eoff[x + 1]] (values evals). Per sentence the rows outside
+# S = {y} + E_{x*} + (exceptions of the sentence's tokens) all share one value of dz, delta, z - z_y
+# and eb (the "rest", n_rest = M - |S| rows), so every sum over v is n_rest times that value plus
+# |S| terms; each value is formed by the operations of _excess_chunk (the same bits), and only
+# the order of the sums over v differs (a product for the rest instead of n_rest additions).
+@njit(**_INLINE)
+def _exact_correct_s(cst, eoff, erow, evals, KT, tokens, off, L, y, ph, srows, ns, n_rest):
+    """:func:`_exact_correct` on the structure: z_v for v in S (srows[:ns], srows[0] = y) and the
+    one value of the rest, each formed as kernels.logits forms it."""
+    _attention(KT, tokens, off, L, tokens[off + L - 1], ph)
+    zr = 0.0
+    for l in range(L):
+        zr += ph[l] * cst[tokens[off + l]]
+    top = zr if n_rest > 0 else -np.inf
+    zy = 0.0
+    for k in range(ns):
+        v = srows[k]
+        zv = 0.0
+        for l in range(L):
+            zv += ph[l] * _entry(cst, eoff, erow, evals, tokens[off + l], v)
+        if k == 0:
+            zy = zv
+        elif zv > top:
+            top = zv
+    return zy > top
+
+
+@njit(_nrt=False, **_OPTS)
+def _excess_chunk_s(cst, eoff, erow, evals, KT, tokens, offsets, ys, xstar, pair, EB, cpair, l1s, ecl, vertex,
+                    log_floor, tie, lo, hi, lx, xv, correct, mark, dzr, srows, ph, nt):
+    """:func:`_excess_chunk` for a structured O. mark int64 (M,) (initially -1), dzr (M,):
+    per-row scratch; srows int64 (>= 1 + (Lmax + 1) kmax,), ph (Lmax,), nt int64 (Lmax,)."""
+    M = cst.shape[0]
+    for i in range(lo, hi):
+        off = offsets[i]
+        L = offsets[i + 1] - off
+        q = tokens[off + L - 1]
+        y = ys[i]
+        xs = xstar[i]
+        xv[i] = 0.0
+        smax = -np.inf
+        for l in range(L):
+            smax = max(smax, KT[q, tokens[off + l]])
+        tot = 0.0
+        n = 0
+        for l in range(L):
+            x = tokens[off + l]
+            e = exp_scalar(KT[q, x] - smax)
+            tot += e
+            if x != xs:
+                ph[n] = e
+                nt[n] = x
+                n += 1
+        sphi = 0.0
+        for j in range(n):
+            ph[j] /= tot
+            sphi += ph[j]
+        # ---- the special rows: y, the exceptions of x*, of the other tokens (and of x* again below)
+        ns = 1
+        srows[0] = y
+        mark[y] = i
+        for j in range(-1, n):
+            x = xs if j < 0 else nt[j]
+            for k in range(eoff[x], eoff[x + 1]):
+                v = erow[k]
+                if mark[v] != i:
+                    mark[v] = i
+                    srows[ns] = v
+                    ns += 1
+        n_rest = M - ns
+        # ---- dz on S and on the rest: -sphi O[v, x*], then one fma per other position (the dense order)
+        cxs = cst[xs]
+        if n == 0:
+            dz_rest = 0.0
+            for k in range(ns):
+                dzr[srows[k]] = 0.0
+        else:
+            dz_rest = -sphi * cxs
+            for j in range(n):
+                dz_rest = fma(ph[j], cst[nt[j]], dz_rest)
+            for k in range(ns):
+                v = srows[k]
+                d = -sphi * _entry(cst, eoff, erow, evals, xs, v)
+                for j in range(n):
+                    d = fma(ph[j], _entry(cst, eoff, erow, evals, nt[j], v), d)
+                dzr[v] = d
+        dzy = dzr[y]
+        zsy = _entry(cst, eoff, erow, evals, xs, y)
+        d_rest = dz_rest - dzy
+        z_rest = (cxs - zsy) + d_rest
+        dmax = d_rest if n_rest > 0 else -np.inf
+        mz = z_rest if n_rest > 0 else -np.inf
+        for k in range(ns):                       # dzr[v] <- delta_v; z_v - z_y kept only for the max
+            v = srows[k]
+            d = dzr[v] - dzy
+            dzr[v] = d
+            dmax = d if d > dmax else dmax
+            if k > 0:
+                zv = (_entry(cst, eoff, erow, evals, xs, v) - zsy) + d
+                mz = zv if zv > mz else mz
+        if abs(mz) > tie * (L + 2) and tot < np.inf:
+            correct[i] = 1 if mz < 0.0 else 0
+        else:
+            correct[i] = 1 if _exact_correct_s(cst, eoff, erow, evals, KT, tokens, off, L, y, ph, srows, ns,
+                                               n_rest) else 0
+        # ---- log(loss_i - floor_i)
+        if vertex[i] and dmax <= _DIRECT:
+            if n == 0:
+                lx[i] = -np.inf
+                continue
+            p = pair[i]
+            num = 0.0
+            for k in range(1, ns):
+                v = srows[k]
+                num += EB[p, v] * _expm1(dzr[v])
+            if n_rest > 0:
+                r = 0                             # a row of the rest (eb is the same on all of them)
+                while mark[r] == i:
+                    r += 1
+                num = fma(float(n_rest), EB[p, r] * _expm1(d_rest), num)
+            R = num * ecl[p]
+            if R >= _ECL_MIN and R < np.inf:
+                xv[i] = math.log1p(R)
+                lx[i] = -np.inf
+            elif num > 0.0:
+                log_r = (cpair[p] + math.log(num)) - l1s[p]
+                if log_r < _LOG_TINY:
+                    lx[i] = log_r
+                else:
+                    lx[i] = math.log(math.log1p(math.exp(min(log_r, 700.0))))
+            else:
+                lx[i] = -np.inf
+        else:
+            # _log_loss over D_v = z_v - z_y, v != y: the rest is one value n_rest times
+            amax = z_rest if n_rest > 0 else -np.inf
+            for k in range(1, ns):
+                v = srows[k]
+                zv = (_entry(cst, eoff, erow, evals, xs, v) - zsy) + dzr[v]
+                dzr[v] = zv
+                amax = zv if zv > amax else amax
+            m = 0.0
+            rest = 0.0
+            if n_rest > 0:
+                if z_rest == amax:
+                    m += n_rest
+                else:
+                    xx = z_rest - amax
+                    e = _exp_reduced(xx if xx > _EXP_MIN else _EXP_MIN)
+                    rest = n_rest * (e if xx > _EXP_MIN else 0.0)
+            for k in range(1, ns):
+                zv = dzr[srows[k]]
+                if zv == amax:
+                    m += 1.0
+                else:
+                    xx = zv - amax
+                    e = _exp_reduced(xx if xx > _EXP_MIN else _EXP_MIN)
+                    rest += e if xx > _EXP_MIN else 0.0
+            a = (math.log1p(rest / m) + math.log(m)) + amax
+            if a < -20.0:
+                ll = a + math.log1p(-math.exp(a) / 2.0)
+            else:
+                ll = math.log(_logaddexp0(a))
+            lf = log_floor[i]
+            if ll > lf:
+                lx[i] = ll + math.log(-math.expm1(min(lf - ll, 0.0)))
+            else:
+                lx[i] = -np.inf
+
+
+@njit(**_OPTS)
+def _run_excess_s(cst, eoff, erow, evals, KT, tokens, offsets, ys, xstar, pair, EB, cpair, l1s, ecl, vertex,
+                  log_floor, tie, Lmax, kmax, nc, c, lx, xv, correct):
+    M = cst.shape[0]
+    N = offsets.shape[0] - 1
+    _excess_chunk_s(cst, eoff, erow, evals, KT, tokens, offsets, ys, xstar, pair, EB, cpair, l1s, ecl, vertex,
+                    log_floor, tie, c * N // nc, (c + 1) * N // nc, lx, xv, correct,
+                    np.full(M, -1, dtype=np.int64), np.empty(M), np.empty(1 + (Lmax + 1) * kmax, dtype=np.int64),
+                    np.empty(Lmax), np.empty(Lmax, dtype=np.int64))
+
+
+@njit(**_OPTS)
+def _excess_serial_s(cst, eoff, erow, evals, KT, tokens, offsets, ys, xstar, pair, EB, cpair, l1s, ecl, vertex,
+                     log_floor, tie, Lmax, kmax, nc, lx, xv, correct):
+    for c in range(nc):
+        _run_excess_s(cst, eoff, erow, evals, KT, tokens, offsets, ys, xstar, pair, EB, cpair, l1s, ecl, vertex,
+                      log_floor, tie, Lmax, kmax, nc, c, lx, xv, correct)
+    return _excess_sum(lx, xv, correct)
+
+
+@njit(parallel=True, **_OPTS)
+def _excess_parallel_s(cst, eoff, erow, evals, KT, tokens, offsets, ys, xstar, pair, EB, cpair, l1s, ecl, vertex,
+                       log_floor, tie, Lmax, kmax, nc, lx, xv, correct):
+    for c in prange(nc):
+        _run_excess_s(cst, eoff, erow, evals, KT, tokens, offsets, ys, xstar, pair, EB, cpair, l1s, ecl, vertex,
+                      log_floor, tie, Lmax, kmax, nc, c, lx, xv, correct)
+    return _excess_sum(lx, xv, correct)
+
+
+def excess_accuracy_structured(rep, KT, tokens, offsets, ys, xstar, pair, EB, cpair, l1s, ecl, vertex, log_floor,
+                               tie, Lmax, nc, lx, xv, correct):
+    """:func:`excess_accuracy` for an O given as column constants plus exceptions.
+
+    Parameters
+    ----------
+    rep : tuple
+        ``(cst (M,), eoff (M + 1,), erow (E,), evals (E,), edif (E,))`` from
+        :func:`refimpl.kernels_sparse.detect` (bitwise the fixed O).
+    KT, tokens, offsets, ys, xstar, pair, EB, cpair, l1s, ecl, vertex, log_floor, tie, Lmax, nc, lx, xv, correct
+        As in :func:`excess_accuracy`.
+
+    Returns
+    -------
+    excess, log10_excess, n_correct
+        As :func:`excess_accuracy`: the per-sentence logits, dz and delta are the same bits
+        (the same operations in the same order); sums over the M rows take the rows outside
+        S = {y} + E_{x*} + (exceptions of the sentence's tokens), which share one value, as one
+        product, so they differ from the dense sums by rounding (<= ~M eps relative).
+        O(L + |S| (L + max |E_x|)) per sentence instead of O(L M).
+    """
+    cst, eoff, erow, evals, _ = rep
+    kmax = max(int(np.diff(eoff).max(initial=0)), 1)
+    drive = _excess_serial_s if nc == 1 else _excess_parallel_s
+    ex, l10, n_ok = drive(cst, eoff, erow, evals, KT, tokens, offsets, ys, xstar, pair, EB, cpair, l1s, ecl, vertex,
+                          log_floor, tie, Lmax, kmax, nc, lx, xv, correct)
     return float(ex), float(l10), int(n_ok)
 
 

@@ -24,7 +24,7 @@ import math
 
 import numpy as np
 
-from . import kernels_metrics as km
+from . import kernels, kernels_metrics as km
 from .data import training_relations
 from .io import atomic_write_text
 from .maxmargin import log_loss
@@ -406,6 +406,8 @@ class ExcessLoss:
             ecl = np.exp(self.c - self.log1p_s)  # (P,) e^c / (1 + S*) in (0, 1]: R = num * ecl
         self.ecl = np.where(ecl >= km._ECL_MIN, ecl, 0.0)
         self._tie = km._TIE * km._EPS * (float(np.max(np.abs(O))) if O.size else 0.0)
+        # O as column constants + a few exceptions (after stage 1 from zero): O(L) per sentence
+        self._rep = kernels.structure(np.asarray(O, dtype=np.float64), kernels._STRUCT_MIN_M)
         self._nc = km.metric_chunks(N, len(self.flat), M)
         self._lx = np.empty(N)
         self._xv = np.empty(N)
@@ -434,13 +436,23 @@ class ExcessLoss:
         -----
         The formulas of :meth:`reference`, with O(M + Lmax) scratch per chunk of sentences
         (module docstring of :mod:`refimpl.kernels_metrics`): the same values to rounding
-        (``tests/test_metrics_fused.py`` states the tolerances).
+        (``tests/test_metrics_fused.py`` states the tolerances). When O is column constants
+        plus a few exceptions (:func:`refimpl.kernels.structure`, M >= 256, as after stage 1
+        from zero) the pass is :func:`refimpl.kernels_metrics.excess_accuracy_structured`,
+        O(L) per sentence instead of O(L M) (``tests/test_kernels_sparse.py`` compares them).
         """
         N = len(self.y)
         KT = np.ascontiguousarray(np.asarray(K, dtype=np.float64).T)  # (M, M) copy: rows are queries
-        ex, log10_ex, n_ok = km.excess_accuracy(
-            self.OT, KT, self.flat, self.offsets, self.y, self.xstar, self.pair, self.eb, self.c, self.log1p_s,
-            self.ecl, self.vertex, self.log_floor, self._tie, self.Lmax, self._nc, self._lx, self._xv, self._correct)
+        if self._rep is not None:
+            ex, log10_ex, n_ok = km.excess_accuracy_structured(
+                self._rep, KT, self.flat, self.offsets, self.y, self.xstar, self.pair, self.eb, self.c, self.log1p_s,
+                self.ecl, self.vertex, self.log_floor, self._tie, self.Lmax, self._nc, self._lx, self._xv,
+                self._correct)
+        else:
+            ex, log10_ex, n_ok = km.excess_accuracy(
+                self.OT, KT, self.flat, self.offsets, self.y, self.xstar, self.pair, self.eb, self.c, self.log1p_s,
+                self.ecl, self.vertex, self.log_floor, self._tie, self.Lmax, self._nc, self._lx, self._xv,
+                self._correct)
         if not np.isfinite(KT).all():  # a non-finite stop: the attention (so the excess) is undefined
             ex, log10_ex = math.nan, math.nan
         return ex, log10_ex, (n_ok / N if N else math.nan)

@@ -1,0 +1,447 @@
+"""The stage-2 direction for an O that is column constants plus a few exceptions (private).
+
+Structure. Column x of O (float64 (M, M)) is stored as a constant ``c_x`` and the sorted
+list ``E_x`` of the rows whose entries differ from it *bitwise* (:func:`detect`):
+
+    O[v, x] = c_x                 for v not in E_x
+    O[v, x] = val_j,  v = row_j   for the j-th exception of x   (dif_j = val_j - c_x)
+
+After stage 1 from zero initialisation every column is exactly of this form with one
+exception (O[:, x] = a (e_{n(x)} - 1/M) on the collocation set, 0 elsewhere), because every
+step adds bitwise identical values to the entries v != n(x) of a column.
+
+Per sentence (tokens x_1..x_L, query q = x_L, next token y; attention phi as in
+:mod:`refimpl.kernels`, the same code):
+
+    base = sum_l phi_l c_{x_l}             (the logit of every row outside S)
+    S    = {y} union (union_l E_{x_l})     (the special rows, |S| <= 1 + sum_l |E_{x_l}|)
+    z_v  = sum_l phi_l O[v, x_l],  v in S
+
+both sums as the dense kernel forms them (``phi_0 O[v, x_0]``, then one fused multiply-add
+per position in position order), so ``base`` and ``z_S`` are the dense logits bit for bit.
+With ``zmax = max(base [if M > |S|], max_{v in S, v != y} z_v)``, ``w_v = e^{z_v - zmax}`` (the
+same polynomial exp and clamp as :func:`refimpl.kernels_math.exp_shifted`):
+
+    sum_{v != y} w_v = (M - |S|) w_base + sum_{v in S, v != y} w_v
+
+(a product instead of M - |S| additions: it differs from the dense kernel's fixed-order sum
+by its rounding only, <= ~M eps relative). With ``w_y = -sum_{v != y} w_v`` (the scaled
+residual p - e_y), ``sum_v w_v = 0``, so
+
+    g_l = O[:, x_l]^T w = c_{x_l} sum_v w_v + sum_{j in E_{x_l}} dif_j w_{row_j}
+                        = sum_{j in E_{x_l}} dif_j w_{row_j}
+
+is computed as that exact value (the dense dot product carries a rounding error of order
+M eps |c_{x_l}| sum w, which this form does not have). Everything else -- the attention gap,
+the scale-free gradient ``(Gs, log_scale)``, the running scale of each chunk, the loss and its
+log10 -- is the code of :func:`refimpl.kernels_chunk._chunk` with ``want_o = False``.
+
+Accumulation. dL/dK is nonzero only at the pairs (x_l, q) of the sentences: these P pairs
+(sorted by their flat index ``x M + q``) are fixed by the data, so each chunk accumulates into a
+vector (P,) instead of an M x M matrix; ``slot`` (T,) maps each token position to its pair.
+The reduction and the Frobenius norm visit the pairs in flat-index order with the lanes of
+:func:`refimpl.kernels_math.sumsq4` (the zero entries add exactly nothing), so given the same
+per-chunk values the products are those of the dense reduction. Chunks are a function of the
+sizes only (:func:`sparse_chunks`) and reduced in index order: the bits never depend on the
+thread count or on which driver runs them.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+from .kernels_math import _EXP_MIN, _exp_reduced, as_bits, exp_scalar, fma, from_bits
+
+_SLACK = 300.0            # as kernels_chunk: a chunk rescales when a term exceeds it by e^300
+_SERIES_S = 2.0 ** -8
+_MANTISSA = (1 << 52) - 1
+_ONE_BITS = 1023 << 52
+_LN2 = 0.6931471805599453
+_OPTS = dict(cache=True, fastmath=False, nogil=True, boundscheck=False, error_model="numpy")
+_INLINE = dict(_OPTS, inline="always")
+
+_PARALLEL_TOKENS = 20_000  # below this many tokens one chunk (a parallel region is not worth it)
+_CHUNKS = 4
+
+
+def sparse_chunks(N, n_tokens):
+    """Chunks of the structured kernel: 1 below ``_PARALLEL_TOKENS`` tokens, else min(4, N).
+
+    A function of the sizes only, so results never depend on the thread count."""
+    return 1 if n_tokens < _PARALLEL_TOKENS or N < 2 else int(min(_CHUNKS, N))
+
+
+# ===================================================================== detection
+@njit(**_OPTS)
+def _detect(O, max_total):
+    """(ok, cst (M,), eoff (M + 1,), erow (E,), evals (E,), edif (E,)) from O (M, M), row by row.
+
+    Pass 1: a Boyer-Moore majority vote per column on the bit patterns (a candidate constant);
+    pass 2: the count of entries whose bits differ from it, stopping as soon as the total
+    exceeds ``max_total`` (ok = False, empty arrays); pass 3: the exceptions, rows ascending.
+    """
+    M = O.shape[0]
+    cand = np.empty(M, dtype=np.int64)
+    cnt = np.ones(M, dtype=np.int64)
+    for x in range(M):
+        cand[x] = as_bits(O[0, x])
+    for v in range(1, M):
+        for x in range(M):
+            b = as_bits(O[v, x])
+            if b == cand[x]:
+                cnt[x] += 1
+            elif cnt[x] == 0:
+                cand[x] = b
+                cnt[x] = 1
+            else:
+                cnt[x] -= 1
+    eoff = np.zeros(M + 1, dtype=np.int64)
+    total = 0
+    for v in range(M):
+        for x in range(M):
+            if as_bits(O[v, x]) != cand[x]:
+                eoff[x + 1] += 1
+                total += 1
+        if total > max_total:
+            return (False, np.empty(0), eoff, np.empty(0, dtype=np.int64), np.empty(0), np.empty(0))
+    for x in range(M):
+        eoff[x + 1] += eoff[x]
+    cst = np.empty(M)
+    for x in range(M):
+        cst[x] = from_bits(cand[x])
+    pos = eoff[:M].copy()
+    erow = np.empty(total, dtype=np.int64)
+    evals = np.empty(total)
+    edif = np.empty(total)
+    for v in range(M):
+        for x in range(M):
+            val = O[v, x]
+            if as_bits(val) != cand[x]:
+                j = pos[x]
+                erow[j] = v
+                evals[j] = val
+                edif[j] = val - cst[x]
+                pos[x] = j + 1
+    return True, cst, eoff, erow, evals, edif
+
+
+def detect(O, max_total):
+    """The column-constant + exceptions form of O, or None when it has more than ``max_total``
+    exceptions in all.
+
+    Parameters
+    ----------
+    O : float64 (M, M), C-contiguous, finite
+    max_total : int
+        Largest accepted total number of exceptions.
+
+    Returns
+    -------
+    tuple or None
+        ``(cst (M,), eoff (M + 1,), erow (E,), evals (E,), edif (E,))``: column x is ``cst[x]``
+        except at rows ``erow[eoff[x]:eoff[x + 1]]`` (ascending), whose entries are ``evals``
+        (bitwise O's) and ``edif = evals - cst[x]``. Exact: every entry not listed has the bits
+        of ``cst[x]``.
+    """
+    ok, cst, eoff, erow, evals, edif = _detect(np.ascontiguousarray(O, dtype=np.float64), int(max_total))
+    return (cst, eoff, erow, evals, edif) if ok else None
+
+
+def pair_slots(flat, offsets, M):
+    """(pairs int64 (P,), slot int64 (T,)): the sorted distinct flat indices ``x_l M + q`` of the
+    (key, query) pairs of the sentences, and the pair of each token position."""
+    q = flat[offsets[1:] - 1]
+    lengths = np.diff(offsets)
+    key = flat * M + np.repeat(q, lengths)
+    pairs, slot = np.unique(key, return_inverse=True)
+    return np.ascontiguousarray(pairs, dtype=np.int64), np.ascontiguousarray(slot.reshape(-1), dtype=np.int64)
+
+
+# ===================================================================== one chunk
+@njit(**_INLINE)
+def _entry(cst, eoff, erow, evals, x, v):
+    """O[v, x] from the structure (a scan of the few exceptions of column x)."""
+    for j in range(eoff[x], eoff[x + 1]):
+        if erow[j] == v:
+            return evals[j]
+    return cst[x]
+
+
+@njit(_nrt=False, **_OPTS)
+def _chunk_s(cst, eoff, erow, evals, edif, K, tokens, offsets, ys, slot, lo, hi, acc, stats,
+             mark, wv, srows, s, u, ph, g):
+    """Sentences lo..hi-1 into acc (P,) = sum_i (dL_i/dK at the pairs) e^{a_g} (want_k alone).
+
+    stats (6,) as in :func:`refimpl.kernels_chunk._chunk`. mark int64 (M,) (initially -1) and
+    wv (M,) are indexed by row: mark[v] = i once row v is in the special set S of sentence i,
+    wv[v] its w_v. srows int64 (>= 1 + Lmax * max |E_x|,), s, u, ph, g (Lmax,) scratch.
+    """
+    M = cst.shape[0]
+    P = acc.shape[0]
+    a_g = np.inf
+    a_l = np.inf
+    lam_min = np.inf
+    mp_min = np.inf
+    ls = 0.0
+    lp = 0.0
+    n_neg = 0
+    neg_m = 0.0
+    prod = 1.0
+    prod_exp = 0
+    for i in range(lo, hi):
+        off = offsets[i]
+        L = offsets[i + 1] - off
+        q = tokens[off + L - 1]
+        y = ys[i]
+        # ---- attention: the code of _chunk
+        smax = -np.inf
+        ltop = 0
+        for l in range(L):
+            sl = K[tokens[off + l], q]
+            s[l] = sl
+            ltop = l if sl > smax else ltop
+            smax = sl if sl > smax else smax
+        top = tokens[off + ltop]
+        multi = False
+        ssec = -np.inf
+        for l in range(L):
+            is_top = s[l] == smax
+            multi = multi | (is_top & (tokens[off + l] != top))
+            ssec = max(ssec, -np.inf if is_top else s[l])
+        gap = not multi and ssec > -np.inf
+        delta = smax - ssec if gap else 0.0
+        rho = exp_scalar(-delta) if gap else 1.0
+        ref = ssec if gap else smax
+        ntop = 0
+        usum = 0.0
+        for l in range(L):
+            if s[l] == smax:
+                u[l] = 1.0
+                ntop += 1
+            else:
+                u[l] = exp_scalar(s[l] - ref)
+                usum += u[l]
+        U = ntop + rho * usum
+        for l in range(L):
+            ph[l] = (u[l] if s[l] == smax else u[l] * rho) / U
+        # ---- the special rows S (y first, then the exceptions of x_1, x_2, ...)
+        ns = 1
+        srows[0] = y
+        mark[y] = i
+        for l in range(L):
+            x = tokens[off + l]
+            for j in range(eoff[x], eoff[x + 1]):
+                v = erow[j]
+                if mark[v] != i:
+                    mark[v] = i
+                    srows[ns] = v
+                    ns += 1
+        n_rest = M - ns
+        # ---- logits: base (rows outside S) and z_v (v in S), the dense kernel's operations
+        x0 = tokens[off]
+        a0 = ph[0]
+        base = a0 * cst[x0]
+        for l in range(1, L):
+            base = fma(ph[l], cst[tokens[off + l]], base)
+        zmax = base if n_rest > 0 else -np.inf
+        zy = 0.0
+        for k in range(ns):
+            v = srows[k]
+            zv = a0 * _entry(cst, eoff, erow, evals, x0, v)
+            for l in range(1, L):
+                zv = fma(ph[l], _entry(cst, eoff, erow, evals, tokens[off + l], v), zv)
+            wv[v] = zv
+            if k == 0:
+                zy = zv
+            else:
+                zmax = zv if zv > zmax else zmax
+        # ---- w_v = e^{z_v - zmax} (clamped as exp_shifted), sum over v != y
+        sumw = 0.0
+        for k in range(1, ns):
+            v = srows[k]
+            xx = wv[v] - zmax
+            e = _exp_reduced(xx if xx > _EXP_MIN else _EXP_MIN)
+            e = e if xx > _EXP_MIN else 0.0
+            wv[v] = e
+            sumw += e
+        if n_rest > 0:
+            xx = base - zmax
+            e = _exp_reduced(xx if xx > _EXP_MIN else _EXP_MIN)
+            e = e if xx > _EXP_MIN else 0.0
+            sumw = fma(float(n_rest), e, sumw)
+        wv[y] = -sumw
+        m = zy - zmax
+        # ---- loss: the code of _chunk
+        if m >= 0.0:
+            S = exp_scalar(-m) * sumw
+            cr = 1.0 / (1.0 + S)
+            if S < _SERIES_S:
+                ratio = fma(fma(fma(fma(fma(fma(1.0 / 7.0, S, -1.0 / 6.0), S, 0.2), S, -0.25),
+                                    S, 1.0 / 3.0), S, -0.5), S, 1.0)
+                loss_i = ratio * S
+            else:
+                loss_i = math.log1p(S)
+                ratio = loss_i / S
+            mpos = m
+            lp += loss_i
+        else:
+            den = exp_scalar(m) + sumw
+            cr = 1.0 / den
+            n_neg += 1
+            neg_m += -m
+            pb = as_bits(prod * den)
+            prod_exp += (pb >> 52) - 1023
+            prod = from_bits((pb & _MANTISSA) | _ONE_BITS)
+            mpos = 0.0
+        mp_min = min(mp_min, mpos)
+        if mpos < a_l - _SLACK:
+            ls = ls * exp_scalar(mpos - a_l) if a_l < np.inf else 0.0
+            a_l = mpos
+        if m >= 0.0:
+            lhat = ratio * sumw
+            ls += lhat * exp_scalar(a_l - mpos) if mpos != a_l else lhat
+        if not multi and ssec == -np.inf:
+            continue                              # one distinct token: dL/dK is exactly 0
+        lam = mpos + delta
+        lam_min = min(lam_min, lam)
+        if lam < a_g - _SLACK:
+            f = exp_scalar(lam - a_g) if a_g < np.inf else 0.0
+            if a_g < np.inf:
+                for a1 in range(P):
+                    acc[a1] *= f
+            a_g = lam
+        ck = exp_scalar(a_g - lam) * cr if lam != a_g else cr
+        # ---- g_l = sum_{j in E_{x_l}} dif_j w_{row_j}: the exact O[:, x_l]^T w (sum_v w_v = 0)
+        for l in range(L):
+            x = tokens[off + l]
+            gl = 0.0
+            for j in range(eoff[x], eoff[x + 1]):
+                gl = fma(edif[j], wv[erow[j]], gl)
+            g[l] = gl
+        if gap:
+            gs = g[ltop]
+            a1 = 0.0
+            a2 = 0.0
+            for l in range(L):
+                is_top = s[l] == smax
+                a1 += u[l] * (gs - g[l])
+                a2 += 0.0 if is_top else u[l] * g[l]
+            U2 = U * U
+            for l in range(L):
+                inner = ntop * (g[l] - gs) + rho * (g[l] * usum - a2)
+                acc[slot[off + l]] += (ck * a1 / U2 if s[l] == smax else ck * u[l] * inner / U2)
+        else:
+            gbar = 0.0
+            for l in range(L):
+                gbar += ph[l] * g[l]
+            for l in range(L):
+                acc[slot[off + l]] += ck * ph[l] * (g[l] - gbar)
+    if n_neg > 0:
+        loss_neg = neg_m + (math.log(prod) + prod_exp * _LN2)
+        lp += loss_neg
+        ls += loss_neg * exp_scalar(a_l)
+    stats[0] = a_g
+    stats[1] = a_l
+    stats[2] = lam_min
+    stats[3] = mp_min
+    stats[4] = ls
+    stats[5] = lp
+
+
+@njit(**_OPTS)
+def _reduce_s(acc, stats, N, pairs, MM, out):
+    """The chunks combined in index order into out (P,) (the products of
+    :func:`refimpl.kernels_chunk._reduce`), divided by their Frobenius norm (lanes of
+    :func:`refimpl.kernels_math.sumsq4` over the M*M flat entries, MM = M*M).
+    Returns (log_scale, loss, log10_loss, norm)."""
+    nc = stats.shape[0]
+    P = out.shape[0]
+    lam_min = np.inf
+    mp_min = np.inf
+    for c in range(nc):
+        lam_min = min(lam_min, stats[c, 2])
+        mp_min = min(mp_min, stats[c, 3])
+    for a in range(P):
+        out[a] = 0.0
+    ls = 0.0
+    lp = 0.0
+    for c in range(nc):
+        lp += stats[c, 5]
+        if stats[c, 1] < np.inf:
+            ls += stats[c, 4] * math.exp(mp_min - stats[c, 1])
+        if stats[c, 0] < np.inf:
+            f = math.exp(lam_min - stats[c, 0]) / N
+            for a in range(P):
+                out[a] += f * acc[c, a]
+    log10_loss = (math.log(ls) - mp_min - math.log(N)) / math.log(10.0)
+    log_scale = -lam_min if lam_min < np.inf else 0.0
+    main = (MM // 4) * 4                          # sumsq4: flat index k in lane k % 4, the tail in lane 0
+    s0 = 0.0
+    s1 = 0.0
+    s2 = 0.0
+    s3 = 0.0
+    for a in range(P):
+        k = pairs[a]
+        val = out[a]
+        lane = k % 4 if k < main else 0
+        if lane == 0:
+            s0 = fma(val, val, s0)
+        elif lane == 1:
+            s1 = fma(val, val, s1)
+        elif lane == 2:
+            s2 = fma(val, val, s2)
+        else:
+            s3 = fma(val, val, s3)
+    norm = math.sqrt((s0 + s1) + (s2 + s3))
+    if norm > 0.0:
+        c = 1.0 / norm
+        for a in range(P):
+            out[a] = out[a] * c
+    return log_scale, lp / N, log10_loss, norm
+
+
+@njit(**_OPTS)
+def _run_chunk_s(cst, eoff, erow, evals, edif, K, tokens, offsets, ys, slot, Lmax, kmax, nc, c, acc, stats):
+    N = offsets.shape[0] - 1
+    M = cst.shape[0]
+    _chunk_s(cst, eoff, erow, evals, edif, K, tokens, offsets, ys, slot, c * N // nc, (c + 1) * N // nc,
+             acc[c], stats[c], np.full(M, -1, dtype=np.int64), np.empty(M),
+             np.empty(1 + Lmax * kmax, dtype=np.int64), np.empty(Lmax), np.empty(Lmax), np.empty(Lmax),
+             np.empty(Lmax))
+
+
+@njit(**_OPTS)
+def _serial_s(cst, eoff, erow, evals, edif, K, tokens, offsets, ys, slot, pairs, Lmax, kmax, nc, out):
+    """All chunks in order on the calling thread."""
+    N = offsets.shape[0] - 1
+    M = cst.shape[0]
+    acc = np.zeros((nc, out.shape[0]))
+    stats = np.zeros((nc, 6))
+    for c in range(nc):
+        _run_chunk_s(cst, eoff, erow, evals, edif, K, tokens, offsets, ys, slot, Lmax, kmax, nc, c, acc, stats)
+    return _reduce_s(acc, stats, N, pairs, M * M, out)
+
+
+@njit(parallel=True, **_OPTS)
+def _parallel_s(cst, eoff, erow, evals, edif, K, tokens, offsets, ys, slot, pairs, Lmax, kmax, nc, out):
+    """The same chunks on Numba's threads, each into its own row of acc; the same reduction."""
+    N = offsets.shape[0] - 1
+    M = cst.shape[0]
+    acc = np.zeros((nc, out.shape[0]))
+    stats = np.zeros((nc, 6))
+    for c in prange(nc):
+        _run_chunk_s(cst, eoff, erow, evals, edif, K, tokens, offsets, ys, slot, Lmax, kmax, nc, c, acc, stats)
+    return _reduce_s(acc, stats, N, pairs, M * M, out)
+
+
+@njit(**_OPTS)
+def scatter(pairs, vals, D):
+    """D.ravel()[pairs[a]] = vals[a] (D : float64 (M, M) C-contiguous, zero elsewhere)."""
+    f = D.ravel()
+    for a in range(pairs.shape[0]):
+        f[pairs[a]] = vals[a]
+
+
+DRIVERS = (_serial_s, _parallel_s)

@@ -396,10 +396,19 @@ def excess_accuracy(OT, KT, tokens, offsets, ys, xstar, pair, EB, cpair, l1s, ec
 # |S| terms; each value is formed by the operations of _excess_chunk (the same bits), and only
 # the order of the sums over v differs (a product for the rest instead of n_rest additions).
 @njit(**_INLINE)
-def _exact_correct_s(cst, eoff, erow, evals, KT, tokens, off, L, y, ph, srows, ns, n_rest):
-    """:func:`_exact_correct` on the structure: z_v for v in S (srows[:ns], srows[0] = y) and the
-    one value of the rest, each formed as kernels.logits forms it."""
-    _attention(KT, tokens, off, L, tokens[off + L - 1], ph)
+def _exact_correct_s(cst, eoff, erow, evals, Kp, slot, tokens, off, L, y, ph, srows, ns, n_rest):
+    """:func:`_exact_correct` on the structure: phi as kernels.attention forms it (scores
+    Kp[slot[off + l]] = K[x_l, q]), z_v for v in S (srows[:ns], srows[0] = y) and the one value of
+    the rest, each formed as kernels.logits forms it."""
+    smax = -np.inf
+    for l in range(L):
+        smax = max(smax, Kp[slot[off + l]])
+    tot = 0.0
+    for l in range(L):
+        ph[l] = math.exp(Kp[slot[off + l]] - smax)
+        tot += ph[l]
+    for l in range(L):
+        ph[l] /= tot
     zr = 0.0
     for l in range(L):
         zr += ph[l] * cst[tokens[off + l]]
@@ -418,26 +427,27 @@ def _exact_correct_s(cst, eoff, erow, evals, KT, tokens, off, L, y, ph, srows, n
 
 
 @njit(_nrt=False, **_OPTS)
-def _excess_chunk_s(cst, eoff, erow, evals, KT, tokens, offsets, ys, xstar, pair, EB, cpair, l1s, ecl, vertex,
+def _excess_chunk_s(cst, eoff, erow, evals, Kp, slot, tokens, offsets, ys, xstar, pair, EB, cpair, l1s, ecl, vertex,
                     log_floor, tie, lo, hi, lx, xv, correct, mark, dzr, srows, ph, nt):
-    """:func:`_excess_chunk` for a structured O. mark int64 (M,) (initially -1), dzr (M,):
-    per-row scratch; srows int64 (>= 1 + (Lmax + 1) kmax,), ph (Lmax,), nt int64 (Lmax,)."""
+    """:func:`_excess_chunk` for a structured O. Scores are read as Kp[slot[off + l]] = K[x_l, q]
+    (Kp (P,) K at the sentences' (key, query) pairs, :func:`refimpl.kernels_sparse.gather`; the
+    same values as KT[q, x_l]). mark int64 (M,) (initially -1), dzr (M,): per-row scratch;
+    srows int64 (>= 1 + (Lmax + 1) kmax,), ph (Lmax,), nt int64 (Lmax,)."""
     M = cst.shape[0]
     for i in range(lo, hi):
         off = offsets[i]
         L = offsets[i + 1] - off
-        q = tokens[off + L - 1]
         y = ys[i]
         xs = xstar[i]
         xv[i] = 0.0
         smax = -np.inf
         for l in range(L):
-            smax = max(smax, KT[q, tokens[off + l]])
+            smax = max(smax, Kp[slot[off + l]])
         tot = 0.0
         n = 0
         for l in range(L):
             x = tokens[off + l]
-            e = exp_scalar(KT[q, x] - smax)
+            e = exp_scalar(Kp[slot[off + l]] - smax)
             tot += e
             if x != xs:
                 ph[n] = e
@@ -493,7 +503,7 @@ def _excess_chunk_s(cst, eoff, erow, evals, KT, tokens, offsets, ys, xstar, pair
         if abs(mz) > tie * (L + 2) and tot < np.inf:
             correct[i] = 1 if mz < 0.0 else 0
         else:
-            correct[i] = 1 if _exact_correct_s(cst, eoff, erow, evals, KT, tokens, off, L, y, ph, srows, ns,
+            correct[i] = 1 if _exact_correct_s(cst, eoff, erow, evals, Kp, slot, tokens, off, L, y, ph, srows, ns,
                                                n_rest) else 0
         # ---- log(loss_i - floor_i)
         if vertex[i] and dmax <= _DIRECT:
@@ -560,35 +570,35 @@ def _excess_chunk_s(cst, eoff, erow, evals, KT, tokens, offsets, ys, xstar, pair
 
 
 @njit(**_OPTS)
-def _run_excess_s(cst, eoff, erow, evals, KT, tokens, offsets, ys, xstar, pair, EB, cpair, l1s, ecl, vertex,
+def _run_excess_s(cst, eoff, erow, evals, Kp, slot, tokens, offsets, ys, xstar, pair, EB, cpair, l1s, ecl, vertex,
                   log_floor, tie, Lmax, kmax, nc, c, lx, xv, correct):
     M = cst.shape[0]
     N = offsets.shape[0] - 1
-    _excess_chunk_s(cst, eoff, erow, evals, KT, tokens, offsets, ys, xstar, pair, EB, cpair, l1s, ecl, vertex,
+    _excess_chunk_s(cst, eoff, erow, evals, Kp, slot, tokens, offsets, ys, xstar, pair, EB, cpair, l1s, ecl, vertex,
                     log_floor, tie, c * N // nc, (c + 1) * N // nc, lx, xv, correct,
                     np.full(M, -1, dtype=np.int64), np.empty(M), np.empty(1 + (Lmax + 1) * kmax, dtype=np.int64),
                     np.empty(Lmax), np.empty(Lmax, dtype=np.int64))
 
 
 @njit(**_OPTS)
-def _excess_serial_s(cst, eoff, erow, evals, KT, tokens, offsets, ys, xstar, pair, EB, cpair, l1s, ecl, vertex,
+def _excess_serial_s(cst, eoff, erow, evals, Kp, slot, tokens, offsets, ys, xstar, pair, EB, cpair, l1s, ecl, vertex,
                      log_floor, tie, Lmax, kmax, nc, lx, xv, correct):
     for c in range(nc):
-        _run_excess_s(cst, eoff, erow, evals, KT, tokens, offsets, ys, xstar, pair, EB, cpair, l1s, ecl, vertex,
+        _run_excess_s(cst, eoff, erow, evals, Kp, slot, tokens, offsets, ys, xstar, pair, EB, cpair, l1s, ecl, vertex,
                       log_floor, tie, Lmax, kmax, nc, c, lx, xv, correct)
     return _excess_sum(lx, xv, correct)
 
 
 @njit(parallel=True, **_OPTS)
-def _excess_parallel_s(cst, eoff, erow, evals, KT, tokens, offsets, ys, xstar, pair, EB, cpair, l1s, ecl, vertex,
+def _excess_parallel_s(cst, eoff, erow, evals, Kp, slot, tokens, offsets, ys, xstar, pair, EB, cpair, l1s, ecl, vertex,
                        log_floor, tie, Lmax, kmax, nc, lx, xv, correct):
     for c in prange(nc):
-        _run_excess_s(cst, eoff, erow, evals, KT, tokens, offsets, ys, xstar, pair, EB, cpair, l1s, ecl, vertex,
+        _run_excess_s(cst, eoff, erow, evals, Kp, slot, tokens, offsets, ys, xstar, pair, EB, cpair, l1s, ecl, vertex,
                       log_floor, tie, Lmax, kmax, nc, c, lx, xv, correct)
     return _excess_sum(lx, xv, correct)
 
 
-def excess_accuracy_structured(rep, KT, tokens, offsets, ys, xstar, pair, EB, cpair, l1s, ecl, vertex, log_floor,
+def excess_accuracy_structured(rep, Kp, slot, tokens, offsets, ys, xstar, pair, EB, cpair, l1s, ecl, vertex, log_floor,
                                tie, Lmax, nc, lx, xv, correct):
     """:func:`excess_accuracy` for an O given as column constants plus exceptions.
 
@@ -597,7 +607,7 @@ def excess_accuracy_structured(rep, KT, tokens, offsets, ys, xstar, pair, EB, cp
     rep : tuple
         ``(cst (M,), eoff (M + 1,), erow (E,), evals (E,), edif (E,))`` from
         :func:`refimpl.kernels_sparse.detect` (bitwise the fixed O).
-    KT, tokens, offsets, ys, xstar, pair, EB, cpair, l1s, ecl, vertex, log_floor, tie, Lmax, nc, lx, xv, correct
+    Kp, slot, tokens, offsets, ys, xstar, pair, EB, cpair, l1s, ecl, vertex, log_floor, tie, Lmax, nc, lx, xv, correct
         As in :func:`excess_accuracy`.
 
     Returns
@@ -612,7 +622,7 @@ def excess_accuracy_structured(rep, KT, tokens, offsets, ys, xstar, pair, EB, cp
     cst, eoff, erow, evals, _ = rep
     kmax = max(int(np.diff(eoff).max(initial=0)), 1)
     drive = _excess_serial_s if nc == 1 else _excess_parallel_s
-    ex, l10, n_ok = drive(cst, eoff, erow, evals, KT, tokens, offsets, ys, xstar, pair, EB, cpair, l1s, ecl, vertex,
+    ex, l10, n_ok = drive(cst, eoff, erow, evals, Kp, slot, tokens, offsets, ys, xstar, pair, EB, cpair, l1s, ecl, vertex,
                           log_floor, tie, Lmax, kmax, nc, lx, xv, correct)
     return float(ex), float(l10), int(n_ok)
 

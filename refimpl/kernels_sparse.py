@@ -170,10 +170,13 @@ def _entry(cst, eoff, erow, evals, x, v):
 
 
 @njit(_nrt=False, **_OPTS)
-def _chunk_s(cst, eoff, erow, evals, edif, K, tokens, offsets, ys, slot, lo, hi, acc, stats,
+def _chunk_s(cst, eoff, erow, evals, edif, Kp, tokens, offsets, ys, slot, lo, hi, acc, stats,
              mark, wv, srows, s, u, ph, g):
     """Sentences lo..hi-1 into acc (P,) = sum_i (dL_i/dK at the pairs) e^{a_g} (want_k alone).
 
+    Kp (P,) holds K at the pairs (:func:`gather`), so the score of position l is
+    Kp[slot[off + l]] = K[x_l, q]: the same value, read from a small array in place of a random
+    entry of K (a cache miss per position at large M).
     stats (6,) as in :func:`refimpl.kernels_chunk._chunk`. mark int64 (M,) (initially -1) and
     wv (M,) are indexed by row: mark[v] = i once row v is in the special set S of sentence i,
     wv[v] its w_v. srows int64 (>= 1 + Lmax * max |E_x|,), s, u, ph, g (Lmax,) scratch.
@@ -199,7 +202,7 @@ def _chunk_s(cst, eoff, erow, evals, edif, K, tokens, offsets, ys, slot, lo, hi,
         smax = -np.inf
         ltop = 0
         for l in range(L):
-            sl = K[tokens[off + l], q]
+            sl = Kp[slot[off + l]]
             s[l] = sl
             ltop = l if sl > smax else ltop
             smax = sl if sl > smax else smax
@@ -403,10 +406,10 @@ def _reduce_s(acc, stats, N, pairs, MM, out):
 
 
 @njit(**_OPTS)
-def _run_chunk_s(cst, eoff, erow, evals, edif, K, tokens, offsets, ys, slot, Lmax, kmax, nc, c, acc, stats):
+def _run_chunk_s(cst, eoff, erow, evals, edif, Kp, tokens, offsets, ys, slot, Lmax, kmax, nc, c, acc, stats):
     N = offsets.shape[0] - 1
     M = cst.shape[0]
-    _chunk_s(cst, eoff, erow, evals, edif, K, tokens, offsets, ys, slot, c * N // nc, (c + 1) * N // nc,
+    _chunk_s(cst, eoff, erow, evals, edif, Kp, tokens, offsets, ys, slot, c * N // nc, (c + 1) * N // nc,
              acc[c], stats[c], np.full(M, -1, dtype=np.int64), np.empty(M),
              np.empty(1 + Lmax * kmax, dtype=np.int64), np.empty(Lmax), np.empty(Lmax), np.empty(Lmax),
              np.empty(Lmax))
@@ -419,8 +422,9 @@ def _serial_s(cst, eoff, erow, evals, edif, K, tokens, offsets, ys, slot, pairs,
     M = cst.shape[0]
     acc = np.zeros((nc, out.shape[0]))
     stats = np.zeros((nc, 6))
+    Kp = gather(K, pairs)
     for c in range(nc):
-        _run_chunk_s(cst, eoff, erow, evals, edif, K, tokens, offsets, ys, slot, Lmax, kmax, nc, c, acc, stats)
+        _run_chunk_s(cst, eoff, erow, evals, edif, Kp, tokens, offsets, ys, slot, Lmax, kmax, nc, c, acc, stats)
     return _reduce_s(acc, stats, N, pairs, M * M, out)
 
 
@@ -431,9 +435,21 @@ def _parallel_s(cst, eoff, erow, evals, edif, K, tokens, offsets, ys, slot, pair
     M = cst.shape[0]
     acc = np.zeros((nc, out.shape[0]))
     stats = np.zeros((nc, 6))
+    Kp = gather(K, pairs)
     for c in prange(nc):
-        _run_chunk_s(cst, eoff, erow, evals, edif, K, tokens, offsets, ys, slot, Lmax, kmax, nc, c, acc, stats)
+        _run_chunk_s(cst, eoff, erow, evals, edif, Kp, tokens, offsets, ys, slot, Lmax, kmax, nc, c, acc, stats)
     return _reduce_s(acc, stats, N, pairs, M * M, out)
+
+
+@njit(**_OPTS)
+def gather(K, pairs):
+    """Kp (P,) with Kp[a] = K.ravel()[pairs[a]] (K : float64 (M, M) C-contiguous): the scores
+    at the sentences' (key, query) pairs, read in increasing address order."""
+    f = K.ravel()
+    out = np.empty(pairs.shape[0])
+    for a in range(pairs.shape[0]):
+        out[a] = f[pairs[a]]
+    return out
 
 
 @njit(**_OPTS)

@@ -24,7 +24,7 @@ import math
 
 import numpy as np
 
-from . import kernels, kernels_metrics as km
+from . import kernels, kernels_metrics as km, kernels_sparse
 from .data import training_relations
 from .io import atomic_write_text
 from .maxmargin import log_loss
@@ -408,6 +408,8 @@ class ExcessLoss:
         self._tie = km._TIE * km._EPS * (float(np.max(np.abs(O))) if O.size else 0.0)
         # O as column constants + a few exceptions (after stage 1 from zero): O(L) per sentence
         self._rep = kernels.structure(np.asarray(O, dtype=np.float64), kernels._STRUCT_MIN_M)
+        if self._rep is not None:  # the (key, query) pairs: K is gathered there instead of transposed
+            self._pairs, self._slot = kernels_sparse.pair_slots(self.flat, self.offsets, M)
         self._nc = km.metric_chunks(N, len(self.flat), M)
         self._lx = np.empty(N)
         self._xv = np.empty(N)
@@ -442,18 +444,19 @@ class ExcessLoss:
         O(L) per sentence instead of O(L M) (``tests/test_kernels_sparse.py`` compares them).
         """
         N = len(self.y)
-        KT = np.ascontiguousarray(np.asarray(K, dtype=np.float64).T)  # (M, M) copy: rows are queries
+        K = np.ascontiguousarray(K, dtype=np.float64)
         if self._rep is not None:
             ex, log10_ex, n_ok = km.excess_accuracy_structured(
-                self._rep, KT, self.flat, self.offsets, self.y, self.xstar, self.pair, self.eb, self.c, self.log1p_s,
-                self.ecl, self.vertex, self.log_floor, self._tie, self.Lmax, self._nc, self._lx, self._xv,
-                self._correct)
+                self._rep, kernels_sparse.gather(K, self._pairs), self._slot, self.flat, self.offsets, self.y,
+                self.xstar, self.pair, self.eb, self.c, self.log1p_s, self.ecl, self.vertex, self.log_floor,
+                self._tie, self.Lmax, self._nc, self._lx, self._xv, self._correct)
         else:
+            KT = np.ascontiguousarray(K.T)  # (M, M) copy: rows are queries
             ex, log10_ex, n_ok = km.excess_accuracy(
                 self.OT, KT, self.flat, self.offsets, self.y, self.xstar, self.pair, self.eb, self.c, self.log1p_s,
                 self.ecl, self.vertex, self.log_floor, self._tie, self.Lmax, self._nc, self._lx, self._xv,
                 self._correct)
-        if not np.isfinite(KT).all():  # a non-finite stop: the attention (so the excess) is undefined
+        if not np.isfinite(K).all():  # a non-finite stop: the attention (so the excess) is undefined
             ex, log10_ex = math.nan, math.nan
         return ex, log10_ex, (n_ok / N if N else math.nan)
 

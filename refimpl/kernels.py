@@ -322,15 +322,41 @@ class Stage1Direction:
     attention over one token is 1 whatever it is). ``direction(O)`` returns
     (D (M, M), norm, log_scale, loss, log10_loss) with D = GOs / ||GOs||_F, GOs the
     scale-free dL0/dO of :func:`stage1_grad`; D is zero and norm 0.0 for a zero gradient.
+
+    Structured path. At a call whose O is column constants plus a few exceptions
+    (:func:`structure`; from zero initialisation every stage-1 iterate is, with one exception
+    per collocation column) and whose collocation tokens are distinct, the direction is
+    :func:`refimpl.kernels_sparse.stage1_direction`: O(n_c + exceptions) work plus writing D,
+    instead of two transposed copies of O and M^2 accumulators. The same values up to
+    rounding (the Frobenius norm and the sum of e^{z_v - zmax} are taken as products over the
+    rows that share a value); every D it returns is again constant + exceptions per column.
+    ``structured``: None (default) from M >= 256 on, True at any M, False never.
     """
 
-    def __init__(self, xs, ys, M):
+    def __init__(self, xs, ys, M, *, structured=None):
         xs = check_tokens(xs, M, "xs")
         ys = check_tokens(ys, M, "ys", len(xs))
         self._K = np.zeros((M, M))
         self._p = _Prepared(self._K, xs[:, None], np.ones(len(xs), dtype=np.int64), ys, 1, 1)
+        self._xs = np.ascontiguousarray(xs, dtype=np.int64)
+        self._ys = np.ascontiguousarray(ys, dtype=np.int64)
+        self._min_m = _STRUCT_MIN_M if structured is None else (2 if structured else None)
+        if len(np.unique(self._xs)) != len(self._xs) or len(self._xs) == 0:
+            self._min_m = None
+        self.structured_calls = 0
 
     def _drive(self, O, unit):
+        if unit and self._min_m is not None:
+            rep = structure(O, self._min_m)
+            if rep is not None and np.isfinite(rep[0]).all() and np.isfinite(rep[3]).all():
+                M = self._p.M
+                if O.shape != (M, M):
+                    raise ShapeError(f"O must be square {(M, M)}, got shape {O.shape}")
+                D = np.empty((M, M))
+                log_scale, loss, log10_loss, norm = kernels_sparse.stage1_direction(
+                    rep[0], rep[1], rep[2], rep[3], self._xs, self._ys, D)
+                self.structured_calls += 1
+                return D, float(norm), float(log_scale), float(loss), float(log10_loss)
         self._p.OT = _transposed(O, self._p.M)
         GO, _, log_scale, loss, log10_loss, norm = self._p.drive(self._K, True, False, unit)
         return GO, norm, log_scale, loss, log10_loss
@@ -452,10 +478,7 @@ def structure(O, min_m=2):
     M = O.shape[0]
     if M < max(min_m, 2):
         return None
-    rep = kernels_sparse.detect(O, _STRUCT_MAX_MEAN * M)
-    if rep is None or int(np.diff(rep[1]).max(initial=0)) > _STRUCT_MAX_PER_COLUMN:
-        return None
-    return rep
+    return kernels_sparse.detect(O, _STRUCT_MAX_MEAN * M, _STRUCT_MAX_PER_COLUMN)
 
 
 class _Structured:

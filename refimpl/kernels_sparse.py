@@ -75,19 +75,23 @@ def sparse_chunks(N, n_tokens):
 
 # ===================================================================== detection
 @njit(**_OPTS)
-def _detect(O, max_total):
+def _detect(O, max_total, max_col):
     """(ok, cst (M,), eoff (M + 1,), erow (E,), evals (E,), edif (E,)) from O (M, M), row by row.
 
-    Pass 1: a Boyer-Moore majority vote per column on the bit patterns (a candidate constant);
-    pass 2: the count of entries whose bits differ from it, stopping as soon as the total
-    exceeds ``max_total`` (ok = False, empty arrays); pass 3: the exceptions, rows ascending.
+    Pass 1: a Boyer-Moore majority vote per column on the bit patterns of the first
+    min(M, 2 max_col + 1) rows: a column with at most max_col exceptions to some constant
+    holds that constant in a strict majority of those rows, so the vote returns it (and a
+    column without such a constant is refused in pass 2 whatever the vote gave). Pass 2: the
+    count of entries whose bits differ from the candidate, stopping as soon as a column has
+    more than ``max_col`` or all together more than ``max_total`` (ok = False, empty arrays).
+    Pass 3: the exceptions, rows ascending.
     """
     M = O.shape[0]
     cand = np.empty(M, dtype=np.int64)
     cnt = np.ones(M, dtype=np.int64)
     for x in range(M):
         cand[x] = as_bits(O[0, x])
-    for v in range(1, M):
+    for v in range(1, min(M, 2 * max_col + 1)):
         for x in range(M):
             b = as_bits(O[v, x])
             if b == cand[x]:
@@ -98,13 +102,19 @@ def _detect(O, max_total):
             else:
                 cnt[x] -= 1
     eoff = np.zeros(M + 1, dtype=np.int64)
+    nexc = eoff[1:]
     total = 0
     for v in range(M):
+        row_total = 0
         for x in range(M):
-            if as_bits(O[v, x]) != cand[x]:
-                eoff[x + 1] += 1
-                total += 1
+            d = 1 if as_bits(O[v, x]) != cand[x] else 0
+            nexc[x] += d
+            row_total += d
+        total += row_total
         if total > max_total:
+            return (False, np.empty(0), eoff, np.empty(0, dtype=np.int64), np.empty(0), np.empty(0))
+    for x in range(M):
+        if nexc[x] > max_col:
             return (False, np.empty(0), eoff, np.empty(0, dtype=np.int64), np.empty(0), np.empty(0))
     for x in range(M):
         eoff[x + 1] += eoff[x]
@@ -115,6 +125,8 @@ def _detect(O, max_total):
     erow = np.empty(total, dtype=np.int64)
     evals = np.empty(total)
     edif = np.empty(total)
+    if total == 0:
+        return True, cst, eoff, erow, evals, edif
     for v in range(M):
         for x in range(M):
             val = O[v, x]
@@ -127,15 +139,17 @@ def _detect(O, max_total):
     return True, cst, eoff, erow, evals, edif
 
 
-def detect(O, max_total):
+def detect(O, max_total, max_col=8):
     """The column-constant + exceptions form of O, or None when it has more than ``max_total``
-    exceptions in all.
+    exceptions in all or more than ``max_col`` in some column.
 
     Parameters
     ----------
-    O : float64 (M, M), C-contiguous, finite
+    O : float64 (M, M), C-contiguous
     max_total : int
         Largest accepted total number of exceptions.
+    max_col : int
+        Largest accepted number of exceptions in one column.
 
     Returns
     -------
@@ -145,7 +159,8 @@ def detect(O, max_total):
         (bitwise O's) and ``edif = evals - cst[x]``. Exact: every entry not listed has the bits
         of ``cst[x]``.
     """
-    ok, cst, eoff, erow, evals, edif = _detect(np.ascontiguousarray(O, dtype=np.float64), int(max_total))
+    ok, cst, eoff, erow, evals, edif = _detect(np.ascontiguousarray(O, dtype=np.float64), int(max_total),
+                                               int(max_col))
     return (cst, eoff, erow, evals, edif) if ok else None
 
 
@@ -461,3 +476,171 @@ def scatter(pairs, vals, D):
 
 
 DRIVERS = (_serial_s, _parallel_s)
+
+
+# ===================================================================== stage 1 (one-token sentences)
+@njit(**_OPTS)
+def stage1_direction(cst, eoff, erow, evals, xs, ys, D):
+    """The stage-1 direction of :func:`refimpl.kernels.stage1_grad` for a structured O, into D.
+
+    The sentences are the collocations (x_j, y_j), every x_j distinct, so phi = 1 and column x_j
+    of dL0/dO is (1/n) (p - e_y) with z = O[:, x_j]: on the rows outside S_j = {y_j} + E_{x_j}
+    it is one value. Per sentence the operations of :func:`refimpl.kernels_chunk._chunk`
+    (``want_o`` alone, one chunk) on S_j and on that one value; the Frobenius norm is
+    sum_x ((M - |S_x|) r_x^2 + sum_{v in S_x} G[v, x]^2) (the dense kernel sums the M^2 entries
+    in its own order: the norm, hence D, differs by rounding only).
+
+    Parameters
+    ----------
+    cst, eoff, erow, evals : the structure of O (:func:`detect`)
+    xs, ys : int64 (n,)
+        Collocation tokens (distinct) and their successors.
+    D : float64 (M, M), C-contiguous
+        Output, overwritten: GOs / ||GOs||_F (zero when the gradient vanishes).
+
+    Returns
+    -------
+    (log_scale, loss, log10_loss, norm)
+        As :meth:`refimpl.kernels.Stage1Direction.direction`.
+    """
+    M = cst.shape[0]
+    n = xs.shape[0]
+    rest = np.zeros(M)                            # G[v, x] on the rows outside S_x (scaled)
+    nrest = np.zeros(M, dtype=np.int64)
+    soff = np.zeros(n + 1, dtype=np.int64)
+    cap = n + erow.shape[0]
+    srow = np.empty(cap, dtype=np.int64)
+    scol = np.empty(cap, dtype=np.int64)
+    sval = np.empty(cap)
+    mark = np.full(M, -1, dtype=np.int64)
+    wv = np.empty(M)
+    a_g = np.inf
+    a_l = np.inf
+    lam_min = np.inf
+    mp_min = np.inf
+    ls = 0.0
+    lp = 0.0
+    n_neg = 0
+    neg_m = 0.0
+    prod = 1.0
+    prod_exp = 0
+    k0 = 0
+    for j in range(n):
+        x = xs[j]
+        y = ys[j]
+        # S = {y} + E_x; z_v = 1.0 * O[v, x] (phi = 1 exactly)
+        srow[k0] = y
+        mark[y] = j
+        ns = 1
+        for e in range(eoff[x], eoff[x + 1]):
+            v = erow[e]
+            if mark[v] != j:
+                mark[v] = j
+                srow[k0 + ns] = v
+                ns += 1
+        n_rest = M - ns
+        c = cst[x]
+        zmax = c if n_rest > 0 else -np.inf
+        zy = 0.0
+        for k in range(ns):
+            v = srow[k0 + k]
+            zv = 1.0 * _entry(cst, eoff, erow, evals, x, v)
+            wv[v] = zv
+            if k == 0:
+                zy = zv
+            else:
+                zmax = zv if zv > zmax else zmax
+        sumw = 0.0
+        for k in range(1, ns):
+            v = srow[k0 + k]
+            xx = wv[v] - zmax
+            e = _exp_reduced(xx if xx > _EXP_MIN else _EXP_MIN)
+            e = e if xx > _EXP_MIN else 0.0
+            wv[v] = e
+            sumw += e
+        w_rest = 0.0
+        if n_rest > 0:
+            xx = c - zmax
+            e = _exp_reduced(xx if xx > _EXP_MIN else _EXP_MIN)
+            w_rest = e if xx > _EXP_MIN else 0.0
+            sumw = fma(float(n_rest), w_rest, sumw)
+        wv[y] = -sumw
+        m = zy - zmax
+        if m >= 0.0:
+            S = exp_scalar(-m) * sumw
+            cr = 1.0 / (1.0 + S)
+            if S < _SERIES_S:
+                ratio = fma(fma(fma(fma(fma(fma(1.0 / 7.0, S, -1.0 / 6.0), S, 0.2), S, -0.25),
+                                    S, 1.0 / 3.0), S, -0.5), S, 1.0)
+                loss_i = ratio * S
+            else:
+                loss_i = math.log1p(S)
+                ratio = loss_i / S
+            mpos = m
+            lp += loss_i
+        else:
+            den = exp_scalar(m) + sumw
+            cr = 1.0 / den
+            n_neg += 1
+            neg_m += -m
+            pb = as_bits(prod * den)
+            prod_exp += (pb >> 52) - 1023
+            prod = from_bits((pb & _MANTISSA) | _ONE_BITS)
+            mpos = 0.0
+        mp_min = min(mp_min, mpos)
+        if mpos < a_l - _SLACK:
+            ls = ls * exp_scalar(mpos - a_l) if a_l < np.inf else 0.0
+            a_l = mpos
+        if m >= 0.0:
+            lhat = ratio * sumw
+            ls += lhat * exp_scalar(a_l - mpos) if mpos != a_l else lhat
+        lam = mpos
+        lam_min = min(lam_min, lam)
+        if lam < a_g - _SLACK:
+            f = exp_scalar(lam - a_g) if a_g < np.inf else 0.0
+            if a_g < np.inf:                      # the dense kernel scales every entry so far
+                for k in range(k0):
+                    sval[k] *= f
+                for k in range(M):
+                    rest[k] *= f
+            a_g = lam
+        cg = exp_scalar(a_g - lam) * cr if lam != a_g else cr
+        a = cg * 1.0
+        rest[x] += a * w_rest
+        nrest[x] = n_rest
+        for k in range(ns):
+            v = srow[k0 + k]
+            scol[k0 + k] = x
+            sval[k0 + k] = 0.0 + a * wv[v]
+        k0 += ns
+        soff[j + 1] = k0
+    if n_neg > 0:
+        loss_neg = neg_m + (math.log(prod) + prod_exp * _LN2)
+        lp += loss_neg
+        ls += loss_neg * exp_scalar(a_l)
+    # ---- the reduction of one chunk (kernels_chunk._reduce)
+    ltot = 0.0
+    if a_l < np.inf:
+        ltot = ls * math.exp(mp_min - a_l)
+    log10_loss = (math.log(ltot) - mp_min - math.log(n)) / math.log(10.0)
+    log_scale = -lam_min if lam_min < np.inf else 0.0
+    f = math.exp(lam_min - a_g) / n if a_g < np.inf else 0.0
+    ss = 0.0
+    for x in range(M):
+        r = 0.0 + f * rest[x]
+        rest[x] = r
+        ss = fma(float(nrest[x]) * r, r, ss)
+    for k in range(k0):
+        val = 0.0 + f * sval[k]
+        sval[k] = val
+        ss = fma(val, val, ss)
+    norm = math.sqrt(ss)
+    cn = 1.0 / norm if norm > 0.0 else 1.0
+    for x in range(M):
+        rest[x] = rest[x] * cn
+    for v in range(M):
+        for x in range(M):
+            D[v, x] = rest[x]
+    for k in range(k0):
+        D[srow[k], scol[k]] = sval[k] * cn
+    return log_scale, lp / n, log10_loss, norm

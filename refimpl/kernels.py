@@ -37,6 +37,14 @@ process the threaded driver can be several times slower than the serial one.
 Kernels allocate nothing that grows with N. Requires M >= 2. All kernels:
 ``njit(cache=True)``, no fastmath; the sentence loop lives in
 :mod:`refimpl.kernels_chunk` and is called through the plain Python wrappers below.
+
+Structured O. When every column of O is a constant except at a few rows (bitwise; after
+stage 1 from zero initialisation O[:, x] = a (e_{n(x)} - 1/M) on the collocation set and 0
+elsewhere), :class:`Stage2Direction` and :class:`Stage1Direction` compute from the column
+constants and the exceptions instead (:mod:`refimpl.kernels_sparse`, :func:`structure`):
+the same formulas, O(L + exceptions) per sentence instead of O(L M), equal to the dense
+results up to rounding. The one-shot functions (stage1_grad, stage2_grad, joint_grad,
+stage2_loss) always run the dense kernels.
 """
 from __future__ import annotations
 

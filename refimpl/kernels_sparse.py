@@ -1,4 +1,5 @@
-"""The stage-2 direction for an O that is column constants plus a few exceptions (private).
+"""The stage-2 and stage-1 directions for an O that is column constants plus a few exceptions
+(private to :mod:`refimpl.kernels`; :func:`stage1_direction` at the end has its own docstring).
 
 Structure. Column x of O (float64 (M, M)) is stored as a constant ``c_x`` and the sorted
 list ``E_x`` of the rows whose entries differ from it *bitwise* (:func:`detect`):

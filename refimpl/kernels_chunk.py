@@ -23,6 +23,135 @@ _LN2 = 0.6931471805599453
 _OPTS = dict(cache=True, fastmath=False, nogil=True, boundscheck=False, error_model="numpy")
 
 
+# ===================================================================== per-sentence pieces
+# Shared by the dense chunk below and the structured chunks of refimpl.kernels_sparse;
+# inlined, so each caller compiles them into its own loop with the same operations.
+@njit(inline="always", **_OPTS)
+def attend(s, tokens, off, L, u, ph):
+    """Attention of one sentence from its scores ``s[:L]`` (filled by the caller).
+
+    Fills ``u[:L]`` (1 on top positions, ``e^{s_l - ref}`` elsewhere) and ``ph[:L]`` (phi);
+    returns ``(smax, ltop, multi, ssec, gap, delta, rho, ntop, usum, U)``: the top score, the
+    first position holding it, whether another token ties it, the best score below it,
+    whether the gap form applies (one top token and some other score), the gap delta, rho =
+    e^{-delta}, the number of top positions, sum of the other u, and U = ntop + rho usum
+    (module docstring of :mod:`refimpl.kernels`, "Attention gap"). Which positions hold the
+    top score is data-dependent: selects, not branches.
+    """
+    smax = -np.inf
+    ltop = 0
+    for l in range(L):
+        ltop = l if s[l] > smax else ltop
+        smax = s[l] if s[l] > smax else smax
+    top = tokens[off + ltop]
+    multi = False
+    ssec = -np.inf
+    for l in range(L):
+        is_top = s[l] == smax
+        multi = multi | (is_top & (tokens[off + l] != top))
+        ssec = max(ssec, -np.inf if is_top else s[l])
+    gap = not multi and ssec > -np.inf
+    delta = smax - ssec if gap else 0.0
+    rho = exp_scalar(-delta) if gap else 1.0
+    ref = ssec if gap else smax
+    ntop = 0
+    usum = 0.0
+    for l in range(L):
+        if s[l] == smax:
+            u[l] = 1.0
+            ntop += 1
+        else:
+            u[l] = exp_scalar(s[l] - ref)
+            usum += u[l]
+    U = ntop + rho * usum
+    for l in range(L):
+        ph[l] = (u[l] if s[l] == smax else u[l] * rho) / U
+    return smax, ltop, multi, ssec, gap, delta, rho, ntop, usum, U
+
+
+@njit(inline="always", **_OPTS)
+def sentence_loss(m, sumw, lp, n_neg, neg_m, prod, prod_exp, mp_min, a_l, ls):
+    """One sentence's loss into a chunk's running sums, from its logit margin m = z_y - zmax
+    and ``sumw = sum_{v != y} e^{z_v - zmax}``.
+
+    m >= 0: p_v = e^{-m} w_v / (1 + S), S = e^{-m} sumw, loss = log1p(S) (its series below
+    2^-8, no libm call), added to ``lp`` and, as loss e^{a_l}, to the scaled sum ``ls``.
+    m < 0: p_v = w_v / den, den = e^m + sumw in [1, M]; loss = -m + log den is summed at the end
+    (:func:`negative_losses`) as ``neg_m`` plus one log of the running product
+    ``prod 2^prod_exp`` of the den. ``a_l`` is the chunk's loss scale, lowered (and ``ls``
+    rescaled) when mpos = max(m, 0) falls more than e^300 below it.
+    Returns ``(cr, mpos, lp, n_neg, neg_m, prod, prod_exp, mp_min, a_l, ls)``, cr the factor
+    with r = p - e_y = cr e^{-mpos} w.
+    """
+    if m >= 0.0:
+        S = exp_scalar(-m) * sumw
+        cr = 1.0 / (1.0 + S)
+        if S < _SERIES_S:                     # log1p(S)/S by its series, no libm call
+            ratio = fma(fma(fma(fma(fma(fma(1.0 / 7.0, S, -1.0 / 6.0), S, 0.2), S, -0.25),
+                                S, 1.0 / 3.0), S, -0.5), S, 1.0)
+            loss_i = ratio * S
+        else:
+            loss_i = math.log1p(S)
+            ratio = loss_i / S
+        mpos = m
+        lp += loss_i
+    else:
+        den = exp_scalar(m) + sumw
+        cr = 1.0 / den
+        ratio = 0.0
+        n_neg += 1
+        neg_m += -m
+        pb = as_bits(prod * den)              # prod in [1, 2) times 2^prod_exp
+        prod_exp += (pb >> 52) - 1023
+        prod = from_bits((pb & _MANTISSA) | _ONE_BITS)
+        mpos = 0.0
+    mp_min = min(mp_min, mpos)
+    if mpos < a_l - _SLACK:                   # rescale the loss accumulator (also first term)
+        ls = ls * exp_scalar(mpos - a_l) if a_l < np.inf else 0.0
+        a_l = mpos
+    if m >= 0.0:                              # ls += loss_i e^{a_l}, loss_i e^{m} = ratio sum w
+        lhat = ratio * sumw
+        ls += lhat * exp_scalar(a_l - mpos) if mpos != a_l else lhat
+    return cr, mpos, lp, n_neg, neg_m, prod, prod_exp, mp_min, a_l, ls
+
+
+@njit(inline="always", **_OPTS)
+def negative_losses(n_neg, neg_m, prod, prod_exp, lp, ls, a_l):
+    """``(lp, ls)`` with the losses of the chunk's sentences of negative margin added:
+    sum -m_i + log prod den_i (:func:`sentence_loss`)."""
+    if n_neg > 0:
+        loss_neg = neg_m + (math.log(prod) + prod_exp * _LN2)
+        lp += loss_neg
+        ls += loss_neg * exp_scalar(a_l)      # a_l <= 0 + _SLACK: finite
+    return lp, ls
+
+
+@njit(inline="always", **_OPTS)
+def score_terms(g, s, u, ph, L, smax, ltop, gap, ntop, usum, rho, U, ck):
+    """Overwrite ``g[:L]`` (g_l = O[:, x_l]^T r in the caller's units) with the dL/ds_l terms
+    times ``ck``: phi_l (g_l - gbar), or with a gap the e^{delta}-free form of the module
+    docstring of :mod:`refimpl.kernels` (top positions: sum_other u (g_* - g_m) / U^2;
+    others: u_l (ntop (g_l - g_*) + rho sum_other u_m (g_l - g_m)) / U^2)."""
+    if gap:
+        gs = g[ltop]                          # g of the top token (all its positions agree)
+        a1 = 0.0
+        a2 = 0.0
+        for l in range(L):                    # top positions add u (gs - g) = +0.0 to a1
+            is_top = s[l] == smax
+            a1 += u[l] * (gs - g[l])
+            a2 += 0.0 if is_top else u[l] * g[l]
+        U2 = U * U
+        for l in range(L):
+            inner = ntop * (g[l] - gs) + rho * (g[l] * usum - a2)
+            g[l] = ck * a1 / U2 if s[l] == smax else ck * u[l] * inner / U2
+    else:
+        gbar = 0.0
+        for l in range(L):
+            gbar += ph[l] * g[l]
+        for l in range(L):
+            g[l] = ck * ph[l] * (g[l] - gbar)
+
+
 # ===================================================================== one chunk
 # _nrt=False: _chunk allocates nothing, so it needs no reference counting; with it, every
 # inlined helper taking an array incremented and decremented that array's count once per
@@ -54,38 +183,10 @@ def _chunk(OT, K, tokens, offsets, ys, lo, hi, want_o, want_k, GOT, GK, stats, z
         L = offsets[i + 1] - off
         q = tokens[off + L - 1]
         y = ys[i]
-        # ---- attention: scores, top token, gap delta, phi (selects, not branches: which
-        # positions hold the top score is data-dependent and would mispredict)
-        smax = -np.inf
-        ltop = 0                                  # first position holding the top score
+        # ---- attention: scores, top token, gap delta, phi
         for l in range(L):
-            sl = K[tokens[off + l], q]
-            s[l] = sl
-            ltop = l if sl > smax else ltop
-            smax = sl if sl > smax else smax
-        top = tokens[off + ltop]
-        multi = False                             # another token ties the top score
-        ssec = -np.inf                            # best score below the top
-        for l in range(L):
-            is_top = s[l] == smax
-            multi = multi | (is_top & (tokens[off + l] != top))
-            ssec = max(ssec, -np.inf if is_top else s[l])
-        gap = not multi and ssec > -np.inf        # branch A: one top token, some other score
-        delta = smax - ssec if gap else 0.0
-        rho = exp_scalar(-delta) if gap else 1.0
-        ref = ssec if gap else smax
-        ntop = 0
-        usum = 0.0
-        for l in range(L):
-            if s[l] == smax:
-                u[l] = 1.0
-                ntop += 1
-            else:
-                u[l] = exp_scalar(s[l] - ref)
-                usum += u[l]
-        U = ntop + rho * usum
-        for l in range(L):
-            ph[l] = (u[l] if s[l] == smax else u[l] * rho) / U
+            s[l] = K[tokens[off + l], q]
+        smax, ltop, multi, ssec, gap, delta, rho, ntop, usum, U = attend(s, tokens, off, L, u, ph)
         # ---- logits z = sum_l phi_l O[:, x_l], two rows per pass (fixed order l = 0, 1, ...)
         x0 = tokens[off + 0]
         a0 = ph[0]
@@ -113,34 +214,8 @@ def _chunk(OT, K, tokens, offsets, ys, lo, hi, want_o, want_k, GOT, GK, stats, z
         sumw = sum4(w)
         w[y] = -sumw                              # r_y = -(sum_{v != y} p_v), never p_y - 1
         m = zy - zmax
-        if m >= 0.0:                              # p_v = e^{-m} w_v / (1 + S), S = e^{-m} sum w
-            S = exp_scalar(-m) * sumw
-            cr = 1.0 / (1.0 + S)
-            if S < _SERIES_S:                     # log1p(S)/S by its series, no libm call
-                ratio = fma(fma(fma(fma(fma(fma(1.0 / 7.0, S, -1.0 / 6.0), S, 0.2), S, -0.25),
-                                    S, 1.0 / 3.0), S, -0.5), S, 1.0)
-                loss_i = ratio * S
-            else:
-                loss_i = math.log1p(S)
-                ratio = loss_i / S
-            mpos = m
-            lp += loss_i
-        else:                                     # p_v = w_v / (e^{m} + sum w)
-            den = exp_scalar(m) + sumw            # in [1, M]: loss_i = -m + log(den), summed
-            cr = 1.0 / den                        # below as one log of a running product
-            n_neg += 1
-            neg_m += -m
-            pb = as_bits(prod * den)              # prod in [1, 2) times 2^prod_exp
-            prod_exp += (pb >> 52) - 1023
-            prod = from_bits((pb & _MANTISSA) | _ONE_BITS)
-            mpos = 0.0
-        mp_min = min(mp_min, mpos)
-        if mpos < a_l - _SLACK:                   # rescale the loss accumulator (also first term)
-            ls = ls * exp_scalar(mpos - a_l) if a_l < np.inf else 0.0
-            a_l = mpos
-        if m >= 0.0:                              # ls += loss_i e^{a_l}, loss_i e^{m} = ratio sum w
-            lhat = ratio * sumw
-            ls += lhat * exp_scalar(a_l - mpos) if mpos != a_l else lhat
+        cr, mpos, lp, n_neg, neg_m, prod, prod_exp, mp_min, a_l, ls = sentence_loss(
+            m, sumw, lp, n_neg, neg_m, prod, prod_exp, mp_min, a_l, ls)
         if not (want_o or want_k):
             continue
         if not want_o and not multi and ssec == -np.inf:
@@ -174,28 +249,10 @@ def _chunk(OT, K, tokens, offsets, ys, lo, hi, want_o, want_k, GOT, GK, stats, z
         while l < L:
             g[l] = dot2(OT, tokens[off + l], w)
             l += 1
-        if gap:
-            gs = g[ltop]                          # g of the top token (all its positions agree)
-            a1 = 0.0
-            a2 = 0.0
-            for l in range(L):                    # top positions add u (gs - g) = +0.0 to a1
-                is_top = s[l] == smax
-                a1 += u[l] * (gs - g[l])
-                a2 += 0.0 if is_top else u[l] * g[l]
-            U2 = U * U
-            for l in range(L):
-                inner = ntop * (g[l] - gs) + rho * (g[l] * usum - a2)
-                GK[tokens[off + l], q] += (ck * a1 / U2 if s[l] == smax else ck * u[l] * inner / U2)
-        else:
-            gbar = 0.0
-            for l in range(L):
-                gbar += ph[l] * g[l]
-            for l in range(L):
-                GK[tokens[off + l], q] += ck * ph[l] * (g[l] - gbar)
-    if n_neg > 0:                                 # their losses: sum -m_i + log prod den_i
-        loss_neg = neg_m + (math.log(prod) + prod_exp * _LN2)
-        lp += loss_neg
-        ls += loss_neg * exp_scalar(a_l)          # a_l <= 0 + _SLACK: finite
+        score_terms(g, s, u, ph, L, smax, ltop, gap, ntop, usum, rho, U, ck)
+        for l in range(L):
+            GK[tokens[off + l], q] += g[l]
+    lp, ls = negative_losses(n_neg, neg_m, prod, prod_exp, lp, ls, a_l)
     stats[0] = a_g
     stats[1] = a_l
     stats[2] = lam_min

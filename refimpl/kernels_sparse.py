@@ -53,13 +53,9 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from .kernels_math import _EXP_MIN, _exp_reduced, as_bits, exp_scalar, fma, from_bits
+from .kernels_chunk import _SLACK, attend, negative_losses, score_terms, sentence_loss
+from .kernels_math import as_bits, exp_clamped, exp_scalar, fma, from_bits
 
-_SLACK = 300.0            # as kernels_chunk: a chunk rescales when a term exceeds it by e^300
-_SERIES_S = 2.0 ** -8
-_MANTISSA = (1 << 52) - 1
-_ONE_BITS = 1023 << 52
-_LN2 = 0.6931471805599453
 _OPTS = dict(cache=True, fastmath=False, nogil=True, boundscheck=False, error_model="numpy")
 _INLINE = dict(_OPTS, inline="always")
 
@@ -212,39 +208,11 @@ def _chunk_s(cst, eoff, erow, evals, edif, Kp, tokens, offsets, ys, slot, lo, hi
     for i in range(lo, hi):
         off = offsets[i]
         L = offsets[i + 1] - off
-        q = tokens[off + L - 1]
         y = ys[i]
-        # ---- attention: the code of _chunk
-        smax = -np.inf
-        ltop = 0
+        # ---- attention: the dense kernel's (kernels_chunk.attend)
         for l in range(L):
-            sl = Kp[slot[off + l]]
-            s[l] = sl
-            ltop = l if sl > smax else ltop
-            smax = sl if sl > smax else smax
-        top = tokens[off + ltop]
-        multi = False
-        ssec = -np.inf
-        for l in range(L):
-            is_top = s[l] == smax
-            multi = multi | (is_top & (tokens[off + l] != top))
-            ssec = max(ssec, -np.inf if is_top else s[l])
-        gap = not multi and ssec > -np.inf
-        delta = smax - ssec if gap else 0.0
-        rho = exp_scalar(-delta) if gap else 1.0
-        ref = ssec if gap else smax
-        ntop = 0
-        usum = 0.0
-        for l in range(L):
-            if s[l] == smax:
-                u[l] = 1.0
-                ntop += 1
-            else:
-                u[l] = exp_scalar(s[l] - ref)
-                usum += u[l]
-        U = ntop + rho * usum
-        for l in range(L):
-            ph[l] = (u[l] if s[l] == smax else u[l] * rho) / U
+            s[l] = Kp[slot[off + l]]
+        smax, ltop, multi, ssec, gap, delta, rho, ntop, usum, U = attend(s, tokens, off, L, u, ph)
         # ---- the special rows S (y first, then the exceptions of x_1, x_2, ...)
         ns = 1
         srows[0] = y
@@ -280,47 +248,15 @@ def _chunk_s(cst, eoff, erow, evals, edif, Kp, tokens, offsets, ys, slot, lo, hi
         sumw = 0.0
         for k in range(1, ns):
             v = srows[k]
-            xx = wv[v] - zmax
-            e = _exp_reduced(xx if xx > _EXP_MIN else _EXP_MIN)
-            e = e if xx > _EXP_MIN else 0.0
+            e = exp_clamped(wv[v] - zmax)
             wv[v] = e
             sumw += e
         if n_rest > 0:
-            xx = base - zmax
-            e = _exp_reduced(xx if xx > _EXP_MIN else _EXP_MIN)
-            e = e if xx > _EXP_MIN else 0.0
-            sumw = fma(float(n_rest), e, sumw)
+            sumw = fma(float(n_rest), exp_clamped(base - zmax), sumw)
         wv[y] = -sumw
         m = zy - zmax
-        # ---- loss: the code of _chunk
-        if m >= 0.0:
-            S = exp_scalar(-m) * sumw
-            cr = 1.0 / (1.0 + S)
-            if S < _SERIES_S:
-                ratio = fma(fma(fma(fma(fma(fma(1.0 / 7.0, S, -1.0 / 6.0), S, 0.2), S, -0.25),
-                                    S, 1.0 / 3.0), S, -0.5), S, 1.0)
-                loss_i = ratio * S
-            else:
-                loss_i = math.log1p(S)
-                ratio = loss_i / S
-            mpos = m
-            lp += loss_i
-        else:
-            den = exp_scalar(m) + sumw
-            cr = 1.0 / den
-            n_neg += 1
-            neg_m += -m
-            pb = as_bits(prod * den)
-            prod_exp += (pb >> 52) - 1023
-            prod = from_bits((pb & _MANTISSA) | _ONE_BITS)
-            mpos = 0.0
-        mp_min = min(mp_min, mpos)
-        if mpos < a_l - _SLACK:
-            ls = ls * exp_scalar(mpos - a_l) if a_l < np.inf else 0.0
-            a_l = mpos
-        if m >= 0.0:
-            lhat = ratio * sumw
-            ls += lhat * exp_scalar(a_l - mpos) if mpos != a_l else lhat
+        cr, mpos, lp, n_neg, neg_m, prod, prod_exp, mp_min, a_l, ls = sentence_loss(
+            m, sumw, lp, n_neg, neg_m, prod, prod_exp, mp_min, a_l, ls)
         if not multi and ssec == -np.inf:
             continue                              # one distinct token: dL/dK is exactly 0
         lam = mpos + delta
@@ -339,28 +275,10 @@ def _chunk_s(cst, eoff, erow, evals, edif, Kp, tokens, offsets, ys, slot, lo, hi
             for j in range(eoff[x], eoff[x + 1]):
                 gl = fma(edif[j], wv[erow[j]], gl)
             g[l] = gl
-        if gap:
-            gs = g[ltop]
-            a1 = 0.0
-            a2 = 0.0
-            for l in range(L):
-                is_top = s[l] == smax
-                a1 += u[l] * (gs - g[l])
-                a2 += 0.0 if is_top else u[l] * g[l]
-            U2 = U * U
-            for l in range(L):
-                inner = ntop * (g[l] - gs) + rho * (g[l] * usum - a2)
-                acc[slot[off + l]] += (ck * a1 / U2 if s[l] == smax else ck * u[l] * inner / U2)
-        else:
-            gbar = 0.0
-            for l in range(L):
-                gbar += ph[l] * g[l]
-            for l in range(L):
-                acc[slot[off + l]] += ck * ph[l] * (g[l] - gbar)
-    if n_neg > 0:
-        loss_neg = neg_m + (math.log(prod) + prod_exp * _LN2)
-        lp += loss_neg
-        ls += loss_neg * exp_scalar(a_l)
+        score_terms(g, s, u, ph, L, smax, ltop, gap, ntop, usum, rho, U, ck)
+        for l in range(L):
+            acc[slot[off + l]] += g[l]
+    lp, ls = negative_losses(n_neg, neg_m, prod, prod_exp, lp, ls, a_l)
     stats[0] = a_g
     stats[1] = a_l
     stats[2] = lam_min
@@ -554,47 +472,17 @@ def stage1_direction(cst, eoff, erow, evals, xs, ys, D):
         sumw = 0.0
         for k in range(1, ns):
             v = srow[k0 + k]
-            xx = wv[v] - zmax
-            e = _exp_reduced(xx if xx > _EXP_MIN else _EXP_MIN)
-            e = e if xx > _EXP_MIN else 0.0
+            e = exp_clamped(wv[v] - zmax)
             wv[v] = e
             sumw += e
         w_rest = 0.0
         if n_rest > 0:
-            xx = c - zmax
-            e = _exp_reduced(xx if xx > _EXP_MIN else _EXP_MIN)
-            w_rest = e if xx > _EXP_MIN else 0.0
+            w_rest = exp_clamped(c - zmax)
             sumw = fma(float(n_rest), w_rest, sumw)
         wv[y] = -sumw
         m = zy - zmax
-        if m >= 0.0:
-            S = exp_scalar(-m) * sumw
-            cr = 1.0 / (1.0 + S)
-            if S < _SERIES_S:
-                ratio = fma(fma(fma(fma(fma(fma(1.0 / 7.0, S, -1.0 / 6.0), S, 0.2), S, -0.25),
-                                    S, 1.0 / 3.0), S, -0.5), S, 1.0)
-                loss_i = ratio * S
-            else:
-                loss_i = math.log1p(S)
-                ratio = loss_i / S
-            mpos = m
-            lp += loss_i
-        else:
-            den = exp_scalar(m) + sumw
-            cr = 1.0 / den
-            n_neg += 1
-            neg_m += -m
-            pb = as_bits(prod * den)
-            prod_exp += (pb >> 52) - 1023
-            prod = from_bits((pb & _MANTISSA) | _ONE_BITS)
-            mpos = 0.0
-        mp_min = min(mp_min, mpos)
-        if mpos < a_l - _SLACK:
-            ls = ls * exp_scalar(mpos - a_l) if a_l < np.inf else 0.0
-            a_l = mpos
-        if m >= 0.0:
-            lhat = ratio * sumw
-            ls += lhat * exp_scalar(a_l - mpos) if mpos != a_l else lhat
+        cr, mpos, lp, n_neg, neg_m, prod, prod_exp, mp_min, a_l, ls = sentence_loss(
+            m, sumw, lp, n_neg, neg_m, prod, prod_exp, mp_min, a_l, ls)
         lam = mpos
         lam_min = min(lam_min, lam)
         if lam < a_g - _SLACK:
@@ -615,10 +503,7 @@ def stage1_direction(cst, eoff, erow, evals, xs, ys, D):
             sval[k0 + k] = 0.0 + a * wv[v]
         k0 += ns
         soff[j + 1] = k0
-    if n_neg > 0:
-        loss_neg = neg_m + (math.log(prod) + prod_exp * _LN2)
-        lp += loss_neg
-        ls += loss_neg * exp_scalar(a_l)
+    lp, ls = negative_losses(n_neg, neg_m, prod, prod_exp, lp, ls, a_l)
     # ---- the reduction of one chunk (kernels_chunk._reduce)
     ltot = 0.0
     if a_l < np.inf:

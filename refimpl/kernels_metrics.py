@@ -55,7 +55,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from .kernels_math import _EXP_MIN, _exp_reduced, as_bits, exp_scalar, exp_shifted, fma, from_bits, max4, sum4
+from .kernels_math import as_bits, exp_clamped, exp_scalar, exp_shifted, fma, from_bits, max4, sum4
 from .kernels_sparse import _entry
 
 __all__ = ["excess_accuracy", "excess_accuracy_structured", "logit_accuracy", "colloc_margins", "matrix_metrics", "constraint_margin",
@@ -144,6 +144,33 @@ def _log_loss(D, y, w):
     if a < -20.0:
         return a + math.log1p(-math.exp(a) / 2.0)
     return math.log(_logaddexp0(a))
+
+
+@njit(**_INLINE)
+def _vertex_excess(num, ecl_p, cpair_p, l1s_p):
+    """A vertex sentence's excess from ``num = sum_v eb_v expm1(delta_v)`` (docs/reproduce.md,
+    :class:`refimpl.trajectory.ExcessLoss`): ``(use_x, x, lx)`` with x = log1p(R) the excess
+    itself when R = num ecl = (S - S*)/(1 + S*) is representable (one libm call, no logarithm;
+    then lx = -inf), else lx = log(log1p(e^{log R})) from log R = c + log num - log(1 + S*)
+    (= log R below -40), or -inf when num <= 0 (rounding at the floor)."""
+    R = num * ecl_p
+    if R >= _ECL_MIN and R < np.inf:
+        return True, math.log1p(R), -np.inf
+    if num > 0.0:
+        log_r = (cpair_p + math.log(num)) - l1s_p
+        if log_r < _LOG_TINY:
+            return False, 0.0, log_r
+        return False, 0.0, math.log(math.log1p(math.exp(min(log_r, 700.0))))
+    return False, 0.0, -np.inf
+
+
+@njit(**_INLINE)
+def _direct_excess(ll, lf):
+    """log(loss_i - floor_i) = ll + log(-expm1(lf - ll)) from the log-loss ``ll`` and the
+    log-floor ``lf``; -inf when ll <= lf (rounding at the floor)."""
+    if ll > lf:
+        return ll + math.log(-math.expm1(min(lf - ll, 0.0)))
+    return -np.inf
 
 
 @njit(**_INLINE)
@@ -272,25 +299,14 @@ def _excess_chunk(OT, KT, tokens, offsets, ys, xstar, pair, EB, cpair, l1s, ecl,
             for v in range(M):                    # eb_v expm1(delta_v), 0 at v = y
                 em[v] = EB[p, v] * _expm1(dz[v])
             num = sum4(em)
-            R = num * ecl[p]                      # R = (S - S*) / (1 + S*), when representable
-            if R >= _ECL_MIN and R < np.inf:      # x_i = log1p(R): one libm call, no logarithm
-                xv[i] = math.log1p(R)
-                lx[i] = -np.inf
-            elif num > 0.0:
-                log_r = (cpair[p] + math.log(num)) - l1s[p]
-                if log_r < _LOG_TINY:
-                    lx[i] = log_r
-                else:
-                    lx[i] = math.log(math.log1p(math.exp(min(log_r, 700.0))))
-            else:
-                lx[i] = -np.inf
+            use_x, x, l = _vertex_excess(num, ecl[p], cpair[p], l1s[p])
+            if use_x:
+                xv[i] = x
+            lx[i] = l
         else:
             ll = _log_loss(z, y, em)              # z holds b_v + delta_v = z_v - z_y
             lf = log_floor[i]
-            if ll > lf:
-                lx[i] = ll + math.log(-math.expm1(min(lf - ll, 0.0)))
-            else:
-                lx[i] = -np.inf
+            lx[i] = _direct_excess(ll, lf)
 
 
 @njit(**_OPTS)
@@ -520,18 +536,10 @@ def _excess_chunk_s(cst, eoff, erow, evals, Kp, slot, tokens, offsets, ys, xstar
                 while mark[r] == i:
                     r += 1
                 num = fma(float(n_rest), EB[p, r] * _expm1(d_rest), num)
-            R = num * ecl[p]
-            if R >= _ECL_MIN and R < np.inf:
-                xv[i] = math.log1p(R)
-                lx[i] = -np.inf
-            elif num > 0.0:
-                log_r = (cpair[p] + math.log(num)) - l1s[p]
-                if log_r < _LOG_TINY:
-                    lx[i] = log_r
-                else:
-                    lx[i] = math.log(math.log1p(math.exp(min(log_r, 700.0))))
-            else:
-                lx[i] = -np.inf
+            use_x, x, l = _vertex_excess(num, ecl[p], cpair[p], l1s[p])
+            if use_x:
+                xv[i] = x
+            lx[i] = l
         else:
             # _log_loss over D_v = z_v - z_y, v != y: the rest is one value n_rest times
             amax = z_rest if n_rest > 0 else -np.inf
@@ -546,27 +554,20 @@ def _excess_chunk_s(cst, eoff, erow, evals, Kp, slot, tokens, offsets, ys, xstar
                 if z_rest == amax:
                     m += n_rest
                 else:
-                    xx = z_rest - amax
-                    e = _exp_reduced(xx if xx > _EXP_MIN else _EXP_MIN)
-                    rest = n_rest * (e if xx > _EXP_MIN else 0.0)
+                    rest = n_rest * exp_clamped(z_rest - amax)
             for k in range(1, ns):
                 zv = dzr[srows[k]]
                 if zv == amax:
                     m += 1.0
                 else:
-                    xx = zv - amax
-                    e = _exp_reduced(xx if xx > _EXP_MIN else _EXP_MIN)
-                    rest += e if xx > _EXP_MIN else 0.0
+                    rest += exp_clamped(zv - amax)
             a = (math.log1p(rest / m) + math.log(m)) + amax
             if a < -20.0:
                 ll = a + math.log1p(-math.exp(a) / 2.0)
             else:
                 ll = math.log(_logaddexp0(a))
             lf = log_floor[i]
-            if ll > lf:
-                lx[i] = ll + math.log(-math.expm1(min(lf - ll, 0.0)))
-            else:
-                lx[i] = -np.inf
+            lx[i] = _direct_excess(ll, lf)
 
 
 @njit(**_OPTS)

@@ -423,25 +423,16 @@ def stage1_replay(ds, O0, eta0, T0, callback):
 
 
 def _replay(direction, W0, eta, T, callback):
-    """NGD from ``W0`` with ``direction.direction(W)`` (a Stage1Direction or Stage2Direction),
-    the Kahan update and the trainer's stops; ``callback(t, W_t)`` for every step."""
-    it = _Compensated(W0)
-    radius = float(np.linalg.norm(it.W))
-    with np.errstate(all="ignore"):
-        for t in range(T + 1):
-            callback(t, it.W)
-            D, nrm, _, loss, _ = direction.direction(it.W)
-            if not math.isfinite(loss) or (radius > _NORM_SAFE and not _norms_finite([it.W])):
-                return f"{NON_FINITE} at step {t}"
-            if t == T:
-                return COMPLETED
-            if nrm == 0.0:
-                return f"{ZERO_GRADIENT} at step {t}"
-            if not nrm < math.inf:
-                return f"{NON_FINITE} at step {t}"
-            it.step(D, eta)
-            radius += eta
-    return COMPLETED
+    """NGD from ``W0`` with ``direction.direction(W)`` (a Stage1Direction or Stage2Direction):
+    the trainer's loop (:func:`_ngd`: Kahan update, stops) with nothing recorded;
+    ``callback(t, W_t)`` for every step."""
+
+    def evaluate(W):
+        D, nrm, _, loss, log10_loss = direction.direction(W)
+        return loss, log10_loss, lambda: ([D], nrm)
+
+    return _ngd([_Compensated(W0)], eta, T, (), evaluate, lambda *row: None, _Progress(T, False, ""), 0,
+                callback)
 
 
 def _init_pair(cfg, M, W_ov0, W_kq0):

@@ -67,8 +67,8 @@ _PUBLIC = ("stage1_grad", "stage2_grad", "joint_grad", "stage2_loss", "normalize
            "attention", "logits")
 __all__ = ["Stage1Direction", "Stage2Direction", "THREADS_ENV", "compensated_step", "n_chunks", "ragged", *_PUBLIC, *(n + "_np" for n in _PUBLIC)]
 
-# Chunk counts (n_chunks), measured on the 2-vCPU VM (its vCPUs share one physical core, so
-# two threads give ~1.4-1.6x, not 2x). Quiet, threads paid off from ~6000 token-columns of
+# Chunk counts (n_chunks), measured on the 2-vCPU VM (two threads gave ~1.4-1.6x on the
+# step, 1.94x on a pure FMA loop: bench/README.md, "Shared CPU"). Quiet, threads paid off from ~6000 token-columns of
 # work (N * Lmax * M; ~25 us serial), but a parallel region costs a thread wake-up and a
 # barrier, which a busy process on the other vCPU stretches to a scheduler time slice: below
 # ~50,000 token-columns (~60 us serial at M = 20; size S, M=20 N=200 lengths 2..6, is 24,000)

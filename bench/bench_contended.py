@@ -11,6 +11,10 @@ The step is the trainer's (``kernels.Stage2Direction`` + ``compensated_step``, a
             chunks, so at size S this is the former default of 2 chunks on 2 threads)
   trainer   ``refimpl.train.stage2_replay`` (the trainer's stage-2 loop, default threading),
             time per step over a short run (``--trainer``)
+  recorded  the stage-2 loop of ``train_two_stage`` itself (``refimpl.train._stage2``) with
+            every step recorded (the trajectory metrics of each step: the densest schedule,
+            which the default one is for T <= 2000), time per step over a short run minus
+            its set-up (``--trainer``)
 
 Conditions, switched round by round (a busy process is started once and paused/resumed
 with SIGSTOP/SIGCONT):
@@ -123,6 +127,30 @@ def make_trainer(ds, O, n_steps):
     return run
 
 
+def make_recorded(ds, O, n_steps):
+    """Per-step time of the trainer's stage-2 loop recording every step: (time(T = n) -
+    time(T = 0)) / n, so the per-call set-up (prepared kernel, table) is not counted."""
+    from refimpl import train
+    from refimpl.maxmargin import stage2_floor, w_kq_star
+    from refimpl.trajectory import ExcessLoss
+    floor, _, vertex, details = stage2_floor(ds, O, return_details=True)
+    excess = ExcessLoss(ds, O, floor, vertex, details["log_loss"])
+    K_star = w_kq_star(ds)[0]
+    K_hat = K_star / np.linalg.norm(K_star) if np.any(K_star) else None
+    M = O.shape[0]
+
+    def once(K, T):
+        cfg = train.TrainConfig(T0=0, T=T, eta=ETA, record_dense_limit=max(T, 1)).resolved(M)
+        bar = train._Progress(T, False, "bench")
+        t = time.perf_counter()
+        train._stage2(ds, cfg, O, K, K_hat, excess, bar, 0)
+        return time.perf_counter() - t
+
+    def run(K):
+        return (once(K, n_steps) - once(K, 0)) / n_steps
+    return run
+
+
 def set_condition(cond, hog, cpus):
     first, last = min(cpus), max(cpus)
     os.sched_setaffinity(0, cpus if cond != "floor" else {first})     # the calling thread only
@@ -139,10 +167,12 @@ def run_size(name, c, hog, rounds, trainer):
     losses = {impl: s(K) for impl, s in steps.items()}
     assert losses["default"] == losses["single"], losses          # same chunks: same bits
     run_trainer = make_trainer(ds, O, c["replay"]) if trainer else None
+    run_recorded = make_recorded(ds, O, c["replay"]) if trainer else None
     if run_trainer:
         run_trainer(K)
+        run_recorded(K)
     cpus = os.sched_getaffinity(0)
-    times = {(cd, impl): [] for cd in CONDITIONS for impl in [*steps, "trainer"]}
+    times = {(cd, impl): [] for cd in CONDITIONS for impl in [*steps, "trainer", "recorded"]}
     share = {cd: [] for cd in CONDITIONS}      # share of "default" steps on the threaded driver
     for _ in range(rounds):
         for cond in CONDITIONS:
@@ -165,13 +195,14 @@ def run_size(name, c, hog, rounds, trainer):
                     share[cond].append((after[1] - before[1]) / max(1, sum(after) - sum(before)))
             if run_trainer and cond != "floor":
                 times[cond, "trainer"].append(run_trainer(K))
+                times[cond, "recorded"].append(run_recorded(K))
     set_condition("quiet", hog, cpus)
     hog.set(False)
     med = {k: np.median(v) for k, v in times.items() if v}
     ref = med["quiet", "single"]
     print(f"\nsize {name}: M={M} N={c['N']} lengths {c['lo']}..{c['hi']}, n_chunks={nc}, "
           f"threads: 'threads' runs {max(nc, 2)} chunks; ms (median) and x quiet single")
-    impls = [*steps, *(["trainer"] if run_trainer else [])]
+    impls = [*steps, *(["trainer", "recorded"] if run_trainer else [])]
     print(f"{'condition':9} " + " ".join(f"{i:>17}" for i in impls) + "   default threaded share")
     for cond in CONDITIONS:
         cells = [f"{med[cond, i] * 1e3:8.3f} {med[cond, i] / ref:6.2f}x " if (cond, i) in med else "-"
@@ -183,6 +214,11 @@ def run_size(name, c, hog, rounds, trainer):
           f"busy-any/default {med['busy-any', 'default'] / ref:.2f}x, busy/threads "
           f"{med['busy', 'threads'] / ref:.2f}x); quiet default/single "
           f"{med['quiet', 'default'] / ref:.2f}x", flush=True)
+    if run_trainer:
+        print(f"headline {name} through the trainer: busy/trainer = {med['busy', 'trainer'] / ref:.2f}x, "
+              f"busy/recorded = {med['busy', 'recorded'] / ref:.2f}x quiet single (quiet recorded / quiet "
+              f"trainer {med['quiet', 'recorded'] / med['quiet', 'trainer']:.2f}x: the cost of recording "
+              f"every step)", flush=True)
 
 
 def main():
@@ -190,7 +226,7 @@ def main():
     ap.add_argument("--sizes", nargs="+", default=["S", "L"], choices=sorted(SIZES))
     ap.add_argument("--rounds", type=int, default=None, help="rounds per size (default: S 30, L 7)")
     ap.add_argument("--hog", choices=sorted(HOGS), default="py", help="kind of busy process")
-    ap.add_argument("--trainer", action="store_true", help="also time stage2_replay per step")
+    ap.add_argument("--trainer", action="store_true", help="also time the trainer's stage-2 loop per step, without and with recording")
     args = ap.parse_args()
     import numba
     cpus = sorted(os.sched_getaffinity(0))

@@ -9,6 +9,14 @@ Implementations (same model, float64, E = I so d = M):
 
 Sizes: S (M=20, N=200, lengths 2..6) and L (M=200, N=10^4, lengths 2..16).
 
+Two kinds of (O, K) per size (``--o``):
+  random   O, K standard normal: a generic O, so the kernel runs its dense path;
+  trained  the trainer's own stage-2 problem: O = W_ov after the default stage 1 from zero
+           initialisation and K = W_kq after 100 stage-2 steps (``train_two_stage``). That O
+           is column constants plus one entry per column, so from M >= 64 the kernel runs its
+           structured path (refimpl.kernels.Stage2Direction); PyTorch and the NumPy reference
+           compute the same thing as for any O.
+
 Timing is interleaved: each round runs a short block of every implementation in turn,
 and medians are taken over all rounds. Each block opens with 10 ms of the same
 implementation's untimed steps, so a thread pool the previous one left spinning has
@@ -25,7 +33,7 @@ prepared problem times its serial and threaded drivers and keeps the faster); th
 gives the share of its calls that ran threaded. ``bench_contended.py`` times it next to a
 busy process.
 
-    python bench/bench_step.py [--sizes S L] [--threads 2] [--rounds R]
+    python bench/bench_step.py [--sizes S L] [--o random trained] [--threads 2] [--rounds R]
 """
 from __future__ import annotations
 
@@ -62,7 +70,8 @@ def make_kernel_step(ds, M, O):
         D, _, _, loss, _ = direction(K)
         kernels.compensated_step(K, c, D, ETA, out)
         return out, loss
-    step.counts = sd._p.chooser.counts      # calls run serially / on threads (REFIMPL_THREADS)
+    step.counts = (sd._s if sd.structured else sd._p).chooser.counts   # calls serial / on threads
+    step.path = "structured" if sd.structured else "dense"
     return step
 
 
@@ -123,6 +132,8 @@ def interleaved_times(steps, O, K, ds, rounds, block):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", nargs="+", default=["S", "L"], choices=sorted(SIZES))
+    ap.add_argument("--o", nargs="+", default=["random", "trained"], choices=["random", "trained"],
+                    help="kinds of (O, K): generic random, or the trainer's own after stage 1")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--rounds", type=int, default=None, help="rounds per size (default: S 40, L 9)")
     args = ap.parse_args()
@@ -134,16 +145,21 @@ def main():
     makers = {"kernel": make_kernel_step, "dense": make_dense_step}
     if torch is not None:
         makers["torch"] = make_torch_step
-    for name in args.sizes:
+    for name, kind in [(n, k) for n in args.sizes for k in args.o]:
         c = SIZES[name]
         M = c["M"]
         ds = ri.generate(M, c["N"], c["lo"], c["hi"], seed=0)
-        O, K = np.random.default_rng(0).standard_normal((2, M, M))
+        if kind == "random":
+            O, K = np.random.default_rng(0).standard_normal((2, M, M))
+        else:
+            res = ri.train_two_stage(ds, T=100, progress=False)
+            O, K = res.W_ov, res.W_kq
         steps = {impl: make(ds, M, O) for impl, make in makers.items()}
         losses = {impl: step(O, K, ds)[1] for impl, step in steps.items()}
         ref = losses["kernel"]
         assert all(abs(v - ref) <= 1e-10 * ref for v in losses.values()), losses
         res = interleaved_times(steps, O, K, ds, args.rounds or c["rounds"], c["block"])
+        label = f"{name}/{kind[0]}"
         t_kernel = np.median(res["kernel"][0])
         for impl, (ts, rounds) in res.items():
             t = np.median(ts)
@@ -153,10 +169,10 @@ def main():
             if impl == "kernel":
                 madds = 2.0 * ds.lengths.sum() * M
                 n_serial, n_threads = steps["kernel"].counts
-                note = (f"{madds / t / 1e9:.2f} G token-column multiply-adds/s, "
-                        f"chunks={kernels.n_chunks(ds.n_sentences, ds.max_len, M)}, "
+                note = (f"{steps['kernel'].path} path, {madds / t / 1e9:.2f} G token-column "
+                        f"multiply-adds/s (dense-equivalent), "
                         f"threaded share {n_threads / max(1, n_serial + n_threads):.2f}")
-            print(f"{name:4} {impl:6} {t * 1e3:10.3f} {t / t_kernel:9.1f} {span:>13}  {note}",
+            print(f"{label:4} {impl:6} {t * 1e3:10.3f} {t / t_kernel:9.1f} {span:>13}  {note}",
                   flush=True)
 
 

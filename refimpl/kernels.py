@@ -338,7 +338,7 @@ class Stage1Direction:
     instead of two transposed copies of O and M^2 accumulators. The same values up to
     rounding (the Frobenius norm and the sum of e^{z_v - zmax} are taken as products over the
     rows that share a value); every D it returns is again constant + exceptions per column.
-    ``structured``: None (default) from M >= 256 on, True at any M, False never.
+    ``structured``: None (default) from M >= 64 on, True at any M, False never.
     """
 
     def __init__(self, xs, ys, M, *, structured=None):
@@ -447,8 +447,9 @@ class Stage2Direction:
     chunks : int, optional
         Overrides :func:`n_chunks` (dense path; given, the structured path is not used).
     structured : bool or None, optional
-        None (default): the structured path when O has the structure and M >= 256 (below, the
-        dense kernel is cheap and keeps the bits of :func:`stage2_grad`); True: whenever O has
+        None (default): the structured path when O has the structure and M >= 64 (below, the
+        dense kernel, whose M exponentials per sentence vectorize, is as fast and keeps the bits
+        of :func:`stage2_grad`); True: whenever O has
         the structure (any M); False: always dense. The attribute ``structured`` says which
         path is in use.
     """
@@ -469,7 +470,12 @@ class Stage2Direction:
         return D, norm, log_scale, loss, log10_loss   # norm >= 0 with unit=True
 
 
-_STRUCT_MIN_M = 256          # automatic structured path from this vocabulary size on
+# Automatic structured path from this vocabulary size on. Serial step times (us), dense /
+# structured, O after stage 1 from zero, N = 2000 (M = 128: 5000): M = 32, lengths 2..6:
+# 370 / 377; M = 64: 524 / 393 (2..6), 793 / 739 (2..16); M = 100: 1167 / 736 (2..16),
+# 2166 / 1683 (2..40); M = 128: 5107 / 2041 (2..16). A structured sentence costs ~2 L scalar
+# exponentials, a dense one M vectorized ones and 2 L M multiply-adds.
+_STRUCT_MIN_M = 64
 _STRUCT_MAX_MEAN = 4         # at most this many exceptions per column on average ...
 _STRUCT_MAX_PER_COLUMN = 8   # ... and in any one column (bounds the per-sentence special set)
 

@@ -56,7 +56,7 @@ import numpy as np
 from numba import njit, prange
 
 from .kernels_math import as_bits, exp_clamped, exp_scalar, exp_shifted, fma, from_bits, max4, sum4
-from .kernels_sparse import _entry
+from .kernels_sparse import _entry, special_chain
 
 __all__ = ["excess_accuracy", "excess_accuracy_structured", "logit_accuracy", "colloc_margins", "matrix_metrics", "constraint_margin",
            "metric_chunks"]
@@ -444,11 +444,13 @@ def _exact_correct_s(cst, eoff, erow, evals, Kp, slot, tokens, off, L, y, ph, sr
 
 @njit(_nrt=False, **_OPTS)
 def _excess_chunk_s(cst, eoff, erow, evals, Kp, slot, tokens, offsets, ys, xstar, pair, EB, cpair, l1s, ecl, vertex,
-                    log_floor, tie, lo, hi, lx, xv, correct, mark, dzr, srows, ph, nt):
+                    log_floor, tie, lo, hi, lx, xv, correct, mark, pos, dzr, srows, zs, oxs, keep, ph, nt):
     """:func:`_excess_chunk` for a structured O. Scores are read as Kp[slot[off + l]] = K[x_l, q]
     (Kp (P,) K at the sentences' (key, query) pairs, :func:`refimpl.kernels_sparse.gather`; the
-    same values as KT[q, x_l]). mark int64 (M,) (initially -1), dzr (M,): per-row scratch;
-    srows int64 (>= 1 + (Lmax + 1) kmax,), ph (Lmax,), nt int64 (Lmax,)."""
+    same values as KT[q, x_l]). mark, pos int64 (M,) (mark initially -1), dzr (M,): per-row
+    scratch (pos[v]: the index of row v in srows); srows int64, zs and oxs float64
+    (>= 1 + (Lmax + 1) kmax,): the special rows, their dz and their O[v, x*]; keep (kmax,),
+    ph (Lmax,), nt int64 (Lmax,)."""
     M = cst.shape[0]
     for i in range(lo, hi):
         off = offsets[i]
@@ -477,17 +479,23 @@ def _excess_chunk_s(cst, eoff, erow, evals, Kp, slot, tokens, offsets, ys, xstar
         ns = 1
         srows[0] = y
         mark[y] = i
+        pos[y] = 0
         for j in range(-1, n):
             x = xs if j < 0 else nt[j]
             for k in range(eoff[x], eoff[x + 1]):
                 v = erow[k]
                 if mark[v] != i:
                     mark[v] = i
+                    pos[v] = ns
                     srows[ns] = v
                     ns += 1
         n_rest = M - ns
+        cxs = cst[xs]                             # oxs[k] = O[v_k, x*]
+        for k in range(ns):
+            oxs[k] = cxs
+        for k in range(eoff[xs], eoff[xs + 1]):
+            oxs[pos[erow[k]]] = evals[k]
         # ---- dz on S and on the rest: -sphi O[v, x*], then one fma per other position (the dense order)
-        cxs = cst[xs]
         if n == 0:
             dz_rest = 0.0
             for k in range(ns):
@@ -496,14 +504,11 @@ def _excess_chunk_s(cst, eoff, erow, evals, Kp, slot, tokens, offsets, ys, xstar
             dz_rest = -sphi * cxs
             for j in range(n):
                 dz_rest = fma(ph[j], cst[nt[j]], dz_rest)
+            special_chain(cst, eoff, erow, evals, nt, 0, -1, n, xs, -sphi, ph, pos, ns, zs, keep)
             for k in range(ns):
-                v = srows[k]
-                d = -sphi * _entry(cst, eoff, erow, evals, xs, v)
-                for j in range(n):
-                    d = fma(ph[j], _entry(cst, eoff, erow, evals, nt[j], v), d)
-                dzr[v] = d
+                dzr[srows[k]] = zs[k]
         dzy = dzr[y]
-        zsy = _entry(cst, eoff, erow, evals, xs, y)
+        zsy = oxs[0]
         d_rest = dz_rest - dzy
         z_rest = (cxs - zsy) + d_rest
         dmax = d_rest if n_rest > 0 else -np.inf
@@ -514,7 +519,7 @@ def _excess_chunk_s(cst, eoff, erow, evals, Kp, slot, tokens, offsets, ys, xstar
             dzr[v] = d
             dmax = d if d > dmax else dmax
             if k > 0:
-                zv = (_entry(cst, eoff, erow, evals, xs, v) - zsy) + d
+                zv = (oxs[k] - zsy) + d
                 mz = zv if zv > mz else mz
         if abs(mz) > tie * (L + 2) and tot < np.inf:
             correct[i] = 1 if mz < 0.0 else 0
@@ -545,7 +550,7 @@ def _excess_chunk_s(cst, eoff, erow, evals, Kp, slot, tokens, offsets, ys, xstar
             amax = z_rest if n_rest > 0 else -np.inf
             for k in range(1, ns):
                 v = srows[k]
-                zv = (_entry(cst, eoff, erow, evals, xs, v) - zsy) + dzr[v]
+                zv = (oxs[k] - zsy) + dzr[v]
                 dzr[v] = zv
                 amax = zv if zv > amax else amax
             m = 0.0
@@ -577,8 +582,9 @@ def _run_excess_s(cst, eoff, erow, evals, Kp, slot, tokens, offsets, ys, xstar, 
     N = offsets.shape[0] - 1
     _excess_chunk_s(cst, eoff, erow, evals, Kp, slot, tokens, offsets, ys, xstar, pair, EB, cpair, l1s, ecl, vertex,
                     log_floor, tie, c * N // nc, (c + 1) * N // nc, lx, xv, correct,
-                    np.full(M, -1, dtype=np.int64), np.empty(M), np.empty(1 + (Lmax + 1) * kmax, dtype=np.int64),
-                    np.empty(Lmax), np.empty(Lmax, dtype=np.int64))
+                    np.full(M, -1, dtype=np.int64), np.empty(M, dtype=np.int64), np.empty(M),
+                    np.empty(1 + (Lmax + 1) * kmax, dtype=np.int64), np.empty(1 + (Lmax + 1) * kmax),
+                    np.empty(1 + (Lmax + 1) * kmax), np.empty(kmax), np.empty(Lmax), np.empty(Lmax, dtype=np.int64))
 
 
 @njit(**_OPTS)

@@ -181,17 +181,50 @@ def _entry(cst, eoff, erow, evals, x, v):
     return cst[x]
 
 
+@njit(**_INLINE)
+def special_chain(cst, eoff, erow, evals, tokens, start, lo, hi, x0, a0, ph, pos, ns, zs, keep):
+    """``zs[k] = a0 O[v_k, x0]``, then ``zs[k] = fma(ph[l], O[v_k, x_l], zs[k])`` for
+    l = lo + 1 .. hi - 1 (x_l = tokens[start + l]): the dense kernel's chain for every special
+    row v_k at once, the same operations in the same order per row, so the same bits as a
+    chain run row by row.
+
+    Rows are indexed by their position k < ns in the special set (pos[v] = k); every exception
+    row of every column read must be in it. Column x is cst[x] on all rows but its exceptions:
+    the fma with cst[x] runs over all k (a loop that vectorizes), and the few exception rows,
+    whose old values are first kept in ``keep`` (>= max |E_x|,), are then redone with their own
+    entries. O(ns + |E_x|) per position instead of a scan of the exceptions per (row, position).
+    """
+    c0 = a0 * cst[x0]
+    for k in range(ns):
+        zs[k] = c0
+    for j in range(eoff[x0], eoff[x0 + 1]):
+        zs[pos[erow[j]]] = a0 * evals[j]
+    for l in range(lo + 1, hi):
+        x = tokens[start + l]
+        a = ph[l]
+        c = cst[x]
+        j0 = eoff[x]
+        j1 = eoff[x + 1]
+        for j in range(j0, j1):
+            keep[j - j0] = zs[pos[erow[j]]]
+        for k in range(ns):
+            zs[k] = fma(a, c, zs[k])
+        for j in range(j0, j1):
+            zs[pos[erow[j]]] = fma(a, evals[j], keep[j - j0])
+
+
 @njit(_nrt=False, **_OPTS)
 def _chunk_s(cst, eoff, erow, evals, edif, Kp, tokens, offsets, ys, slot, lo, hi, acc, stats,
-             mark, wv, srows, s, u, ph, g):
+             mark, pos, wv, srows, zs, keep, s, u, ph, g):
     """Sentences lo..hi-1 into acc (P,) = sum_i (dL_i/dK at the pairs) e^{a_g} (want_k alone).
 
     Kp (P,) holds K at the pairs (:func:`gather`), so the score of position l is
     Kp[slot[off + l]] = K[x_l, q]: the same value, read from a small array in place of a random
     entry of K (a cache miss per position at large M).
-    stats (6,) as in :func:`refimpl.kernels_chunk._chunk`. mark int64 (M,) (initially -1) and
-    wv (M,) are indexed by row: mark[v] = i once row v is in the special set S of sentence i,
-    wv[v] its w_v. srows int64 (>= 1 + Lmax * max |E_x|,), s, u, ph, g (Lmax,) scratch.
+    stats (6,) as in :func:`refimpl.kernels_chunk._chunk`. mark, pos int64 (M,) (mark initially
+    -1) and wv (M,) are indexed by row: mark[v] = i once row v is in the special set S of
+    sentence i, pos[v] its index in srows, wv[v] its w_v. srows int64 and zs float64
+    (>= 1 + Lmax * max |E_x|,), keep (max |E_x|,), s, u, ph, g (Lmax,) scratch.
     """
     M = cst.shape[0]
     P = acc.shape[0]
@@ -217,12 +250,14 @@ def _chunk_s(cst, eoff, erow, evals, edif, Kp, tokens, offsets, ys, slot, lo, hi
         ns = 1
         srows[0] = y
         mark[y] = i
+        pos[y] = 0
         for l in range(L):
             x = tokens[off + l]
             for j in range(eoff[x], eoff[x + 1]):
                 v = erow[j]
                 if mark[v] != i:
                     mark[v] = i
+                    pos[v] = ns
                     srows[ns] = v
                     ns += 1
         n_rest = M - ns
@@ -232,24 +267,18 @@ def _chunk_s(cst, eoff, erow, evals, edif, Kp, tokens, offsets, ys, slot, lo, hi
         base = a0 * cst[x0]
         for l in range(1, L):
             base = fma(ph[l], cst[tokens[off + l]], base)
+        special_chain(cst, eoff, erow, evals, tokens, off, 0, L, x0, a0, ph, pos, ns, zs, keep)
         zmax = base if n_rest > 0 else -np.inf
-        zy = 0.0
-        for k in range(ns):
-            v = srows[k]
-            zv = a0 * _entry(cst, eoff, erow, evals, x0, v)
-            for l in range(1, L):
-                zv = fma(ph[l], _entry(cst, eoff, erow, evals, tokens[off + l], v), zv)
-            wv[v] = zv
-            if k == 0:
-                zy = zv
-            else:
-                zmax = zv if zv > zmax else zmax
+        zy = zs[0]
+        for k in range(1, ns):
+            zmax = zs[k] if zs[k] > zmax else zmax
         # ---- w_v = e^{z_v - zmax} (clamped as exp_shifted), sum over v != y
+        for k in range(1, ns):                    # contiguous: the exponentials vectorize
+            zs[k] = exp_clamped(zs[k] - zmax)
         sumw = 0.0
         for k in range(1, ns):
-            v = srows[k]
-            e = exp_clamped(wv[v] - zmax)
-            wv[v] = e
+            e = zs[k]
+            wv[srows[k]] = e
             sumw += e
         if n_rest > 0:
             sumw = fma(float(n_rest), exp_clamped(base - zmax), sumw)
@@ -344,9 +373,9 @@ def _run_chunk_s(cst, eoff, erow, evals, edif, Kp, tokens, offsets, ys, slot, Lm
     N = offsets.shape[0] - 1
     M = cst.shape[0]
     _chunk_s(cst, eoff, erow, evals, edif, Kp, tokens, offsets, ys, slot, c * N // nc, (c + 1) * N // nc,
-             acc[c], stats[c], np.full(M, -1, dtype=np.int64), np.empty(M),
-             np.empty(1 + Lmax * kmax, dtype=np.int64), np.empty(Lmax), np.empty(Lmax), np.empty(Lmax),
-             np.empty(Lmax))
+             acc[c], stats[c], np.full(M, -1, dtype=np.int64), np.empty(M, dtype=np.int64), np.empty(M),
+             np.empty(1 + Lmax * kmax, dtype=np.int64), np.empty(1 + Lmax * kmax), np.empty(kmax),
+             np.empty(Lmax), np.empty(Lmax), np.empty(Lmax), np.empty(Lmax))
 
 
 @njit(**_OPTS)

@@ -439,7 +439,7 @@ class ExcessLoss:
         The formulas of :meth:`reference`, with O(M + Lmax) scratch per chunk of sentences
         (module docstring of :mod:`refimpl.kernels_metrics`): the same values to rounding
         (``tests/test_metrics_fused.py`` states the tolerances). When O is column constants
-        plus a few exceptions (:func:`refimpl.kernels.structure`, M >= 256, as after stage 1
+        plus a few exceptions (:func:`refimpl.kernels.structure`, M >= 64, as after stage 1
         from zero) the pass is :func:`refimpl.kernels_metrics.excess_accuracy_structured`,
         O(L) per sentence instead of O(L M) (``tests/test_kernels_sparse.py`` compares them).
         """

@@ -43,7 +43,10 @@ in a fixed order; ``tests/test_metrics_fused.py`` states the agreement).
 
 Parallelism: sentences are split into fixed chunks under ``prange``; each sentence's values
 depend on that sentence only and the sums over sentences run afterwards in index order, so
-results are bit-identical for any thread count and any chunking.
+results are bit-identical for any thread count and any chunking. So the passes run serially
+or on threads as a ``chooser`` (:class:`refimpl.kernels._Chooser`, ``REFIMPL_THREADS``) finds
+faster, as the kernels' step does: next to a busy process the threaded pass can take several
+times the serial one.
 
 Numba's on-disk cache keys each function on its own file: after editing
 :mod:`refimpl.kernels_math` (whose helpers are inlined here), touch this file as well.
@@ -84,6 +87,16 @@ _Q0, _Q1, _Q2, _Q3, _Q4, _Q5, _Q6, _Q7, _Q8, _Q9, _Q10, _Q11, _Q12 = (
 # Chunks (any count gives the same bits): threads pay off from ~20000 token-columns of work.
 _PARALLEL_WORK = 20_000
 _CHUNKS = 8
+
+
+def _drive(drivers, args, nc, chooser):
+    """``drivers[0](*args)`` (serial) when nc == 1, else the one ``chooser`` picks (its
+    :meth:`refimpl.kernels._Chooser.run`), or the threaded ``drivers[1]`` without a chooser."""
+    if nc == 1:
+        return drivers[0](*args)
+    if chooser is None:
+        return drivers[1](*args)
+    return chooser.run(drivers, args)
 
 
 def metric_chunks(N, n_tokens, M):
@@ -358,7 +371,7 @@ def _excess_parallel(OT, KT, tokens, offsets, ys, xstar, pair, EB, cpair, l1s, e
 
 
 def excess_accuracy(OT, KT, tokens, offsets, ys, xstar, pair, EB, cpair, l1s, ecl, vertex, log_floor, tie, Lmax, nc,
-                    lx, xv, correct):
+                    lx, xv, correct, chooser=None):
     """Excess loss, its log10 and the train accuracy at K, in one pass over the sentences.
 
     Parameters
@@ -388,6 +401,9 @@ def excess_accuracy(OT, KT, tokens, offsets, ys, xstar, pair, EB, cpair, l1s, ec
         Chunks (:func:`metric_chunks`); 1 runs serially.
     lx, xv : float64 (N,), correct : uint8 (N,)
         Output scratch (overwritten): per-sentence log-excess or excess, and correctness.
+    chooser : refimpl.kernels._Chooser, optional
+        Picks the serial or the threaded pass by timing them (same bits); without it the
+        threaded pass runs whenever nc > 1.
 
     Returns
     -------
@@ -398,9 +414,9 @@ def excess_accuracy(OT, KT, tokens, offsets, ys, xstar, pair, EB, cpair, l1s, ec
     n_correct : int
         Number of sentences whose logit y is strictly the largest.
     """
-    drive = _excess_serial if nc == 1 else _excess_parallel
-    ex, l10, n_ok = drive(OT, KT, tokens, offsets, ys, xstar, pair, EB, cpair, l1s, ecl, vertex, log_floor, tie,
-                          Lmax, nc, lx, xv, correct)
+    args = (OT, KT, tokens, offsets, ys, xstar, pair, EB, cpair, l1s, ecl, vertex, log_floor, tie, Lmax, nc, lx, xv,
+            correct)
+    ex, l10, n_ok = _drive((_excess_serial, _excess_parallel), args, nc, chooser)
     return float(ex), float(l10), int(n_ok)
 
 
@@ -606,7 +622,7 @@ def _excess_parallel_s(cst, eoff, erow, evals, Kp, slot, tokens, offsets, ys, xs
 
 
 def excess_accuracy_structured(rep, Kp, slot, tokens, offsets, ys, xstar, pair, EB, cpair, l1s, ecl, vertex, log_floor,
-                               tie, Lmax, nc, lx, xv, correct):
+                               tie, Lmax, nc, lx, xv, correct, chooser=None):
     """:func:`excess_accuracy` for an O given as column constants plus exceptions.
 
     Parameters
@@ -614,7 +630,7 @@ def excess_accuracy_structured(rep, Kp, slot, tokens, offsets, ys, xstar, pair, 
     rep : tuple
         ``(cst (M,), eoff (M + 1,), erow (E,), evals (E,), edif (E,))`` from
         :func:`refimpl.kernels_sparse.detect` (bitwise the fixed O).
-    Kp, slot, tokens, offsets, ys, xstar, pair, EB, cpair, l1s, ecl, vertex, log_floor, tie, Lmax, nc, lx, xv, correct
+    Kp, slot, tokens, offsets, ys, xstar, pair, EB, cpair, l1s, ecl, vertex, log_floor, tie, Lmax, nc, lx, xv, correct, chooser
         As in :func:`excess_accuracy`.
 
     Returns
@@ -628,9 +644,9 @@ def excess_accuracy_structured(rep, Kp, slot, tokens, offsets, ys, xstar, pair, 
     """
     cst, eoff, erow, evals, _ = rep
     kmax = max(int(np.diff(eoff).max(initial=0)), 1)
-    drive = _excess_serial_s if nc == 1 else _excess_parallel_s
-    ex, l10, n_ok = drive(cst, eoff, erow, evals, Kp, slot, tokens, offsets, ys, xstar, pair, EB, cpair, l1s, ecl, vertex,
-                          log_floor, tie, Lmax, kmax, nc, lx, xv, correct)
+    args = (cst, eoff, erow, evals, Kp, slot, tokens, offsets, ys, xstar, pair, EB, cpair, l1s, ecl, vertex, log_floor,
+            tie, Lmax, kmax, nc, lx, xv, correct)
+    ex, l10, n_ok = _drive((_excess_serial_s, _excess_parallel_s), args, nc, chooser)
     return float(ex), float(l10), int(n_ok)
 
 
@@ -667,16 +683,17 @@ def _accuracy_serial(OT, KT, tokens, offsets, ys, Lmax, nc, correct):
     return n_ok
 
 
-def logit_accuracy(OT, KT, tokens, offsets, ys, Lmax, nc, correct):
+def logit_accuracy(OT, KT, tokens, offsets, ys, Lmax, nc, correct, chooser=None):
     """Number of sentences whose logit y is strictly the largest, no (N, M) array.
 
     ``z_i = sum_l phi_il O[:, x_il]`` formed exactly as :func:`refimpl.kernels.logits` (and phi
     as :func:`refimpl.kernels.attention`), so the count equals
     ``sum(logit_margins(logits(O, K, ...), y) > 0)`` bit for bit. OT = O^T, KT = K^T : float64
-    (M, M) C-contiguous; tokens, offsets, ys ragged int64; correct : uint8 (N,) scratch.
+    (M, M) C-contiguous; tokens, offsets, ys ragged int64; correct : uint8 (N,) scratch;
+    ``chooser`` as in :func:`excess_accuracy`.
     """
-    drive = _accuracy_serial if nc == 1 else _accuracy_parallel
-    return int(drive(OT, KT, tokens, offsets, ys, Lmax, nc, correct))
+    return int(_drive((_accuracy_serial, _accuracy_parallel), (OT, KT, tokens, offsets, ys, Lmax, nc, correct), nc,
+                      chooser))
 
 
 # ===================================================================== stage 1, matrices, constraints

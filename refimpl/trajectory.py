@@ -315,6 +315,12 @@ def accuracy(z, y):
     return float(np.mean(logit_margins(z, y) > 0))
 
 
+def _metric_chooser(nc):
+    """The serial-or-threaded choice of a compiled metric pass over ``nc`` chunks
+    (:class:`refimpl.kernels._Chooser`, ``REFIMPL_THREADS``): both give the same bits."""
+    return kernels._Chooser("serial" if nc == 1 else kernels._threads_mode())
+
+
 class LogitAccuracy:
     """The train accuracy at (O, K) without the (N, M) logits: one compiled pass
     (:func:`refimpl.kernels_metrics.logit_accuracy`), equal to
@@ -335,6 +341,7 @@ class LogitAccuracy:
         self.y = np.ascontiguousarray(ds.next_tokens, dtype=np.int64)
         self.N, self.Lmax = len(self.y), ds.max_len
         self.nc = km.metric_chunks(self.N, len(self.flat), ds.vocab_size)
+        self._chooser = _metric_chooser(self.nc)
         self._correct = np.empty(self.N, dtype=np.uint8)
 
     def __call__(self, O, K):
@@ -343,7 +350,7 @@ class LogitAccuracy:
         OT = np.ascontiguousarray(np.asarray(O, dtype=np.float64).T)
         KT = np.ascontiguousarray(np.asarray(K, dtype=np.float64).T)
         return km.logit_accuracy(OT, KT, self.flat, self.offsets, self.y, self.Lmax, self.nc,
-                                 self._correct) / self.N
+                                 self._correct, self._chooser) / self.N
 
 
 class ExcessLoss:
@@ -411,6 +418,7 @@ class ExcessLoss:
         if self._rep is not None:  # the (key, query) pairs: K is gathered there instead of transposed
             self._pairs, self._slot = kernels_sparse.pair_slots(self.flat, self.offsets, M)
         self._nc = km.metric_chunks(N, len(self.flat), M)
+        self._chooser = _metric_chooser(self._nc)
         self._lx = np.empty(N)
         self._xv = np.empty(N)
         self._correct = np.empty(N, dtype=np.uint8)
@@ -449,13 +457,13 @@ class ExcessLoss:
             ex, log10_ex, n_ok = km.excess_accuracy_structured(
                 self._rep, kernels_sparse.gather(K, self._pairs), self._slot, self.flat, self.offsets, self.y,
                 self.xstar, self.pair, self.eb, self.c, self.log1p_s, self.ecl, self.vertex, self.log_floor,
-                self._tie, self.Lmax, self._nc, self._lx, self._xv, self._correct)
+                self._tie, self.Lmax, self._nc, self._lx, self._xv, self._correct, self._chooser)
         else:
             KT = np.ascontiguousarray(K.T)  # (M, M) copy: rows are queries
             ex, log10_ex, n_ok = km.excess_accuracy(
                 self.OT, KT, self.flat, self.offsets, self.y, self.xstar, self.pair, self.eb, self.c, self.log1p_s,
                 self.ecl, self.vertex, self.log_floor, self._tie, self.Lmax, self._nc, self._lx, self._xv,
-                self._correct)
+                self._correct, self._chooser)
         if not np.isfinite(K).all():  # a non-finite stop: the attention (so the excess) is undefined
             ex, log10_ex = math.nan, math.nan
         return ex, log10_ex, (n_ok / N if N else math.nan)

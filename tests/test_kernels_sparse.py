@@ -386,3 +386,24 @@ def test_trainer_both_stages_structured_close_to_dense(monkeypatch):
         assert np.allclose(a, b, rtol=tol, atol=0.0, equal_nan=True), col
     for col in ("loss", "log10_loss"):
         assert np.allclose(np.asarray(s.stage1[col]), np.asarray(d.stage1[col]), rtol=tol, atol=0.0), col
+
+
+# ===================================================================== the default threshold
+@pytest.mark.parametrize("M", [63, 64])
+def test_structured_path_is_the_default_from_m_64(M):
+    """With no override every structured pass (stage-1 and stage-2 directions, the recorded
+    excess) is taken from M = 64 on and none below (kernels._STRUCT_MIN_M: from there the
+    structured step is at least as fast as the dense one, bench/README.md); the trainer's O
+    after stage 1 from zero has the structure at either M."""
+    from refimpl.trajectory import ExcessLoss
+    assert kn._STRUCT_MIN_M == 64
+    ds = ri.generate(M, 400, 2, 6, seed=3)
+    O = ri.train_two_stage(ds, T0=30, T=0, progress=False).W_ov
+    assert kn.structure(O) is not None                    # the form is there at any M
+    on = M >= 64
+    assert kn.Stage2Direction(O, *_args(ds)).structured == on
+    floor, _, vertex, details = ri.stage2_floor(ds, O, return_details=True)
+    assert (ExcessLoss(ds, O, floor, vertex, details["log_loss"])._rep is not None) == on
+    s1 = kn.Stage1Direction(ds.colloc_tokens, ds.colloc_next, M)
+    s1.direction(O)
+    assert (s1.structured_calls == 1) == on

@@ -64,6 +64,38 @@ def test_every_threading_mode_gives_the_same_bits(monkeypatch, mode):
         assert sd._p.chooser.counts[0 if mode == "serial" else 1] == 8
 
 
+@pytest.mark.parametrize("mode", ["auto", "serial", "parallel"])
+@pytest.mark.parametrize("trained", [False, True])
+def test_metric_passes_give_the_same_bits_in_every_threading_mode(monkeypatch, mode, trained):
+    """The recorded-step metrics (excess loss, accuracy) follow REFIMPL_THREADS like the step,
+    and the serial and threaded passes agree bit for bit (per-sentence values, then sums in
+    index order); ``trained``: O after stage 1 from zero, so the structured excess pass."""
+    from refimpl.maxmargin import stage2_floor
+    from refimpl.trajectory import ExcessLoss, LogitAccuracy
+    M = 80
+    ds = ri.generate(M, 3000, 2, 10, seed=7)
+    rng = np.random.default_rng(7)
+    O = ri.train_two_stage(ds, T0=50, T=0, progress=False).W_ov if trained else rng.standard_normal((M, M))
+    K = rng.standard_normal((M, M))
+    floor, _, vertex, details = stage2_floor(ds, O, return_details=True)
+
+    def metrics():
+        ex = ExcessLoss(ds, O, floor, vertex, details["log_loss"])
+        acc = LogitAccuracy(ds)
+        assert ex._nc > 1 and (ex._rep is not None) == trained
+        return ex, acc, [(ex.at(K), acc(O, K)) for _ in range(8)]   # auto: start-up runs both passes
+
+    monkeypatch.setenv(kn.THREADS_ENV, "serial")
+    _, _, ref = metrics()
+    monkeypatch.setenv(kn.THREADS_ENV, mode)
+    ex, acc, got = metrics()
+    assert got == ref and len(set(got)) == 1
+    if mode == "auto":
+        assert min(ex._chooser.counts) >= 2 and min(acc._chooser.counts) >= 2
+    else:
+        assert ex._chooser.counts[0 if mode == "serial" else 1] == 8
+
+
 def test_threads_env_is_checked(monkeypatch):
     monkeypatch.setenv(kn.THREADS_ENV, "sometimes")
     with pytest.raises(ConfigError, match="REFIMPL_THREADS"):

@@ -15,6 +15,8 @@ The step is the trainer's (``kernels.Stage2Direction`` + ``compensated_step``, a
             every step recorded (the trajectory metrics of each step: the densest schedule,
             which the default one is for T <= 2000), time per step over a short run minus
             its set-up (``--trainer``)
+  rec-single  the same with ``REFIMPL_THREADS=serial`` (step and metric passes on the
+            calling thread): the reference of the recording trainer's headline
 
 Conditions, switched round by round (a busy process is started once and paused/resumed
 with SIGSTOP/SIGCONT):
@@ -127,14 +129,16 @@ def make_trainer(ds, O, n_steps):
     return run
 
 
-def make_recorded(ds, O, n_steps):
+def make_recorded(ds, O, n_steps, mode=None):
     """Per-step time of the trainer's stage-2 loop recording every step: (time(T = n) -
-    time(T = 0)) / n, so the per-call set-up (prepared kernel, table) is not counted."""
+    time(T = 0)) / n, so the per-call set-up (prepared kernel, table) is not counted;
+    ``REFIMPL_THREADS=mode`` while it runs (None: unset)."""
     from refimpl import train
     from refimpl.maxmargin import stage2_floor, w_kq_star
     from refimpl.trajectory import ExcessLoss
     floor, _, vertex, details = stage2_floor(ds, O, return_details=True)
-    excess = ExcessLoss(ds, O, floor, vertex, details["log_loss"])
+    with threads_env(mode):
+        excess = ExcessLoss(ds, O, floor, vertex, details["log_loss"])
     K_star = w_kq_star(ds)[0]
     K_hat = K_star / np.linalg.norm(K_star) if np.any(K_star) else None
     M = O.shape[0]
@@ -147,7 +151,8 @@ def make_recorded(ds, O, n_steps):
         return time.perf_counter() - t
 
     def run(K):
-        return (once(K, n_steps) - once(K, 0)) / n_steps
+        with threads_env(mode):
+            return (once(K, n_steps) - once(K, 0)) / n_steps
     return run
 
 
@@ -168,11 +173,13 @@ def run_size(name, c, hog, rounds, trainer):
     assert losses["default"] == losses["single"], losses          # same chunks: same bits
     run_trainer = make_trainer(ds, O, c["replay"]) if trainer else None
     run_recorded = make_recorded(ds, O, c["replay"]) if trainer else None
+    run_rec_single = make_recorded(ds, O, c["replay"], "serial") if trainer else None
     if run_trainer:
         run_trainer(K)
         run_recorded(K)
+        run_rec_single(K)
     cpus = os.sched_getaffinity(0)
-    times = {(cd, impl): [] for cd in CONDITIONS for impl in [*steps, "trainer", "recorded"]}
+    times = {(cd, impl): [] for cd in CONDITIONS for impl in [*steps, "trainer", "recorded", "rec-single"]}
     share = {cd: [] for cd in CONDITIONS}      # share of "default" steps on the threaded driver
     for _ in range(rounds):
         for cond in CONDITIONS:
@@ -196,13 +203,14 @@ def run_size(name, c, hog, rounds, trainer):
             if run_trainer and cond != "floor":
                 times[cond, "trainer"].append(run_trainer(K))
                 times[cond, "recorded"].append(run_recorded(K))
+                times[cond, "rec-single"].append(run_rec_single(K))
     set_condition("quiet", hog, cpus)
     hog.set(False)
     med = {k: np.median(v) for k, v in times.items() if v}
     ref = med["quiet", "single"]
     print(f"\nsize {name}: M={M} N={c['N']} lengths {c['lo']}..{c['hi']}, n_chunks={nc}, "
           f"threads: 'threads' runs {max(nc, 2)} chunks; ms (median) and x quiet single")
-    impls = [*steps, *(["trainer", "recorded"] if run_trainer else [])]
+    impls = [*steps, *(["trainer", "recorded", "rec-single"] if run_trainer else [])]
     print(f"{'condition':9} " + " ".join(f"{i:>17}" for i in impls) + "   default threaded share")
     for cond in CONDITIONS:
         cells = [f"{med[cond, i] * 1e3:8.3f} {med[cond, i] / ref:6.2f}x " if (cond, i) in med else "-"
@@ -215,10 +223,13 @@ def run_size(name, c, hog, rounds, trainer):
           f"{med['busy', 'threads'] / ref:.2f}x); quiet default/single "
           f"{med['quiet', 'default'] / ref:.2f}x", flush=True)
     if run_trainer:
-        print(f"headline {name} through the trainer: busy/trainer = {med['busy', 'trainer'] / ref:.2f}x, "
-              f"busy/recorded = {med['busy', 'recorded'] / ref:.2f}x quiet single (quiet recorded / quiet "
-              f"trainer {med['quiet', 'recorded'] / med['quiet', 'trainer']:.2f}x: the cost of recording "
-              f"every step)", flush=True)
+        rec = med["quiet", "rec-single"]
+        print(f"headline {name} through the trainer: busy/trainer = {med['busy', 'trainer'] / ref:.2f}x quiet "
+              f"single step; recording every step: busy/recorded = {med['busy', 'recorded'] / rec:.2f}x the "
+              f"quiet single-thread recorded step (busy-any {med['busy-any', 'recorded'] / rec:.2f}x, busy "
+              f"rec-single {med['busy', 'rec-single'] / rec:.2f}x); quiet recorded / quiet trainer "
+              f"{med['quiet', 'recorded'] / med['quiet', 'trainer']:.2f}x (the cost of recording every step)",
+              flush=True)
 
 
 def main():

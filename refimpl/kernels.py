@@ -143,7 +143,9 @@ THREADS_ENV = "REFIMPL_THREADS"
 """Environment variable choosing how chunked kernels run: ``auto`` (default: time both
 drivers and keep the faster, :class:`_Chooser`), ``serial`` (the chunks one after another on
 the calling thread) or ``parallel`` (the chunks on Numba's threads, ``NUMBA_NUM_THREADS``).
-The results are the same bits in all three; it is read when a problem is prepared."""
+It covers the step kernels and the recorded-step metric passes
+(:class:`refimpl.trajectory.ExcessLoss`, :class:`refimpl.trajectory.LogitAccuracy`). The
+results are the same bits in all three; it is read when a problem is prepared."""
 _PROBE_EVERY = 64      # calls between two timings of the driver not in use
 _PROBE_SOONER = 2.0    # a parallel call this much slower than usual brings the next timing forward
 _MIN_PROBE_GAP = 8     # ... but not closer than this many calls to the previous one

@@ -21,10 +21,10 @@ Timing is interleaved: each round runs a short block of every implementation in 
 and medians are taken over all rounds. Each block opens with 10 ms of the same
 implementation's untimed steps, so a thread pool the previous one left spinning has
 stopped and this one's pool is awake (a sleep instead would make PyTorch wake its pool
-in the timed steps: measured +15-30% on its S step). This machine's two vCPUs share a
-physical core and its speed drifts by up to 2x over tenths of a second; timing each
-implementation in one contiguous stretch let that drift, not the code, set the ratio. Prints medians, ratios to the kernel, the
-range of the per-round ratios, and the kernel throughput in token-column multiply-adds
+in the timed steps: measured +15-30% on its S step). This machine's speed drifts by up to
+2x over tenths of a second (other jobs on the host); timing each implementation in one
+contiguous stretch let that drift, not the code, set the ratio. Prints medians, ratios to
+the kernel, the range of the per-round ratios, and the kernel throughput in token-column multiply-adds
 per second (2 * sum_i L_i * M per step: the logits and the g_l = O[:, x_l]^T r products
 each touch every position's column once).
 

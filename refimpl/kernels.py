@@ -172,8 +172,8 @@ class _Chooser:
     changes the speed only, never a bit of the result. On a quiet 2-vCPU machine the
     parallel driver wins from ~50,000 token-columns of work; with another busy process on
     the second vCPU it can lose several-fold (its second thread waits for a time slice,
-    and the whole step waits for it), while the serial step loses at most what the shared
-    physical core costs. So ``auto`` (the default):
+    and the whole step waits for it), while the serial step loses at most what the busy
+    sibling vCPU costs it (0.96-1.04x measured, bench/README.md). So ``auto`` (the default):
 
     - calls 0 and 1 run each driver once, untimed (compilation, thread start-up); calls 2-5
       alternate them, timed, and the faster (by its best time) is kept;

@@ -42,7 +42,8 @@ Structured O. When every column of O is a constant except at a few rows (bitwise
 stage 1 from zero initialisation O[:, x] = a (e_{n(x)} - 1/M) on the collocation set and 0
 elsewhere), :class:`Stage2Direction` and :class:`Stage1Direction` compute from the column
 constants and the exceptions instead (:mod:`refimpl.kernels_sparse`, :func:`structure`):
-the same formulas, O(L + exceptions) per sentence instead of O(L M), equal to the dense
+the same formulas, O(L |S|) per sentence instead of O(L M) (S: the next token and the
+exception rows of the sentence's tokens, |S| <= L + 1 after stage 1), equal to the dense
 results up to rounding. The one-shot functions (stage1_grad, stage2_grad, joint_grad,
 stage2_loss) always run the dense kernels.
 """
@@ -435,11 +436,12 @@ class Stage2Direction:
     exceptions in a column and ``_STRUCT_MAX_MEAN`` (4) per column on average) -- as after
     stage 1 from zero initialisation, where O[:, x] = a (e_{n(x)} - 1/M) -- the logits,
     log-sum-exp and g_l = O[:, x_l]^T (p - e_y) are formed from the constants and the
-    exceptions (O(L + exceptions) per sentence instead of O(L M); the formulas are in
-    :mod:`refimpl.kernels_sparse`). The result equals the dense one up to rounding: the sum
-    over v != y of e^{z_v - zmax} is formed as (M - |S|) e^{base - zmax} + sum_S, and g_l as its
-    exact sparse value (the dense dot product rounds at ~M eps |c_x| sum_v p_v);
-    ``tests/test_kernels_sparse.py`` states the agreement.
+    exceptions (O(L |S|) per sentence instead of O(L M), |S| <= 1 + the exceptions of the
+    sentence's tokens; the formulas are in :mod:`refimpl.kernels_sparse`). The result equals
+    the dense one up to rounding: the sum over v != y of e^{z_v - zmax} is formed as
+    (M - |S|) e^{base - zmax} + sum_S, and g_l as its exact sparse value (the dense dot
+    product rounds at ~M eps |c_x| sum_v p_v); ``tests/test_kernels_sparse.py`` states the
+    agreement.
 
     Parameters
     ----------

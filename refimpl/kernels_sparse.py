@@ -273,7 +273,7 @@ def _chunk_s(cst, eoff, erow, evals, edif, Kp, tokens, offsets, ys, slot, lo, hi
         for k in range(1, ns):
             zmax = zs[k] if zs[k] > zmax else zmax
         # ---- w_v = e^{z_v - zmax} (clamped as exp_shifted), sum over v != y
-        for k in range(1, ns):                    # contiguous: the exponentials vectorize
+        for k in range(1, ns):                    # on the contiguous zs, then into wv by row
             zs[k] = exp_clamped(zs[k] - zmax)
         sumw = 0.0
         for k in range(1, ns):

@@ -413,7 +413,7 @@ class ExcessLoss:
             ecl = np.exp(self.c - self.log1p_s)  # (P,) e^c / (1 + S*) in (0, 1]: R = num * ecl
         self.ecl = np.where(ecl >= km._ECL_MIN, ecl, 0.0)
         self._tie = km._TIE * km._EPS * (float(np.max(np.abs(O))) if O.size else 0.0)
-        # O as column constants + a few exceptions (after stage 1 from zero): O(L) per sentence
+        # O as column constants + a few exceptions (after stage 1 from zero): O(L |S|) per sentence
         self._rep = kernels.structure(np.asarray(O, dtype=np.float64), kernels._STRUCT_MIN_M)
         if self._rep is not None:  # the (key, query) pairs: K is gathered there instead of transposed
             self._pairs, self._slot = kernels_sparse.pair_slots(self.flat, self.offsets, M)
@@ -449,7 +449,8 @@ class ExcessLoss:
         (``tests/test_metrics_fused.py`` states the tolerances). When O is column constants
         plus a few exceptions (:func:`refimpl.kernels.structure`, M >= 64, as after stage 1
         from zero) the pass is :func:`refimpl.kernels_metrics.excess_accuracy_structured`,
-        O(L) per sentence instead of O(L M) (``tests/test_kernels_sparse.py`` compares them).
+        O(L |S|) per sentence, |S| <= L + 2 the rows that differ from the column constants,
+        instead of O(L M) (``tests/test_kernels_sparse.py`` compares them).
         """
         N = len(self.y)
         K = np.ascontiguousarray(K, dtype=np.float64)

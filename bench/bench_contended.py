@@ -237,7 +237,8 @@ def main():
     ap.add_argument("--sizes", nargs="+", default=["S", "L"], choices=sorted(SIZES))
     ap.add_argument("--rounds", type=int, default=None, help="rounds per size (default: S 30, L 7)")
     ap.add_argument("--hog", choices=sorted(HOGS), default="py", help="kind of busy process")
-    ap.add_argument("--trainer", action="store_true", help="also time the trainer's stage-2 loop per step, without and with recording")
+    ap.add_argument("--trainer", action="store_true",
+                    help="also time the trainer's stage-2 loop per step, without and with recording")
     args = ap.parse_args()
     import numba
     cpus = sorted(os.sched_getaffinity(0))

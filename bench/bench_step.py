@@ -24,9 +24,10 @@ stopped and this one's pool is awake (a sleep instead would make PyTorch wake it
 in the timed steps: measured +15-30% on its S step). This machine's speed drifts by up to
 2x over tenths of a second (other jobs on the host); timing each implementation in one
 contiguous stretch let that drift, not the code, set the ratio. Prints medians, ratios to
-the kernel, the range of the per-round ratios, and the kernel throughput in token-column multiply-adds
-per second (2 * sum_i L_i * M per step: the logits and the g_l = O[:, x_l]^T r products
-each touch every position's column once).
+the kernel, the range of the per-round ratios, and the kernel throughput in token-column
+multiply-adds per second (2 * sum_i L_i * M per step: the logits and the g_l = O[:, x_l]^T r
+products each touch every position's column once; on the structured path this counts the
+dense work the kernel avoids, so it is a dense-equivalent rate).
 
 The kernel's threading follows the library default (``REFIMPL_THREADS``, unset: each
 prepared problem times its serial and threaded drivers and keeps the faster); the note

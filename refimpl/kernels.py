@@ -276,6 +276,12 @@ class _Chooser:
         self._last_probe = self.calls
 
 
+def chooser_for(nc):
+    """The :class:`_Chooser` of a problem split into ``nc`` chunks: always serial for one chunk,
+    else as ``REFIMPL_THREADS`` says. Used by the step kernels and the metric passes."""
+    return _Chooser("serial" if nc == 1 else _threads_mode())
+
+
 _CHOOSERS = {}   # one-shot kernel calls (stage2_grad, joint_grad, stage2_loss): a chooser per problem shape
 
 
@@ -297,7 +303,7 @@ class _Prepared:
         if len(self.ys) != N:
             raise ShapeError(f"{N} sentences but {len(self.ys)} next tokens")
         self.nc = n_chunks(N, self.Lmax, M, n_grads) if chunks is None else int(chunks)
-        self.chooser = _Chooser("serial" if self.nc == 1 else _threads_mode())
+        self.chooser = chooser_for(self.nc)
 
     def drive(self, K, want_o, want_k, unit):
         """(GO (M, M) or None, GK (M, M) or None, log_scale, loss, log10_loss, norm)."""
@@ -522,7 +528,7 @@ class _Structured:
             raise ShapeError(f"{N} sentences but {len(self.ys)} next tokens")
         self.pairs, self.slot = kernels_sparse.pair_slots(self.flat, self.offsets, M)
         self.nc = kernels_sparse.sparse_chunks(N, len(self.flat))
-        self.chooser = _Chooser("serial" if self.nc == 1 else _threads_mode())
+        self.chooser = chooser_for(self.nc)
         return self
 
     def direction(self, K):

@@ -90,13 +90,12 @@ _CHUNKS = 8
 
 
 def _drive(drivers, args, nc, chooser):
-    """``drivers[0](*args)`` (serial) when nc == 1, else the one ``chooser`` picks (its
-    :meth:`refimpl.kernels._Chooser.run`), or the threaded ``drivers[1]`` without a chooser."""
-    if nc == 1:
-        return drivers[0](*args)
-    if chooser is None:
-        return drivers[1](*args)
-    return chooser.run(drivers, args)
+    """``drivers = (serial, threaded)`` run on ``args``: the one ``chooser`` picks
+    (:meth:`refimpl.kernels._Chooser.run`; :func:`refimpl.kernels.chooser_for` is serial for one
+    chunk), or without a chooser the serial one for nc == 1 and the threaded one otherwise."""
+    if chooser is not None:
+        return chooser.run(drivers, args)
+    return drivers[0 if nc == 1 else 1](*args)
 
 
 def metric_chunks(N, n_tokens, M):
@@ -517,10 +516,7 @@ def _excess_chunk_s(cst, eoff, erow, evals, Kp, slot, tokens, offsets, ys, xstar
             for k in range(ns):
                 dzr[srows[k]] = 0.0
         else:
-            dz_rest = -sphi * cxs
-            for j in range(n):
-                dz_rest = fma(ph[j], cst[nt[j]], dz_rest)
-            special_chain(cst, eoff, erow, evals, nt, 0, -1, n, xs, -sphi, ph, pos, ns, zs, keep)
+            dz_rest = special_chain(cst, eoff, erow, evals, nt, 0, -1, n, xs, -sphi, ph, pos, ns, zs, keep)
             for k in range(ns):
                 dzr[srows[k]] = zs[k]
         dzy = dzr[y]

@@ -193,8 +193,11 @@ def special_chain(cst, eoff, erow, evals, tokens, start, lo, hi, x0, a0, ph, pos
     the fma with cst[x] runs over all k (a loop that vectorizes), and the few exception rows,
     whose old values are first kept in ``keep`` (>= max |E_x|,), are then redone with their own
     entries. O(ns + |E_x|) per position instead of a scan of the exceptions per (row, position).
+    Returns the same chain on the column constants (``a0 cst[x0]``, then ``fma(ph[l], cst[x_l],
+    .)``): the value of every row outside the special set.
     """
     c0 = a0 * cst[x0]
+    base = c0
     for k in range(ns):
         zs[k] = c0
     for j in range(eoff[x0], eoff[x0 + 1]):
@@ -207,10 +210,12 @@ def special_chain(cst, eoff, erow, evals, tokens, start, lo, hi, x0, a0, ph, pos
         j1 = eoff[x + 1]
         for j in range(j0, j1):
             keep[j - j0] = zs[pos[erow[j]]]
+        base = fma(a, c, base)
         for k in range(ns):
             zs[k] = fma(a, c, zs[k])
         for j in range(j0, j1):
             zs[pos[erow[j]]] = fma(a, evals[j], keep[j - j0])
+    return base
 
 
 @njit(_nrt=False, **_OPTS)
@@ -264,10 +269,7 @@ def _chunk_s(cst, eoff, erow, evals, edif, Kp, tokens, offsets, ys, slot, lo, hi
         # ---- logits: base (rows outside S) and z_v (v in S), the dense kernel's operations
         x0 = tokens[off]
         a0 = ph[0]
-        base = a0 * cst[x0]
-        for l in range(1, L):
-            base = fma(ph[l], cst[tokens[off + l]], base)
-        special_chain(cst, eoff, erow, evals, tokens, off, 0, L, x0, a0, ph, pos, ns, zs, keep)
+        base = special_chain(cst, eoff, erow, evals, tokens, off, 0, L, x0, a0, ph, pos, ns, zs, keep)
         zmax = base if n_rest > 0 else -np.inf
         zy = zs[0]
         for k in range(1, ns):

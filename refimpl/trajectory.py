@@ -315,12 +315,6 @@ def accuracy(z, y):
     return float(np.mean(logit_margins(z, y) > 0))
 
 
-def _metric_chooser(nc):
-    """The serial-or-threaded choice of a compiled metric pass over ``nc`` chunks
-    (:class:`refimpl.kernels._Chooser`, ``REFIMPL_THREADS``): both give the same bits."""
-    return kernels._Chooser("serial" if nc == 1 else kernels._threads_mode())
-
-
 class LogitAccuracy:
     """The train accuracy at (O, K) without the (N, M) logits: one compiled pass
     (:func:`refimpl.kernels_metrics.logit_accuracy`), equal to
@@ -341,7 +335,7 @@ class LogitAccuracy:
         self.y = np.ascontiguousarray(ds.next_tokens, dtype=np.int64)
         self.N, self.Lmax = len(self.y), ds.max_len
         self.nc = km.metric_chunks(self.N, len(self.flat), ds.vocab_size)
-        self._chooser = _metric_chooser(self.nc)
+        self._chooser = kernels.chooser_for(self.nc)   # serial or threaded: the same bits
         self._correct = np.empty(self.N, dtype=np.uint8)
 
     def __call__(self, O, K):
@@ -418,7 +412,7 @@ class ExcessLoss:
         if self._rep is not None:  # the (key, query) pairs: K is gathered there instead of transposed
             self._pairs, self._slot = kernels_sparse.pair_slots(self.flat, self.offsets, M)
         self._nc = km.metric_chunks(N, len(self.flat), M)
-        self._chooser = _metric_chooser(self._nc)
+        self._chooser = kernels.chooser_for(self._nc)
         self._lx = np.empty(N)
         self._xv = np.empty(N)
         self._correct = np.empty(N, dtype=np.uint8)

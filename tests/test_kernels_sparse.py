@@ -407,3 +407,58 @@ def test_structured_path_is_the_default_from_m_64(M):
     s1 = kn.Stage1Direction(ds.colloc_tokens, ds.colloc_next, M)
     s1.direction(O)
     assert (s1.structured_calls == 1) == on
+
+
+# ===================================================================== special_chain
+def _chain_case(rng, M, L, kmax, scale):
+    """A column-constant O with up to kmax exceptions per column, a sentence of L positions
+    (tokens repeat) and attention weights spanning ``scale`` orders of magnitude."""
+    cst = rng.standard_normal(M)
+    O = np.tile(cst, (M, 1))
+    for x in range(M):
+        for v in rng.choice(M, size=rng.integers(0, kmax + 1), replace=False):
+            O[v, x] = rng.standard_normal() * 10.0 ** rng.integers(-3, 4)
+    tokens = rng.integers(0, M, size=L)
+    ph = 10.0 ** rng.uniform(-scale, 0, size=L)
+    return O, tokens, ph / ph.sum()
+
+
+@pytest.mark.parametrize("M, L, kmax, scale", [(12, 1, 1, 0), (12, 7, 1, 3), (40, 300, 1, 300),
+                                               (40, 300, 8, 30), (9, 500, 8, 0)])
+def test_special_chain_is_the_row_by_row_dense_chain(M, L, kmax, scale):
+    """kernels_sparse.special_chain against the chain run row by row on the dense O
+    (``a0 O[v, x_0]``, then ``fma(ph[l], O[v, x_l], .)`` in position order, the dense kernel's
+    operations): equal bit for bit, for every special row and for the returned constant chain,
+    both for the sentence form (lo = 0) and the shifted form of the excess pass (lo = -1, a
+    separate first column). Edges: one position, chains of 300-500 positions (longer than 256),
+    up to 8 exceptions in a column (the non-single path), weights down to 1e-300."""
+    from numba import njit
+    from refimpl.kernels_math import fma
+
+    @njit
+    def run(cst, eoff, erow, evals, tokens, lo, hi, x0, a0, ph, rows, M):
+        pos = np.full(M, -1, dtype=np.int64)
+        for k in range(rows.shape[0]):
+            pos[rows[k]] = k
+        zs = np.empty(rows.shape[0])
+        base = ks.special_chain(cst, eoff, erow, evals, tokens, 0, lo, hi, x0, a0, ph, pos, rows.shape[0], zs,
+                                np.empty(max(1, np.diff(eoff).max())))
+        return zs, base
+
+    @njit
+    def reference(O, tokens, lo, hi, x0, a0, ph, v):
+        z = a0 * O[v, x0]
+        for l in range(lo + 1, hi):
+            z = fma(ph[l], O[v, tokens[l]], z)
+        return z
+
+    rng = np.random.default_rng(M * L + kmax)
+    O, tokens, ph = _chain_case(rng, M, L, kmax, scale)
+    cst, eoff, erow, evals, _ = ks.detect(O, M * M, M)
+    rows = np.arange(M)                                   # every row special (a superset is allowed)
+    for lo, x0, a0 in ((0, tokens[0], ph[0]), (-1, int(rng.integers(M)), -0.75)):
+        zs, base = run(cst, eoff, erow, evals, tokens, lo, L, x0, a0, ph, rows, M)
+        want = np.array([reference(O, tokens, lo, L, x0, a0, ph, v) for v in range(M)])
+        assert np.array_equal(zs.view(np.int64), want.view(np.int64))
+        want_base = reference(np.tile(cst, (M, 1)), tokens, lo, L, x0, a0, ph, 0)   # O = the constants
+        assert np.float64(base).view(np.int64) == np.float64(want_base).view(np.int64)

@@ -160,14 +160,17 @@ def score_terms(g, s, u, ph, L, smax, ltop, gap, ntop, usum, rho, U, ck):
 def _chunk(OT, K, tokens, offsets, ys, lo, hi, want_o, want_k, GOT, GK, stats, z, w, s, u, ph, g):
     """Accumulate sentences lo..hi-1 into GOT (M, M) = (dL/dO)^T and GK (M, M) = dL/dK.
 
-    OT = O^T (C-contiguous, so a column of O is a row of OT); K is read as K[x_l, q].
+    OT = O^T (C-contiguous, so a column of O is a row of OT), (M, Mp) with Mp >= M: columns
+    from M on are zero padding (:func:`refimpl.kernels._transposed`), so the logits, their
+    maximum and their exponentials run over whole SIMD vectors; K is read as K[x_l, q].
     tokens : int64 (T,) ragged, sentence i is tokens[offsets[i]:offsets[i + 1]].
     stats (6,) receives [a_g, a_l, lam_min, mpos_min, scaled loss sum, float64 loss sum]:
     GOT, GK hold sum_i G_i e^{a_g}; stats[4] holds sum_i loss_i e^{a_l}.
-    z, w : (M,) and s, u, ph, g : (Lmax,) scratch. Scalar exponentials use
+    z, w : (Mp,) and s, u, ph, g : (Lmax,) scratch. Scalar exponentials use
     :func:`exp_scalar` (no libm call in the normal range).
     """
     M = OT.shape[0]
+    Mp = OT.shape[1]
     a_g = np.inf
     a_l = np.inf
     lam_min = np.inf
@@ -190,7 +193,7 @@ def _chunk(OT, K, tokens, offsets, ys, lo, hi, want_o, want_k, GOT, GK, stats, z
         # ---- logits z = sum_l phi_l O[:, x_l], two rows per pass (fixed order l = 0, 1, ...)
         x0 = tokens[off + 0]
         a0 = ph[0]
-        for v in range(M):
+        for v in range(Mp):
             z[v] = a0 * OT[x0, v]
         l = 1
         while l + 2 <= L:
@@ -198,20 +201,22 @@ def _chunk(OT, K, tokens, offsets, ys, lo, hi, want_o, want_k, GOT, GK, stats, z
             x1 = tokens[off + l + 1]
             a0 = ph[l]
             a1 = ph[l + 1]
-            for v in range(M):
+            for v in range(Mp):
                 z[v] = fma(a1, OT[x1, v], fma(a0, OT[x0, v], z[v]))
             l += 2
         if l < L:
             x0 = tokens[off + l]
             a0 = ph[l]
-            for v in range(M):
+            for v in range(Mp):
                 z[v] = fma(a0, OT[x0, v], z[v])
         # ---- residual r = p - e_y in scaled form: w_v = e^{z_v - zmax} (v != y), w_y = -sum
         zy = z[y]
         z[y] = -np.inf
+        for v in range(M, Mp):                    # the padding: w_v = 0 there
+            z[v] = -np.inf
         zmax = max4(z)
         exp_shifted(z, zmax, w)                   # one exp per logit; w_y = e^{-inf} = 0
-        sumw = sum4(w)
+        sumw = sum4(w, M)
         w[y] = -sumw                              # r_y = -(sum_{v != y} p_v), never p_y - 1
         m = zy - zmax
         cr, mpos, lp, n_neg, neg_m, prod, prod_exp, mp_min, a_l, ls = sentence_loss(
@@ -244,10 +249,10 @@ def _chunk(OT, K, tokens, offsets, ys, lo, hi, want_o, want_k, GOT, GK, stats, z
         ck = cg * rho if want_o else cg           # joint: K terms carry e^{-delta} explicitly
         l = 0                                     # g_l = O[:, x_l]^T r (in units of cr e^{-mpos})
         while l + 4 <= L:
-            dots4(OT, tokens[off + l], tokens[off + l + 1], tokens[off + l + 2], tokens[off + l + 3], w, g, l)
+            dots4(OT, tokens[off + l], tokens[off + l + 1], tokens[off + l + 2], tokens[off + l + 3], w, g, l, M)
             l += 4
         while l < L:
-            g[l] = dot2(OT, tokens[off + l], w)
+            g[l] = dot2(OT, tokens[off + l], w, M)
             l += 1
         score_terms(g, s, u, ph, L, smax, ltop, gap, ntop, usum, rho, U, ck)
         for l in range(L):
@@ -312,8 +317,9 @@ def _run_chunk(OT, K, tokens, offsets, ys, Lmax, want_o, want_k, nc, c, GOT, GK,
     Lmax bounds the per-sentence scratch."""
     N = offsets.shape[0] - 1
     M = OT.shape[0]
+    Mp = OT.shape[1]
     _chunk(OT, K, tokens, offsets, ys, c * N // nc, (c + 1) * N // nc, want_o, want_k,
-           GOT[c], GK[c], stats[c], np.empty(M), np.empty(M), np.empty(Lmax),
+           GOT[c], GK[c], stats[c], np.empty(Mp), np.empty(Mp), np.empty(Lmax),
            np.empty(Lmax), np.empty(Lmax), np.empty(Lmax))
 
 

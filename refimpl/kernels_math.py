@@ -132,14 +132,14 @@ def exp_scalar(x):
 
 
 @njit(**_INLINE)
-def dots4(A, i0, i1, i2, i3, b, out, j):
-    """out[j + k] = sum_v A[ik, v] b[v] for k = 0..3 in one pass over b, two partial sums each.
+def dots4(A, i0, i1, i2, i3, b, out, j, n):
+    """out[j + k] = sum_{v < n} A[ik, v] b[v] for k = 0..3 in one pass over b, two partial sums
+    each (``n`` <= the length of b and of the rows: a padded b's tail is left out).
 
-    Same value as ``dot2(A, ik, b)`` for every k (even/odd partial sums, fixed order);
+    Same value as ``dot2(A, ik, b, n)`` for every k (even/odd partial sums, fixed order);
     sharing the loads of b makes it ~2x faster than four separate dots. Rows are
     indexed, not sliced: a row view costs reference-count updates per call.
     """
-    n = b.shape[0]
     s0 = 0.0
     s1 = 0.0
     s2 = 0.0
@@ -174,9 +174,9 @@ def dots4(A, i0, i1, i2, i3, b, out, j):
 
 
 @njit(**_INLINE)
-def dot2(A, i, b):
-    """sum_v A[i, v] b[v] with even/odd partial sums: the same value as one lane of :func:`dots4`."""
-    n = b.shape[0]
+def dot2(A, i, b, n):
+    """sum_{v < n} A[i, v] b[v] with even/odd partial sums: the same value as one lane of
+    :func:`dots4`."""
     s0 = 0.0
     e0 = 0.0
     v = 0
@@ -190,9 +190,9 @@ def dot2(A, i, b):
 
 
 @njit(**_INLINE)
-def sum4(a):
-    """sum_v a[v] with four interleaved partial sums (fixed order)."""
-    n = a.shape[0]
+def sum4(a, n):
+    """sum_{v < n} a[v] with four interleaved partial sums (fixed order; ``n`` <= len(a), so a
+    padded array's tail is left out)."""
     s0 = 0.0
     s1 = 0.0
     s2 = 0.0

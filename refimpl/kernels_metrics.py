@@ -310,7 +310,7 @@ def _excess_chunk(OT, KT, tokens, offsets, ys, xstar, pair, EB, cpair, l1s, ecl,
             p = pair[i]
             for v in range(M):                    # eb_v expm1(delta_v), 0 at v = y
                 em[v] = EB[p, v] * _expm1(dz[v])
-            num = sum4(em)
+            num = sum4(em, M)
             use_x, x, l = _vertex_excess(num, ecl[p], cpair[p], l1s[p])
             if use_x:
                 xv[i] = x

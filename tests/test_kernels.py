@@ -248,6 +248,35 @@ def test_results_do_not_depend_on_the_thread_count(monkeypatch):
     assert np.array_equal(one[0], all_threads[0]) and one[1:] == all_threads[1:]
 
 
+@pytest.mark.parametrize("M", [2, 5, 20, 21, 23, 24])
+def test_padded_transpose_gives_the_unpadded_bits(M):
+    """The compiled loops read O^T padded with zero columns to a multiple of 8; the padding
+    adds only exact zeros, so the direction, the loss and the scale are the bits of the same
+    chunk run on the unpadded O^T. O's entries are all negative here, so padding taken for
+    logits (0 instead of -inf) would win the maximum and change every exponential; and the sum
+    of the exponentials stops at M (at M = 23 a sum over the padding moves the last two terms
+    into other partial sums: other bits)."""
+    from refimpl.kernels_chunk import _drive_serial
+    ds = ri.generate(M, 150, 1, 9, seed=M)
+    rng = np.random.default_rng(M)
+    O = -rng.uniform(1.0, 3.0, (M, M))
+    K = rng.standard_normal((M, M)) * 4.0
+    OT = kn._transposed(O)
+    assert OT.shape == (M, -(-M // 8) * 8) and np.all(OT[:, M:] == 0.0)
+    assert np.array_equal(OT[:, :M], O.T)
+    flat, offsets, Lmax = kn.ragged(ds.flat_tokens, ds.lengths)
+    ys = ds.next_tokens.astype(np.int64)
+    for want_o, want_k in ((True, False), (False, True), (True, True)):
+        out = []
+        for ot in (OT, np.ascontiguousarray(O.T)):
+            GO, GK = np.empty((M, M) if want_o else (0, 0)), np.empty((M, M) if want_k else (0, 0))
+            stats = _drive_serial(ot, K, flat, offsets, ys, Lmax, want_o, want_k, 1, True, GO, GK)
+            out.append((GO, GK, stats))
+        (GOp, GKp, sp), (GOu, GKu, su) = out
+        assert sp == su and np.array_equal(GOp, GOu) and np.array_equal(GKp, GKu)
+        assert np.isfinite(sp[1]) and sp[3] > 0.0              # a loss and a nonzero direction
+
+
 # ===================================================================== building blocks
 def test_exp_fma_and_dots_building_blocks():
     """kernels_math: the polynomial exp within 2 ulp of 50-digit mpmath (0 below -708, and
@@ -275,8 +304,8 @@ def test_exp_fma_and_dots_building_blocks():
     A = rng.standard_normal((6, 203))
     b = rng.standard_normal(203)
     out = np.zeros(4)
-    km.dots4(A, 5, 0, 3, 3, b, out, 0)
-    assert [km.dot2(A, i, b) for i in (5, 0, 3, 3)] == out.tolist()
+    km.dots4(A, 5, 0, 3, 3, b, out, 0, 203)
+    assert [km.dot2(A, i, b, 203) for i in (5, 0, 3, 3)] == out.tolist()
     assert out == pytest.approx(A[[5, 0, 3, 3]] @ b, rel=1e-13)
     assert km.sumsq4(A) == pytest.approx(float(np.sum(A * A)), rel=1e-14)
     D, n = kn.normalize(A)

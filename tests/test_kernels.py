@@ -260,13 +260,14 @@ def test_padded_transpose_gives_the_unpadded_bits(M):
     ds = ri.generate(M, 150, 1, 9, seed=M)
     rng = np.random.default_rng(M)
     O = -rng.uniform(1.0, 3.0, (M, M))
-    K = rng.standard_normal((M, M)) * 4.0
+    K0 = rng.standard_normal((M, M))
     OT = kn._transposed(O)
     assert OT.shape == (M, -(-M // 8) * 8) and np.all(OT[:, M:] == 0.0)
     assert np.array_equal(OT[:, :M], O.T)
     flat, offsets, Lmax = kn.ragged(ds.flat_tokens, ds.lengths)
     ys = ds.next_tokens.astype(np.int64)
-    for want_o, want_k in ((True, False), (False, True), (True, True)):
+    for K, want_o, want_k in ((4.0 * K0, True, False), (4.0 * K0, False, True), (4.0 * K0, True, True),
+                              (400.0 * K0, True, True)):       # 400: saturated attention (gap form)
         out = []
         for ot in (OT, np.ascontiguousarray(O.T)):
             GO, GK = np.empty((M, M) if want_o else (0, 0)), np.empty((M, M) if want_k else (0, 0))

@@ -35,6 +35,11 @@ gives the share of its calls that ran threaded. ``bench_contended.py`` times it 
 busy process.
 
     python bench/bench_step.py [--sizes S L] [--o random trained] [--threads 2] [--rounds R]
+                               [--chunks C]
+
+``--chunks 2`` with ``REFIMPL_THREADS=parallel`` times size S on two threads, which the
+library never does by itself (S is serial: its threads would wait for each other, and a
+busy neighbour would stall them; bench/README.md, "Shared CPU").
 """
 from __future__ import annotations
 
@@ -60,10 +65,11 @@ SIZES = {"S": dict(M=20, N=200, lo=2, hi=6, rounds=40, block=dict(kernel=100, de
 WARM = 0.01    # seconds of untimed steps that open each block (the implementation's own)
 
 
-def make_kernel_step(ds, M, O):
+def make_kernel_step(ds, M, O, chunks=None):
     """The trainer's stage-2 step: Stage2Direction (prepared once, as O is fixed) and the
-    Kahan-compensated update, written into a second buffer as the trainer does."""
-    sd = kernels.Stage2Direction(O, ds.tokens, ds.lengths, ds.next_tokens)
+    Kahan-compensated update, written into a second buffer as the trainer does. ``chunks``
+    overrides ``kernels.n_chunks`` (and then the dense path is used)."""
+    sd = kernels.Stage2Direction(O, ds.tokens, ds.lengths, ds.next_tokens, chunks=chunks)
     direction = sd.direction
     c, out = np.zeros((M, M)), np.empty((M, M))
 
@@ -137,13 +143,17 @@ def main():
                     help="kinds of (O, K): generic random, or the trainer's own after stage 1")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--rounds", type=int, default=None, help="rounds per size (default: S 40, L 9)")
+    ap.add_argument("--chunks", type=int, default=None,
+                    help="chunks of the kernel step instead of kernels.n_chunks (S has 1: serial); "
+                         "with REFIMPL_THREADS=parallel they run on Numba's threads")
     args = ap.parse_args()
     if torch is not None:
         torch.set_num_threads(args.threads)
     print(f"cpus={os.cpu_count()} torch={'none' if torch is None else torch.__version__} "
           f"load={os.getloadavg()[0]:.2f}")
     print(f"{'size':4} {'impl':6} {'median ms':>10} {'x kernel':>9} {'rounds':>13}  notes")
-    makers = {"kernel": make_kernel_step, "dense": make_dense_step}
+    makers = {"kernel": lambda ds, M, O: make_kernel_step(ds, M, O, args.chunks),
+              "dense": make_dense_step}
     if torch is not None:
         makers["torch"] = make_torch_step
     for name, kind in [(n, k) for n in args.sizes for k in args.o]:

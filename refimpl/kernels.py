@@ -57,6 +57,7 @@ import numpy as np
 from numba import njit
 
 from .checks import check_padded, check_square, check_token_problem, check_tokens, check_weights
+from .budget import check_bytes
 from .errors import ConfigError, SentenceInputError, ShapeError
 from . import kernels_sparse
 from .kernels_chunk import _drive_parallel, _drive_serial
@@ -311,7 +312,7 @@ class _Prepared:
         N = len(self.offsets) - 1
         if len(self.ys) != N:
             raise ShapeError(f"{N} sentences but {len(self.ys)} next tokens")
-        self.nc = n_chunks(N, self.Lmax, M, n_grads) if chunks is None else int(chunks)
+        self.nc = n_chunks(N, self.Lmax, M, n_grads) if chunks is None else _given_chunks(chunks, N, M, n_grads)
         self.chooser = chooser_for(self.nc)
 
     def drive(self, K, want_o, want_k, unit):
@@ -327,6 +328,20 @@ class _Prepared:
             (self.OT, K, self.flat, self.offsets, self.ys, self.Lmax, want_o, want_k, self.nc, unit, GOT, GK))
         return (GOT.T.copy() if want_o else None, GK if want_k else None, float(log_scale),
                 float(loss), float(log10_loss), float(norm))
+
+
+def _given_chunks(chunks, N, M, n_grads):
+    """A caller's ``chunks``, checked: an integer in 1..max(N, 1), whose per-chunk (M, M)
+    accumulators (``n_grads`` of them) fit in memory (:func:`refimpl.budget.check_bytes`).
+    A float, a bool, 0 or a negative count is a :class:`ConfigError` (0 chunks would return a
+    zero gradient and a zero loss without looking at a sentence)."""
+    if isinstance(chunks, (bool, np.bool_)) or not isinstance(chunks, (int, np.integer)):
+        raise ConfigError(f"chunks must be a positive integer, got {chunks!r}")
+    nc = int(chunks)
+    if not 1 <= nc <= max(N, 1):
+        raise ConfigError(f"chunks must be between 1 and the number of sentences ({N}), got {nc}")
+    check_bytes(8.0 * nc * M * M * max(n_grads, 1), f"{nc} chunks of (M, M) accumulators at M={M}")
+    return nc
 
 
 def _run(O, K, tokens, lengths, ys, want_o, want_k, chunks=None):
@@ -409,7 +424,8 @@ def stage2_grad(O, K, tokens, lengths, ys, *, chunks=None):
     O, K : float64 (M, M); tokens : int64 (N, Lmax) padded, or flat (T,) (:func:`ragged`);
     lengths, ys : int64 (N,).
     Returns (GKs (M, M), log_scale, loss, log10_loss), dL/dK = exp(log_scale) * GKs,
-    log_scale = -min_i (max(m_i, 0) + delta_i). ``chunks`` overrides :func:`n_chunks`.
+    log_scale = -min_i (max(m_i, 0) + delta_i). ``chunks`` overrides :func:`n_chunks` (an
+    integer from 1 to N; anything else is a :class:`~refimpl.errors.ConfigError`).
     """
     O, K = check_token_problem(O, K, tokens, lengths, ys)
     _, GK, log_scale, loss, log10_loss = _run(O, K, tokens, lengths, ys, False, True, chunks)
@@ -464,7 +480,8 @@ class Stage2Direction:
     tokens : int64 (N, Lmax) padded or (T,) flat
     lengths, ys : int64 (N,)
     chunks : int, optional
-        Overrides :func:`n_chunks` (dense path; given, the structured path is not used).
+        Overrides :func:`n_chunks`: an integer from 1 to N (dense path; given, the structured
+        path is not used). Anything else is a :class:`~refimpl.errors.ConfigError`.
     structured : bool or None, optional
         None (default): the structured path when O has the structure and M >= 64 (below, the
         dense kernel, whose M exponentials per sentence vectorize, is as fast and keeps the bits

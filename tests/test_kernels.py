@@ -57,6 +57,38 @@ def test_kernels_match_dense_reference(seed, chunks):
     assert l1 == pytest.approx(l0, rel=1e-12) and l110 == pytest.approx(math.log10(l0), rel=1e-12)
 
 
+@pytest.mark.parametrize("chunks", [0, -1, 61, 2.0, 2.5, True, "2"],
+                         ids=["zero", "negative", "more than N", "float 2.0", "float 2.5", "bool", "str"])
+def test_bad_chunk_counts_are_config_errors(chunks):
+    """``chunks`` must be an integer in 1..N: 0 chunks used to return a zero gradient and a zero
+    loss without reading a sentence, a float was truncated, a negative count failed inside NumPy."""
+    ds = ri.generate(9, 60, 1, 7, seed=0)
+    O, K = np.random.default_rng(0).standard_normal((2, 9, 9))
+    calls = [lambda: kn.stage2_grad(O, K, *_args(ds), chunks=chunks),
+             lambda: kn.joint_grad(O, K, *_args(ds), chunks=chunks),
+             lambda: kn.stage2_loss(O, K, *_args(ds), chunks=chunks),
+             lambda: kn.Stage2Direction(O, *_args(ds), chunks=chunks)]
+    for call in calls:
+        with pytest.raises(ri.errors.ConfigError, match="chunks must be"):
+            call()
+
+
+def test_chunk_count_bounds_are_usable_and_memory_checked(monkeypatch):
+    """chunks = 1 and chunks = N (one sentence a chunk) both run and agree to rounding (1e-13
+    relative: the same terms summed in another grouping, ~N eps); a NumPy integer is accepted;
+    chunks whose (M, M) accumulators exceed the memory limit are refused before allocating."""
+    ds = ri.generate(9, 60, 1, 7, seed=0)
+    O, K = np.random.default_rng(0).standard_normal((2, 9, 9))
+    G1, s1, l1, _ = kn.stage2_grad(O, K, *_args(ds), chunks=1)
+    GN, sN, lN, _ = kn.stage2_grad(O, K, *_args(ds), chunks=np.int64(60))
+    assert s1 == sN and lN == pytest.approx(l1, rel=1e-13)
+    assert _rel(GN, G1) < 1e-13
+    monkeypatch.setenv("REFIMPL_MAX_MEMORY", "20K")      # 60 chunks x 9 x 9 x 8 B = 38.9 KiB
+    with pytest.raises(ri.errors.ResourceError, match="60 chunks"):
+        kn.stage2_grad(O, K, *_args(ds), chunks=60)
+    assert kn.stage2_grad(O, K, *_args(ds), chunks=20)[2] == pytest.approx(l1, rel=1e-13)   # 13 KiB
+
+
 # ===================================================================== NumPy twins
 def _scaled_problem(scale, seed=3):
     ds = ri.generate(11, 80, 1, 8, seed=seed)

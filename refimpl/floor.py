@@ -10,7 +10,8 @@ from numba import njit
 from scipy.special import logsumexp
 
 from .budget import check_bytes
-from .data import RealizableDataset
+from .checks import check_square
+from .data import RealizableDataset, ensure_valid
 from .ldp import serial_blas as _serial_blas
 
 __all__ = ["log_loss", "stage2_floor"]
@@ -113,8 +114,12 @@ def _solve_simplex(Z, y, start):
         KKT[:s, :s] = H[np.ix_(S, S)] + 1e-12 * max(np.abs(np.diag(H)).max(), _TINY) * np.eye(s)
         KKT[:s, s] = KKT[s, :s] = 1.0
         d = np.zeros(u)
-        d[S] = np.linalg.solve(KKT, np.append(-g[S], 0.0))[:s]
-        if np.any((phi == 0) & (d < 0)):              # Newton leaves the simplex: pairwise step
+        try:
+            d[S] = np.linalg.solve(KKT, np.append(-g[S], 0.0))[:s]
+            newton = bool(np.isfinite(d).all())
+        except np.linalg.LinAlgError:                 # H_S = 0 to the last digit (mu underflowed)
+            newton = False
+        if not newton or np.any((phi == 0) & (d < 0)):   # no Newton step, or it leaves the simplex
             j = int(np.argmin(g))
             k = int(np.flatnonzero(phi > 0)[np.argmax(g[phi > 0])])
             d = np.zeros(u)
@@ -123,7 +128,10 @@ def _solve_simplex(Z, y, start):
             t_max, block = phi[k], k
             t = min(t_max, -(g @ d) / curv) if curv > 0 else t_max
         else:
-            shrink = np.flatnonzero(d < 0)
+            big = np.abs(d).max()
+            if big > 1.0:       # a near-flat face (H_S ~ 0: logits of tens): the step would leave
+                d /= big        # the simplex at t ~ 1/big, below the 1e-14 floor on t; the simplex
+            shrink = np.flatnonzero(d < 0)                # has max-norm diameter 1 per coordinate
             ratio = phi[shrink] / -d[shrink]
             t_max = ratio.min() if len(shrink) else np.inf
             block = shrink[np.argmin(ratio)] if len(shrink) else -1
@@ -180,6 +188,10 @@ def stage2_floor(ds, O, *, return_details=False):
     ------
     TypeError
         Neither argument is a RealizableDataset.
+    DatasetError
+        The dataset is not realizable.
+    ShapeError, NonFiniteError
+        O is not a finite (M, M) array, M the dataset's vocabulary size.
     ArithmeticError
         A simplex solve did not certify its minimum (gap above 1e-10 of the loss).
 
@@ -213,6 +225,8 @@ def stage2_floor(ds, O, *, return_details=False):
     (20,)
     """
     ds, O = _dataset_and_matrix(ds, O)
+    ensure_valid(ds)
+    O = check_square(O, "O", ds.vocab_size)
     return _stage2_floor(ds, O, return_details)
 
 

@@ -232,6 +232,44 @@ def _c4_log_b(L0_0, gamma_ov, eta0, n_c, T):
     return out
 
 
+def c4_upper_log10_at(L0_0, gamma_ov, eta0, n_c, steps):
+    """C4: ``log10 b_t`` at the given steps only (float64, shape of ``steps``): the values of
+    ``c4_upper_log10(..., T)[steps]``, T = max(steps), bit for bit, without its (T+1,) array.
+
+    ``steps`` : int, >= 0 (any order). The recursion is iterated up to the first step where
+    ``n_c b < e^{-40}`` or the largest step, whichever comes first (at most one entry kept per
+    requested step); the tail is the arithmetic progression of :func:`c4_upper_log10`, evaluated
+    at each step. A recorded checkpoint at step 10^12 costs what the recursion's head costs.
+    """
+    if not c4_precondition(eta0, gamma_ov):
+        raise ValueError(f"C4 precondition fails: eta0={eta0}, gamma_ov={gamma_ov} "
+                         "need eta0 exp(sqrt2 eta0) < 1 and eta0 c1 < 1")
+    steps = np.asarray(steps, dtype=np.int64)
+    if steps.size and int(steps.min()) < 0:
+        raise ValueError(f"C4 steps must be >= 0, got {int(steps.min())}")
+    flat = steps.ravel()
+    out = np.full(flat.shape, -np.inf)
+    if L0_0 <= 0 or not flat.size:
+        return out.reshape(steps.shape)
+    order = np.argsort(flat, kind="stable")
+    cc, log_nc = float(c4_c1(eta0, gamma_ov)), math.log(n_c)
+    T = int(flat[order[-1]])
+    beta, s, j = math.log(L0_0), 0, 0
+    while j < len(order) and flat[order[j]] == 0:
+        out[order[j]] = beta
+        j += 1
+    while j < len(order) and s < T and beta + log_nc >= _LOG_TINY:
+        beta = _c4_log_step(beta, eta0, cc, n_c)
+        s += 1
+        while j < len(order) and flat[order[j]] == s:
+            out[order[j]] = beta
+            j += 1
+    rate = math.log1p(-eta0 * cc)
+    for k in order[j:]:
+        out[k] = beta + float(int(flat[k]) - s) * rate
+    return (out / LN10).reshape(steps.shape)
+
+
 def c4_upper(L0_0, gamma_ov, eta0, n_c, T):
     """C4: ``b_0 .. b_T`` (shape (T+1,)), ``b_0 = L0(O_0)``,
     ``b_{t+1} = b_t - eta0 c1 (1 - exp(-n_c b_t))/n_c``; ``L0(O_t) <= b_t``.

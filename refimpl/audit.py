@@ -223,7 +223,8 @@ def _c2(ds, res):
     pred = bounds.c2_log10_loss(ds.vocab_size, cfg.eta0, res.gamma_ov, t)
     rel = np.abs(s1.log10_loss - pred) / np.maximum(np.abs(pred), 1e-300)
     on_ray = s1.one_minus_cos[1:]
-    ray_err = float(np.nanmax(on_ray)) if len(on_ray) else 0.0
+    known = on_ray[~np.isnan(on_ray)]         # NaN where O_t = 0 (no direction): as np.nanmax,
+    ray_err = float(known.max()) if len(known) else (math.nan if len(on_ray) else 0.0)   # unwarned
     norm_err = float(np.max(np.abs(s1.norm - cfg.eta0 * t) / np.maximum(cfg.eta0 * t, 1e-300)))
     ok = rel.max() <= C2_TOL and ray_err <= DIRECTION_EXACT and norm_err <= REL_TOL
     return _row("C2", PASS if ok else FAIL,
@@ -263,9 +264,8 @@ def _c4(ds, res):
         return _row("C4", NA, {"eta0": cfg.eta0}, {}, "precondition eta0 exp(sqrt2 eta0) < 1 fails")
     n_c = len(ds.colloc_tokens)
     steps = s1.step
-    T0 = int(steps[-1])
     L00 = float(s1.loss[0])
-    up = bounds.c4_upper_log10(L00, res.gamma_ov, cfg.eta0, n_c, T0)[steps]
+    up = bounds.c4_upper_log10_at(L00, res.gamma_ov, cfg.eta0, n_c, steps)
     norm0 = float(s1.norm[0])
     lo = bounds.c4_lower_log10(res.gamma_ov, norm0, cfg.eta0, n_c, steps.astype(float))
     tol = 1e-9 * np.maximum(np.abs(up), 1.0)  # log10 values: ~1e-15 relative rounding each
@@ -591,7 +591,7 @@ def _c13(ds, res, c5_run):
     for label, run in _stage1_runs(res, c5_run):
         s1 = run.stage1
         steps = s1.step
-        log10_b = bounds.c4_upper_log10(float(s1.loss[0]), run.gamma_ov, eta0, n_c, int(steps[-1]))[steps]
+        log10_b = bounds.c4_upper_log10_at(float(s1.loss[0]), run.gamma_ov, eta0, n_c, steps)
         bound = bounds.c13_cos_lower_from_log10(log10_b, n_c, run.gamma_ov, float(s1.norm[0]), eta0,
                                                 steps.astype(float))
         parts[f"stage1_{label}"] = _cos_check(steps, s1.cos_to_star, bound)

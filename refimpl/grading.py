@@ -98,7 +98,7 @@ def fit_multipliers(W, rows_by_column, tol):
         if T.any():
             G = _difference_matrix(_rows(rows_by_column, c)[T], M)
             b = W[:, c]
-            nb = np.linalg.norm(b)
+            nb = _fro(b)
             if nb > 0:   # NNLS is homogeneous in b; _nnls's tolerances assume ||b|| ~ 1
                 lam[c][T] = nb * _nnls(G.T, b / nb)
     return lam, tight, gamma
@@ -193,6 +193,33 @@ class Grade:
         return not self.failing(tol)
 
 
+def _fro(a):
+    """||a||_F without overflow or underflow: ``np.linalg.norm(a)`` (same bits) when it lies in
+    [2^-415, 2^500], whose squares neither underflowed nor overflowed in a way that matters;
+    otherwise ``m ||a / m||`` with m = max |a| (a candidate 1e160 W* or 1e-200 W* keeps its
+    cosine 1 and norm ratio). NaN and inf entries give NaN and inf."""
+    a = np.asarray(a, dtype=np.float64)
+    with np.errstate(over="ignore", under="ignore"):       # the cases handled below
+        n = float(np.linalg.norm(a))
+    if 2.0 ** -415 <= n <= 2.0 ** 500 or np.isnan(n):
+        return n
+    m = float(np.abs(a).max(initial=0.0))
+    if m == 0.0 or not np.isfinite(m):
+        return n
+    return m * float(np.linalg.norm(a / m))
+
+
+def _slackness(l_all, m_all, lsum):
+    """sum_i lam_i |m_i - 1| / sum_i lam_i (0 without multipliers); the weights are divided
+    first when the plain products overflow (a candidate of scale 1e160 has both factors
+    ~1e160)."""
+    if not lsum > 0:
+        return 0.0
+    with np.errstate(over="ignore"):
+        v = float(np.sum(l_all * np.abs(m_all - 1.0)) / lsum)
+    return v if np.isfinite(v) else float(np.sum((l_all / lsum) * np.abs(m_all - 1.0)))
+
+
 def _ratio(a, b, both_zero):
     return a / b if b > 0 else (both_zero if a == 0 else np.inf)
 
@@ -218,17 +245,17 @@ def grade(W, W_star, rows_by_column, *, tol=GRADE_TOL, problem="W"):
         rows = _rows(rows_by_column, c)
         np.add.at(fit[:, c], rows[:, 0], lam[c])
         np.subtract.at(fit[:, c], rows[:, 1], lam[c])
-    nW, nS = np.linalg.norm(W), np.linalg.norm(W_star)
+    nW, nS = _fro(W), _fro(W_star)
     lsum = float(l_all.sum())
     return Grade(
         problem=problem, tol=float(tol),
         max_violation=float(max(0.0, (1.0 - m_all).max(initial=0.0))),
-        rel_distance=float(_ratio(np.linalg.norm(W - W_star), nS, 0.0)),
+        rel_distance=float(_ratio(_fro(W - W_star), nS, 0.0)),
         cosine=float(np.sum(W * W_star) / (nW * nS)) if nW > 0 and nS > 0 else float("nan"),
         norm_ratio=float(_ratio(nW, nS, 1.0)),
         dual=float(max(0.0, -l_all.min(initial=0.0)) / max(np.abs(l_all).max(initial=0.0), _TINY)),
-        stationarity=float(np.linalg.norm(W - fit) / nW) if nW > 0 else 0.0,
-        slackness=float(np.sum(l_all * np.abs(m_all - 1.0)) / lsum) if lsum > 0 else 0.0,
+        stationarity=float(_fro(W - fit) / nW) if nW > 0 else 0.0,
+        slackness=_slackness(l_all, m_all, lsum),
         min_margin=gamma, n_constraints=len(m_all),
         n_tight=int(sum(int(t.sum()) for t in tight.values())),
     )

@@ -58,7 +58,8 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from .kernels_math import as_bits, exp_clamped, exp_scalar, exp_shifted, fma, from_bits, max4, sum4
+from .kernels_math import (_SAFE_SUMSQ_HI, _SAFE_SUMSQ_LO, as_bits, exp_clamped, exp_scalar, exp_shifted, fma,
+                           from_bits, max4, sum4)
 from .kernels_sparse import _entry, special_chain
 
 __all__ = ["excess_accuracy", "excess_accuracy_structured", "logit_accuracy", "colloc_margins", "matrix_metrics", "constraint_margin",
@@ -765,19 +766,49 @@ def _sum4(f, g, h, kind, scale):
     return (s0 + s1) + (s2 + s3)
 
 
+@njit(**_INLINE)
+def _root_sum(f, g, h, kind, scale):
+    """sqrt of :func:`_sum4` for the squares (kind 0, 1, 3) without overflow or underflow: the
+    same bits inside [2^-830, 2^1000] (:func:`refimpl.kernels_math.fro_norm`), else
+    m sqrt(sum (a_v / m)^2), m = max |a_v|."""
+    s = _sum4(f, g, h, kind, scale)
+    if _SAFE_SUMSQ_LO <= s <= _SAFE_SUMSQ_HI or s != s:
+        return math.sqrt(s)
+    n = f.shape[0]
+    m = 0.0
+    for v in range(n):
+        a, _ = _factors(f, g, h, kind, scale, v)
+        m = abs(a) if abs(a) > m else m
+    if m == 0.0 or m == np.inf:
+        return math.sqrt(s)
+    t0 = 0.0
+    t1 = 0.0
+    v = 0
+    while v + 2 <= n:
+        a0, _ = _factors(f, g, h, kind, scale, v)
+        a1, _ = _factors(f, g, h, kind, scale, v + 1)
+        t0 = fma(a0 / m, a0 / m, t0)
+        t1 = fma(a1 / m, a1 / m, t1)
+        v += 2
+    if v < n:
+        a0, _ = _factors(f, g, h, kind, scale, v)
+        t0 = fma(a0 / m, a0 / m, t0)
+    return m * math.sqrt(t0 + t1)
+
+
 @njit(**_OPTS)
 def _matrix_metrics(W, W0, H, has_hat):
     f = W.ravel()
     f0 = W0.ravel()
     h = H.ravel()
-    nrm = math.sqrt(_sum4(f, f0, h, 0, 1.0))
-    dist0 = math.sqrt(_sum4(f, f0, h, 1, 1.0))
+    nrm = _root_sum(f, f0, h, 0, 1.0)
+    dist0 = _root_sum(f, f0, h, 1, 1.0)
     if not has_hat:
         return nrm, dist0, np.nan, np.nan, np.nan, 0.0
     proj = _sum4(f, f0, h, 2, 1.0)
     if nrm == 0.0:
         return nrm, dist0, np.nan, np.nan, np.nan, proj
-    dist = math.sqrt(_sum4(f, f0, h, 3, nrm))
+    dist = _root_sum(f, f0, h, 3, nrm)
     return nrm, dist0, _sum4(f, f0, h, 4, 1.0) / nrm, 0.5 * dist * dist, dist, proj
 
 

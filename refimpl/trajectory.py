@@ -25,7 +25,9 @@ import math
 import numpy as np
 
 from . import kernels, kernels_metrics as km, kernels_sparse
-from .data import training_relations
+from .checks import check_square, check_tokens, check_weights
+from .data import ensure_valid, training_relations
+from .errors import ShapeError
 from .io import atomic_write_text
 from .maxmargin import log_loss
 
@@ -161,6 +163,76 @@ class Trajectory:
         return f"Trajectory({len(self)} rows, columns={list(self.columns)})"
 
 
+# ==================================================================== checks
+# The metrics below hand their arrays to compiled loops that index without bounds checks, so
+# each public entry checks them here first (refimpl.checks; docs/model.md "Checked boundaries").
+def _iterate(W, name, M=None):
+    """W as a C-contiguous float64 (M, M) array (M = its first dimension when None), NaN and
+    inf allowed: a non-finite stop records its last iterate, and the callers define what they
+    return for it. Integer and float dtypes only. Raises ShapeError naming ``name`` (the shape
+    and dtype part of :func:`refimpl.checks.check_weights`)."""
+    text = "(M, M)" if M is None else f"({M}, {M})"
+    try:
+        A = W if isinstance(W, np.ndarray) else np.asarray(W)
+    except (TypeError, ValueError) as err:
+        raise ShapeError(f"{name} must be a float array of shape {text}: {err}") from None
+    if A.dtype.kind not in "iuf":
+        raise ShapeError(f"{name} must be a float array of shape {text}, got dtype {A.dtype}")
+    if A.ndim != 2 or A.shape[0] != A.shape[1] or (M is not None and A.shape[0] != M):
+        raise ShapeError(f"{name} must have shape {text}, got shape {A.shape}")
+    return np.ascontiguousarray(A, dtype=np.float64)
+
+
+def _tokens(values, M, name, matrix=None):
+    """:func:`refimpl.checks.check_tokens` of ``values`` (1-D, int, in 0..M-1) for a function
+    whose M comes from the shape of its matrix argument ``matrix`` (a name): there a valid
+    token >= M means that matrix is too small, a ShapeError naming it."""
+    if matrix is not None:
+        a = values if isinstance(values, np.ndarray) else np.asarray(values)
+        if a.dtype.kind in "iu" and a.ndim == 1 and a.size and a.min() >= 0 and a.max() >= M:
+            raise ShapeError(f"{matrix} has shape ({M}, {M}), too small for {name}, which holds token "
+                             f"{a.max()}: {matrix} must be (M, M) with M > {a.max()} (the vocabulary size)")
+    return check_tokens(values, M, name)
+
+
+class _Constraints(tuple):
+    """The ``(x*, x', q)`` tuple of :func:`attention_constraints`: read-only int64 arrays whose
+    tokens are known to lie in 0..``vocab_size``-1, so :func:`_constraints` accepts it for any
+    K of at least that size in O(1) (it is checked per recorded training step)."""
+
+    def __new__(cls, arrays, vocab_size):
+        self = super().__new__(cls, arrays)
+        self.vocab_size = int(vocab_size)
+        return self
+
+
+def _constraints(constraints, M, matrix=None):
+    """:func:`attention_constraints` output checked for an (M, M) K: None, or three 1-D int arrays
+    ``(x*, x', q)`` of one length with every token in 0..M-1, as contiguous int64 (``matrix``:
+    see :func:`_tokens`). O(R) for R constraints (the cost of the margin itself)."""
+    if constraints is None:
+        return None
+    if isinstance(constraints, _Constraints) and constraints.vocab_size <= M:
+        return constraints
+    if not isinstance(constraints, (tuple, list)) or len(constraints) != 3:
+        raise ShapeError(f"constraints must be None or a tuple (x*, x', q) of three int arrays "
+                         f"(attention_constraints), got {type(constraints).__name__}"
+                         + (f" of length {len(constraints)}" if isinstance(constraints, (tuple, list)) else ""))
+    star, other, q = (_tokens(a, M, f"constraints[{i}] ({what})", matrix)
+                      for i, (a, what) in enumerate(zip(constraints, ("x*", "x'", "q"))))
+    if not len(star) == len(other) == len(q):
+        raise ShapeError(f"constraints: x*, x' and q must have one length, got lengths "
+                         f"{len(star)}, {len(other)}, {len(q)}")
+    return star, other, q
+
+
+def _margin(K, constraints):
+    """attention_margin of a checked K and checked constraints (compiled)."""
+    if constraints is None:
+        return math.inf
+    return float(km.constraint_margin(K, *constraints))
+
+
 # ==================================================================== metrics
 def direction_metrics(W, W_star_hat):
     """``(cos, 1 - cos, ||hat W - hat W*||)`` against the unit matrix ``W_star_hat``.
@@ -180,12 +252,13 @@ def stage1_metrics(O, O0, O_hat, xs, ys):
 
     Parameters
     ----------
-    O, O0 : ndarray, float64, shape (M, M)
-        Current and initial iterate.
-    O_hat : ndarray, float64, shape (M, M), or None
+    O, O0 : array_like, float, shape (M, M)
+        Current and initial iterate (M from the shape of O). They may hold inf or NaN (a
+        non-finite stop records its last iterate): see Returns.
+    O_hat : array_like, float, shape (M, M), finite, or None
         ``W_ov* / ||W_ov*||`` (None when W_ov* = 0).
-    xs, ys : ndarray, int64, shape (n_c,)
-        Collocation tokens and their next tokens.
+    xs, ys : array_like, int, shape (n_c,)
+        Collocation tokens and their next tokens, each in 0..M-1.
 
     Returns
     -------
@@ -195,17 +268,47 @@ def stage1_metrics(O, O0, O_hat, xs, ys):
         ``min_margin = min_x O[n(x), x] - max_{v != n(x)} O[v, x]`` (+inf when n_c = 0) and
         ``accuracy`` = the fraction of x with a positive margin (1.0 when n_c = 0). The
         margins are exact (a max and one subtraction), the same as :func:`stage1_metrics_np`;
-        the norms are fixed-order sums that agree with it to a few ulps.
+        the norms are fixed-order sums that agree with it to a few ulps. When O is not
+        finite and n_c > 0, ``min_margin`` and ``accuracy`` are NaN (a max over NaN entries is
+        undefined); the norms, distances and cosines then follow IEEE arithmetic (inf or NaN).
+
+    Raises
+    ------
+    ShapeError
+        O not a square 2-D float array, or too small for a token of xs or ys; O0 or O_hat
+        not of O's shape (M, M); xs, ys not 1-D, or of different lengths.
+    NonFiniteError
+        O_hat holds NaN or inf.
+    SentenceInputError
+        xs or ys not integers, or holding a negative token.
     """
-    O = np.ascontiguousarray(O, dtype=np.float64)
-    O0 = np.ascontiguousarray(O0, dtype=np.float64)
+    O = _iterate(O, "O")
+    M = O.shape[0]                      # the tokens first: a token >= M names O as too small
+    xs = _tokens(xs, M, "xs", "O")
+    ys = _tokens(ys, M, "ys", "O")
+    if len(ys) != len(xs):
+        raise ShapeError(f"ys must have the length of xs ({len(xs)}, one next token per collocation "
+                         f"token), got {len(ys)}")
+    O0 = _iterate(O0, "O0", M)
+    O_hat = None if O_hat is None else check_square(O_hat, "O_hat", M)
+    return _stage1_metrics(O, O0, O_hat, xs, ys)
+
+
+def _stage1_metrics(O, O0, O_hat, xs, ys):
+    """:func:`stage1_metrics` of checked arguments: O, O0 C-contiguous float64 (M, M), O_hat
+    finite (M, M) or None, xs, ys contiguous int64 in 0..M-1. The trainer checks once and
+    calls this per recorded step (its iterates are its own float64 (M, M) arrays)."""
     nrm, dist0, cos, omc, dist, proj = km.matrix_metrics(O, O0, O_hat)
     n_c = len(xs)
-    low, n_ok = km.colloc_margins(O, np.ascontiguousarray(xs, dtype=np.int64),
-                                  np.ascontiguousarray(ys, dtype=np.int64))
+    if n_c == 0:
+        min_margin, acc = math.inf, 1.0
+    elif np.isfinite(O).all():
+        low, n_ok = km.colloc_margins(O, xs, ys)
+        min_margin, acc = float(low), n_ok / n_c
+    else:
+        min_margin, acc = math.nan, math.nan
     return dict(norm=nrm, dist_from_init=dist0, cos_to_star=cos, one_minus_cos=omc, normalized_distance=dist,
-                proj_on_star=proj, min_margin=float(low) if n_c else math.inf,
-                accuracy=n_ok / n_c if n_c else 1.0)
+                proj_on_star=proj, min_margin=min_margin, accuracy=acc)
 
 
 def stage1_metrics_np(O, O0, O_hat, xs, ys):
@@ -225,9 +328,10 @@ def stage2_metrics(K, K0, K_hat, excess, constraints):
 
     Parameters
     ----------
-    K, K0 : ndarray, float64, shape (M, M)
-        Current and initial iterate.
-    K_hat : ndarray, float64, shape (M, M), or None
+    K, K0 : array_like, float, shape (M, M)
+        Current and initial iterate, M = ``excess``'s vocabulary size. They may hold inf or
+        NaN (a non-finite stop records its last iterate): see Returns.
+    K_hat : array_like, float, shape (M, M), finite, or None
         ``W_kq* / ||W_kq*||`` (None when W_kq* = 0).
     excess : ExcessLoss
         For the fixed O (its floor is the ``floor`` column).
@@ -241,14 +345,41 @@ def stage2_metrics(K, K0, K_hat, excess, constraints):
         (:func:`refimpl.kernels_metrics.matrix_metrics`), ``attention_margin``, and from one pass
         over the sentences (:meth:`ExcessLoss.at`) ``train_accuracy``, ``excess_loss``,
         ``log10_excess``, with ``floor``. The trainer's rows and the trajectory audit's
-        recomputed rows both come from here, so they agree bit for bit.
+        recomputed rows both come from here, so they agree bit for bit. When K is not finite,
+        ``excess_loss`` and ``log10_excess`` are NaN (:meth:`ExcessLoss.at`), so is
+        ``attention_margin`` when there are constraints, and the norms follow IEEE arithmetic.
+
+    Raises
+    ------
+    TypeError
+        ``excess`` is not an :class:`ExcessLoss`.
+    ShapeError
+        K, K0 or K_hat not of shape (M, M); constraints not None or three 1-D arrays of one
+        length.
+    NonFiniteError
+        K_hat holds NaN or inf.
+    SentenceInputError
+        A constraint token that is not an integer or is outside 0..M-1.
     """
-    K = np.ascontiguousarray(K, dtype=np.float64)
-    K0 = np.ascontiguousarray(K0, dtype=np.float64)
+    if not isinstance(excess, ExcessLoss):
+        raise TypeError(f"excess must be an ExcessLoss, got {type(excess).__name__}")
+    M = excess.OT.shape[0]
+    K = _iterate(K, "K", M)
+    K0 = _iterate(K0, "K0", M)
+    K_hat = None if K_hat is None else check_square(K_hat, "K_hat", M)
+    return _stage2_metrics(K, K0, K_hat, excess, _constraints(constraints, M))
+
+
+def _stage2_metrics(K, K0, K_hat, excess, constraints):
+    """:func:`stage2_metrics` of checked arguments (K, K0 C-contiguous float64 (M, M), K_hat
+    finite or None, constraints checked); the trainer checks once and calls this per recorded
+    step, so its rows and the audit's recomputed rows are the same computation."""
     nrm, dist0, cos, omc, dist, _ = km.matrix_metrics(K, K0, K_hat)
-    ex, log10_ex, acc = excess.at(K)
+    ex, log10_ex, acc = excess._at(K)
+    # a non-finite K has no margin; without constraints the margin is +inf for every K
+    margin = math.nan if constraints is not None and not np.isfinite(K).all() else _margin(K, constraints)
     return dict(norm=nrm, dist_from_init=dist0, cos_to_star=cos, one_minus_cos=omc, normalized_distance=dist,
-                attention_margin=attention_margin(K, constraints), train_accuracy=acc, floor=excess.floor,
+                attention_margin=margin, train_accuracy=acc, floor=excess.floor,
                 excess_loss=ex, log10_excess=log10_ex)
 
 
@@ -258,7 +389,10 @@ def attention_constraints(ds):
     q, lower, upper = training_relations(ds)
     if not len(q):
         return None
-    return tuple(np.ascontiguousarray(a, dtype=np.int64) for a in (upper, lower, q))
+    arrays = [np.array(a, dtype=np.int64) for a in (upper, lower, q)]   # own copies, read-only:
+    for a in arrays:                                                    # _constraints trusts them
+        a.setflags(write=False)
+    return _Constraints(arrays, ds.vocab_size)
 
 
 def attention_inert(ds):
@@ -284,14 +418,31 @@ def attention_inert(ds):
 def attention_margin(K, constraints):
     """min over training constraints of K[x*, q] - K[x', q]; +inf when there are none.
 
-    K : float64 (M, M); constraints : ``(x*, x', q)`` int64 arrays from
-    :func:`attention_constraints`, or None. Compiled (no gathered temporaries); the same
-    value as :func:`attention_margin_np` (one subtraction per constraint, then a min: exact).
+    Compiled (no gathered temporaries); the same value as :func:`attention_margin_np` (one
+    subtraction per constraint, then a min: exact).
+
+    Parameters
+    ----------
+    K : array_like, float, shape (M, M), finite
+    constraints : tuple ``(x*, x', q)`` of int arrays, shape (R,) each, or None
+        From :func:`attention_constraints`; every token in 0..M-1.
+
+    Returns
+    -------
+    float
+
+    Raises
+    ------
+    ShapeError
+        K not a square 2-D float array, or too small for a token of the constraints;
+        constraints not None or three 1-D arrays of one length.
+    NonFiniteError
+        K holds NaN or inf (the margin would be made up from the finite entries).
+    SentenceInputError
+        A constraint token that is not an integer or is negative.
     """
-    if constraints is None:
-        return math.inf
-    star, other, q = constraints
-    return float(km.constraint_margin(np.ascontiguousarray(K, dtype=np.float64), star, other, q))
+    K = check_square(K, "K")
+    return _margin(K, _constraints(constraints, K.shape[0], "K"))
 
 
 def attention_margin_np(K, constraints):
@@ -323,13 +474,25 @@ class LogitAccuracy:
     Parameters
     ----------
     ds : RealizableDataset
-        Its ragged sentences and next tokens are kept (O(N) scratch besides).
+        Validated here if it was not (:func:`refimpl.data.ensure_valid`); its ragged sentences
+        and next tokens are kept (O(N) scratch besides).
 
-    Call it with ``(O, K)``, float64 (M, M) each; returns the fraction of sentences whose
-    logit y is strictly the largest.
+    Call it with ``(O, K)``, finite float (M, M) each (M = ``ds.vocab_size``); returns the
+    fraction of sentences whose logit y is strictly the largest. The call raises ShapeError
+    (O or K not of shape (M, M)) or NonFiniteError (O or K holds NaN or inf), as
+    :func:`refimpl.kernels.logits` does; each check is O(M^2).
+
+    Raises
+    ------
+    TypeError
+        ``ds`` is not a RealizableDataset.
+    DatasetError
+        ``ds`` is not a realizable dataset.
     """
 
     def __init__(self, ds):
+        ensure_valid(ds)
+        self.M = int(ds.vocab_size)
         self.flat = np.ascontiguousarray(ds.flat_tokens, dtype=np.int64)
         self.offsets = np.ascontiguousarray(ds.offsets, dtype=np.int64)
         self.y = np.ascontiguousarray(ds.next_tokens, dtype=np.int64)
@@ -339,10 +502,12 @@ class LogitAccuracy:
         self._correct = np.empty(self.N, dtype=np.uint8)
 
     def __call__(self, O, K):
+        O = check_square(O, "O", self.M)
+        K = check_square(K, "K", self.M)
         if self.N == 0:
             return math.nan
-        OT = np.ascontiguousarray(np.asarray(O, dtype=np.float64).T)
-        KT = np.ascontiguousarray(np.asarray(K, dtype=np.float64).T)
+        OT = np.ascontiguousarray(O.T)
+        KT = np.ascontiguousarray(K.T)
         return km.logit_accuracy(OT, KT, self.flat, self.offsets, self.y, self.Lmax, self.nc,
                                  self._correct, self._chooser) / self.N
 
@@ -361,14 +526,26 @@ class ExcessLoss:
     Parameters
     ----------
     ds : RealizableDataset
-    O : ndarray, float64, shape (M, M)
-        The fixed W_ov.
+        Validated here if it was not (:func:`refimpl.data.ensure_valid`).
+    O : array_like, float, shape (M, M), finite
+        The fixed W_ov (M = ``ds.vocab_size``).
     floor : float
         ``L_floor(O)``.
     vertex : array_like of bool, shape (N,)
         Whether perfect attention is the floor of each sentence.
-    log_floor : array_like of float, shape (N,)
+    log_floor : array_like of float, shape (N,), finite
         Per-sentence log-floors.
+
+    Raises
+    ------
+    TypeError
+        ``ds`` is not a RealizableDataset.
+    DatasetError
+        ``ds`` is not a realizable dataset.
+    ShapeError
+        O not of shape (M, M); vertex or log_floor not of shape (N,).
+    NonFiniteError
+        O or log_floor holds NaN or inf.
 
     Notes
     -----
@@ -381,13 +558,19 @@ class ExcessLoss:
     _LOG_TINY = km._LOG_TINY  # below, log(log1p(e^r)) = r to < e^{-40} relative
 
     def __init__(self, ds, O, floor, vertex, log_floor):
-        N, M = ds.n_sentences, ds.vocab_size
+        ensure_valid(ds)
+        N, M = ds.n_sentences, int(ds.vocab_size)
+        O = check_square(O, "O", M)
+        vertex = np.asarray(vertex)                              # bool (N,), read per sentence
+        if vertex.shape != (N,):
+            raise ShapeError(f"vertex must have shape ({N},) (one flag per sentence), got shape {vertex.shape}")
+        log_floor = check_weights(log_floor, (N,), "log_floor")
         self.floor = float(floor)
         self._ds = ds
         self.y = np.ascontiguousarray(ds.next_tokens, dtype=np.int64)
         self.vertex = np.ascontiguousarray(vertex, dtype=bool)
         self.log_floor = np.ascontiguousarray(log_floor, dtype=np.float64)  # (N,) per-sentence log-floors
-        self.OT = np.ascontiguousarray(np.asarray(O, dtype=np.float64).T)  # (M, M): row u is the column O[:, u]
+        self.OT = np.ascontiguousarray(O.T)  # (M, M): row u is the column O[:, u]
         self.flat = np.ascontiguousarray(ds.flat_tokens, dtype=np.int64)
         self.offsets = np.ascontiguousarray(ds.offsets, dtype=np.int64)
         self.xstar = np.ascontiguousarray(ds.optimal, dtype=np.int64)
@@ -408,7 +591,7 @@ class ExcessLoss:
         self.ecl = np.where(ecl >= km._ECL_MIN, ecl, 0.0)
         self._tie = km._TIE * km._EPS * (float(np.max(np.abs(O))) if O.size else 0.0)
         # O as column constants + a few exceptions (after stage 1 from zero): O(L |S|) per sentence
-        self._rep = kernels.structure(np.asarray(O, dtype=np.float64), kernels._STRUCT_MIN_M)
+        self._rep = kernels.structure(O, kernels._STRUCT_MIN_M)
         if self._rep is not None:  # the (key, query) pairs: K is gathered there instead of transposed
             self._pairs, self._slot = kernels_sparse.pair_slots(self.flat, self.offsets, M)
         self._nc = km.metric_chunks(N, len(self.flat), M)
@@ -422,8 +605,8 @@ class ExcessLoss:
 
         Parameters
         ----------
-        K : ndarray, float64, shape (M, M)
-            The attention matrix (token coordinates).
+        K : array_like, float, shape (M, M)
+            The attention matrix (token coordinates); inf and NaN are allowed (see Returns).
 
         Returns
         -------
@@ -436,6 +619,11 @@ class ExcessLoss:
             Fraction of sentences whose logit y is strictly the largest (the same count as
             :func:`accuracy` of the padded logits; a NaN logit is not largest).
 
+        Raises
+        ------
+        ShapeError
+            K not of shape (M, M) (checked before the compiled pass; O(1) for a float64 array).
+
         Notes
         -----
         The formulas of :meth:`reference`, with O(M + Lmax) scratch per chunk of sentences
@@ -446,8 +634,11 @@ class ExcessLoss:
         O(L |S|) per sentence, |S| <= L + 2 the rows that differ from the column constants,
         instead of O(L M) (``tests/test_kernels_sparse.py`` compares them).
         """
+        return self._at(_iterate(K, "K", self.OT.shape[0]))
+
+    def _at(self, K):
+        """:meth:`at` of a checked K: C-contiguous float64 (M, M)."""
         N = len(self.y)
-        K = np.ascontiguousarray(K, dtype=np.float64)
         if self._rep is not None:
             ex, log10_ex, n_ok = km.excess_accuracy_structured(
                 self._rep, kernels_sparse.gather(K, self._pairs), self._slot, self.flat, self.offsets, self.y,

@@ -113,7 +113,7 @@ def make_step(ds, M, O, mode, chunks=None):
 
     def step(K):
         D, _, _, loss, _ = sd.direction(K)
-        kernels.compensated_step(K, c, D, ETA, out)
+        kernels._compensated_step(K, c, D, ETA, out)
         return loss
     step.chooser = sd._p.chooser
     return step

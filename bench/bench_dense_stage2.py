@@ -50,7 +50,7 @@ class _Run:
         self.direction = direction
 
     def step(self, eta):
-        kernels.compensated_step(self.K, self.c, np.ascontiguousarray(self.direction(self.K)), eta, self._t)
+        kernels._compensated_step(self.K, self.c, np.ascontiguousarray(self.direction(self.K)), eta, self._t)
         self.K, self._t = self._t, self.K
 
 

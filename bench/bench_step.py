@@ -75,7 +75,7 @@ def make_kernel_step(ds, M, O, chunks=None):
 
     def step(O, K, _ds):
         D, _, _, loss, _ = direction(K)
-        kernels.compensated_step(K, c, D, ETA, out)
+        kernels._compensated_step(K, c, D, ETA, out)
         return out, loss
     step.counts = (sd._s if sd.structured else sd._p).chooser.counts   # calls serial / on threads
     step.path = "structured" if sd.structured else "dense"

@@ -26,24 +26,58 @@ def _shape_text(shape):
     return "(" + ", ".join("any" if s is None else str(s) for s in shape) + ("," if len(shape) == 1 else "") + ")"
 
 
+def _real_array(W, shape, name):
+    """``W`` as an ndarray of real numbers (any integer or float dtype), not yet cast.
+
+    Complex values (even with a zero imaginary part), booleans, strings and objects that are
+    not real numbers raise :class:`ShapeError` naming ``name`` and the dtype: casting them to
+    float64 would drop the imaginary part or read True as 1.0 without a word."""
+    try:
+        A = W if isinstance(W, np.ndarray) else np.asarray(W)
+    except (TypeError, ValueError) as err:
+        raise ShapeError(f"{name} must be a float array of shape {_shape_text(shape)}: {err}") from None
+    kind = A.dtype.kind
+    if kind in "iuf":
+        return A
+    if kind == "O" and all(isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_))
+                           for v in A.flat):
+        return A
+    what = {"c": "complex", "b": "boolean"}.get(kind, "non-numeric")
+    raise ShapeError(f"{name} must be a float array of shape {_shape_text(shape)} holding real numbers, "
+                     f"got {what} dtype {A.dtype}")
+
+
 def check_weights(W, shape, name):
     """A finite float64 array of the given shape, C-contiguous (a copy only when needed).
 
     Parameters
     ----------
-    W : array-like
-    shape : tuple of int or None; None matches any size along that axis
-    name : str, the argument's name used in messages
+    W : array-like of real numbers
+        Integer and float dtypes are converted to float64 (and an object array whose items
+        are all real numbers); nothing else is.
+    shape : tuple of int or None
+        The required shape; None matches any size along that axis.
+    name : str
+        The argument's name used in messages.
+
+    Returns
+    -------
+    ndarray
+        float64, C-contiguous, of the given shape.
 
     Raises
     ------
-    ShapeError : wrong number of dimensions or wrong shape (names both shapes)
-    NonFiniteError : NaN or +-inf (names the first index and value)
+    ShapeError
+        Not an array of real numbers (complex, even with a zero imaginary part; boolean;
+        strings; objects that are not real numbers; ragged nesting), naming the dtype; or the
+        wrong number of dimensions or the wrong shape (names both shapes).
+    NonFiniteError
+        NaN or +-inf (names the first index and value), or an integer beyond float64.
     """
     try:
-        A = np.asarray(W, dtype=np.float64)
-    except (TypeError, ValueError) as err:
-        raise ShapeError(f"{name} must be a float array of shape {_shape_text(shape)}: {err}") from None
+        A = np.asarray(_real_array(W, shape, name), dtype=np.float64)
+    except OverflowError:                           # an object array holding an int beyond float64
+        raise NonFiniteError(f"{name} holds an integer too large for float64; weights must be finite") from None
     if A.ndim != len(shape) or any(s is not None and a != s for a, s in zip(A.shape, shape)):
         raise ShapeError(f"{name} must have shape {_shape_text(shape)}, got shape {A.shape}")
     if not np.isfinite(A).all():
@@ -61,10 +95,13 @@ def check_square(W, name, M=None):
 
 
 def _integer_array(values, what):
-    """values as an ndarray of an integer dtype (no conversion of floats or bools)."""
+    """values as an ndarray of an integer dtype (no conversion of floats or bools; an empty
+    list, which NumPy types float64, is an empty int64 array)."""
     a = values if isinstance(values, np.ndarray) else np.asarray(values)
     if a.dtype.kind in "iu":
         return a
+    if a.size == 0 and not isinstance(values, np.ndarray):
+        return a.astype(np.int64)
     if a.dtype == object and all(isinstance(v, numbers.Integral) and not isinstance(v, bool)
                                  for v in a.ravel()):
         return a      # Python ints too large for int64: range checks still work on them

@@ -83,7 +83,7 @@ def kernels_cold():
     """
     try:
         from . import kernels, kernels_chunk
-        for f in (kernels.compensated_step, kernels._attention, kernels._logits, kernels_chunk._drive_serial):
+        for f in (kernels._compensated_step, kernels._attention, kernels._logits, kernels_chunk._drive_serial):
             if not f._cache._cache_file._load_index():
                 return True
         return False

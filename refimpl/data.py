@@ -83,11 +83,16 @@ def _pad(flat, offsets, fill=-1, what="padded token array"):
 
 def _ragged(sentences):
     """(flat int64 (T,), offsets int64 (N + 1,)) from ragged sequences of ints or from a
-    padded pair ``(tokens (N, Lmax), lengths (N,))``."""
+    padded pair ``(tokens (N, Lmax), lengths (N,))``.
+
+    Every token must be an integer (a Python or NumPy integer, not a bool): a float, even
+    2.0, or a string raises FileFormatError naming the sentence and position instead of
+    being truncated or parsed, as for ``next_tokens``. Raises TokenOutOfRangeError beyond
+    int64 and CountMismatchError for padded lengths outside 0..width."""
     if (isinstance(sentences, tuple) and len(sentences) == 2 and isinstance(sentences[0], np.ndarray)
             and sentences[0].ndim == 2):
         tokens = np.asarray(sentences[0])
-        lengths = np.asarray(sentences[1]).astype(np.int64, casting="same_kind").ravel()
+        lengths = _int64_array(sentences[1], "padded lengths").ravel()
         if tokens.dtype.kind not in "iu":
             raise FileFormatError(f"padded tokens must be integers, got dtype {tokens.dtype}")
         N, width = tokens.shape
@@ -99,18 +104,46 @@ def _ragged(sentences):
             raise CountMismatchError(f"sentence {bad[0]}: length {lengths[bad[0]]} is outside 0..{width}, "
                                      f"the padded width", sentence=bad[0])
         mask = np.arange(width)[None, :] < lengths[:, None]
-        flat = np.ascontiguousarray(tokens[mask], dtype=np.int64)
+        flat = np.ascontiguousarray(_int64_array(tokens[mask], "padded tokens"))
         return flat, np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    if isinstance(sentences, (str, bytes)) or not hasattr(sentences, "__iter__"):
+        raise FileFormatError(f"sentences must be a sequence of sentences (sequences of integers), "
+                              f"got {type(sentences).__name__}")
     seqs = sentences if isinstance(sentences, (list, tuple)) else list(sentences)
+    if not all(map(_is_sequence_type, set(map(type, seqs)))):
+        i, s = next((i, s) for i, s in enumerate(seqs) if not _is_sequence_type(type(s)))
+        raise FileFormatError(f"sentence {i} is {_describe(s)}, not a sequence of integers (sentences "
+                              f"is a list of sentences; wrap one sentence as [[...]])", sentence=i)
     lengths = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    if not all(map(_is_integer_type, set(map(type, itertools.chain.from_iterable(seqs))))):
+        i, l, t = next((i, l, t) for i, s in enumerate(seqs) for l, t in enumerate(s)
+                       if not _is_integer_type(type(t)))
+        raise FileFormatError(f"sentence {i} position {l}: token {_describe(t)} is not an integer "
+                              f"(tokens are integers in 0..M-1)", sentence=i, position=l)
     try:
         flat = np.fromiter(itertools.chain.from_iterable(seqs), dtype=np.int64, count=int(offsets[-1]))
     except OverflowError:
         raise TokenOutOfRangeError("a token is outside the 64-bit integer range") from None
-    except (TypeError, ValueError):
+    except (TypeError, ValueError):       # a sentence whose len() disagrees with its items
         raise FileFormatError("sentences must be sequences of integers") from None
     return flat, offsets
+
+
+def _is_integer_type(t):
+    """A Python or NumPy integer type, not bool (the types a token or a key may have)."""
+    return issubclass(t, (int, np.integer)) and not issubclass(t, bool)
+
+
+def _is_sequence_type(t):
+    """A type a sentence may have: sized and iterable, not text."""
+    return hasattr(t, "__len__") and hasattr(t, "__iter__") and not issubclass(t, (str, bytes))
+
+
+def _describe(value):
+    """``value`` for a one-line message: its repr (shortened) and its type."""
+    text = repr(value)
+    return f"{text[:40]}{'...' if len(text) > 40 else ''} ({type(value).__name__})"
 
 
 def pad_sentences(sentences):
@@ -235,9 +268,20 @@ class RealizableDataset:
     Raises
     ------
     CountMismatchError
-        A padded pair whose lengths exceed its width.
-    TokenOutOfRangeError, FileFormatError
-        Values that are not 64-bit integers.
+        A padded pair whose lengths are outside 0..width, or whose rows and lengths differ
+        in number.
+    FileFormatError
+        A value that is not an integer: a float (even 2.0: nothing is truncated), a string
+        or a bool among the sentences' tokens or a collocation mapping's keys and values, or
+        an array of floats, strings or bools given as the next tokens, collocation pairs,
+        padded lengths or orders; sentences that are not sequences (a flat list of ints); a
+        collocation or order relations that are not pairs of shape (P, 2) (an odd count).
+        The message names the field, and for a token the sentence and the position.
+    TokenOutOfRangeError
+        An integer outside the 64-bit range.
+
+    Construction checks only types and shapes; token ranges and realizability are checked
+    by :func:`validate`.
 
     Notes
     -----
@@ -265,16 +309,18 @@ class RealizableDataset:
     def __init__(self, vocab_size, collocation, sentences, next_tokens, orders=None, *, _flat=None):
         self.vocab_size = _as_int64(vocab_size, "vocab_size")
         if isinstance(collocation, dict):
-            pairs = sorted((int(k), int(v)) for k, v in collocation.items())
+            _require_integers(collocation.keys(), "collocation key")
+            _require_integers(collocation.values(), "collocation value")
+            pairs = sorted((int(k), int(v)) for k, v in collocation.items())   # exact: integers
         else:
             pairs = collocation
-        self.collocation_pairs = _int64_array(pairs, "collocation").reshape(-1, 2)
+        self.collocation_pairs = _pairs(pairs, "collocation")
         self.flat_tokens, self.offsets = _ragged(sentences) if _flat is None else _flat
         self.lengths = np.diff(self.offsets)
         self.next_tokens = np.ascontiguousarray(_int64_array(next_tokens, "next_tokens").ravel())
         self.orders = None
         if orders is not None:
-            self.orders = {_as_int64(q, "orders key"): _int64_array(r, f"orders[{q}]").reshape(-1, 2)
+            self.orders = {_as_int64(q, "orders key"): _pairs(r, f"orders[{q}]")
                            for q, r in orders.items()}
         self._valid = False
 
@@ -529,6 +575,28 @@ def _int64_array(values, what):
         raise TokenOutOfRangeError(f"{what}: a value is outside the 64-bit integer range") from None
     except (TypeError, ValueError):
         raise FileFormatError(f"{what} must hold integers") from None
+
+
+def _require_integers(values, what):
+    """FileFormatError naming the first of ``values`` (an iterable) that is not a Python or
+    NumPy integer (a float, even 2.0, a bool or a string), as :func:`_int64_array` refuses
+    them in an array; one pass over the types when all are integers."""
+    values = list(values)
+    if all(map(_is_integer_type, set(map(type, values)))):
+        return
+    bad = next(v for v in values if not _is_integer_type(type(v)))
+    raise FileFormatError(f"{what} {_describe(bad)} is not an integer (tokens are integers in 0..M-1)")
+
+
+def _pairs(values, what):
+    """``values`` as int64 pairs, shape (P, 2): an array-like of shape (P, 2), a flat
+    sequence of even length (x0, y0, x1, y1, ...) or an empty one. Anything else (an odd
+    count, rows of another width) raises FileFormatError naming ``what`` and the shape."""
+    arr = _int64_array(values, what)
+    if arr.size == 0 or (arr.ndim == 2 and arr.shape[1] == 2) or (arr.ndim == 1 and arr.size % 2 == 0):
+        return arr.reshape(-1, 2)
+    raise FileFormatError(f"{what} must be pairs of integers, shape (P, 2), got {arr.size} integers "
+                          f"of shape {arr.shape}")
 
 
 # ===================================================================== checks

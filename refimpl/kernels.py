@@ -50,6 +50,7 @@ stage2_loss) always run the dense kernels.
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import time
 
@@ -58,10 +59,10 @@ from numba import njit
 
 from .checks import check_padded, check_square, check_token_problem, check_tokens, check_weights
 from .budget import check_bytes
-from .errors import ConfigError, SentenceInputError, ShapeError
+from .errors import ConfigError, InputError, SentenceInputError, ShapeError
 from . import kernels_sparse
 from .kernels_chunk import _drive_parallel, _drive_serial
-from .kernels_math import scaled, sumsq4
+from .kernels_math import fro_norm, scaled, sumsq4
 from .kernels_np import (attention_np, joint_grad_np, logits_np, normalize_np,  # noqa: F401 (twins)
                          normalize_pair_np, stage1_grad_np, stage2_grad_np, stage2_loss_np)
 
@@ -354,6 +355,18 @@ def _run(O, K, tokens, lengths, ys, want_o, want_k, chunks=None):
     return p.drive(K, want_o, want_k, False)[:5]
 
 
+def _check_collocation_not_empty(xs):
+    """SentenceInputError for an empty ``xs`` of any dtype (``[]`` becomes a float64 array,
+    so this comes before the integer check, which would name the dtype instead)."""
+    try:
+        n = np.size(xs)
+    except (TypeError, ValueError):      # not array-like: check_tokens names the problem
+        return
+    if n == 0:
+        raise SentenceInputError("xs: no sentences (the collocation is empty, so the collocation "
+                                 "loss L0 and its gradient are undefined)")
+
+
 class Stage1Direction:
     """The stage-1 NGD direction of the collocation loss L0 (docs/reproduce.md), one compiled
     call per step.
@@ -372,9 +385,19 @@ class Stage1Direction:
     rounding (the Frobenius norm and the sum of e^{z_v - zmax} are taken as products over the
     rows that share a value); every D it returns is again constant + exceptions per column.
     ``structured``: None (default) from M >= 64 on, True at any M, False never.
+
+    Raises
+    ------
+    SentenceInputError
+        ``xs`` is empty (no collocation tokens: L0 and its gradient are undefined, as the
+        stage-2 kernels refuse no sentences), or a token of ``xs`` or ``ys`` is not an
+        integer in 0..M-1 (naming its index and value).
+    ShapeError
+        ``xs`` or ``ys`` is not 1-D, or their lengths differ.
     """
 
     def __init__(self, xs, ys, M, *, structured=None):
+        _check_collocation_not_empty(xs)
         xs = check_tokens(xs, M, "xs")
         ys = check_tokens(ys, M, "ys", len(xs))
         self._K = np.zeros((M, M))
@@ -409,9 +432,17 @@ class Stage1Direction:
 def stage1_grad(O, xs, ys):
     """Collocation loss L0 and its scale-free gradient (docs/model.md).
 
-    O : float64 (M, M); xs, ys : int64 (n_c,) = colloc_tokens, colloc_next.
+    O : float64 (M, M); xs, ys : int64 (n_c,) = colloc_tokens, colloc_next, n_c >= 1.
     Returns (Gs (M, M), log_scale, loss, log10_loss), dL0/dO = exp(log_scale) * Gs,
     log_scale = -max(min_x margin_x, 0).
+
+    Raises
+    ------
+    SentenceInputError
+        ``xs`` is empty (no collocation tokens), or a token of ``xs`` or ``ys`` is not an
+        integer in 0..M-1.
+    ShapeError, NonFiniteError
+        O is not a finite real (M, M) array; xs or ys is not 1-D or their lengths differ.
     """
     O = check_square(O, "O")
     GO, _, log_scale, loss, log10_loss = Stage1Direction(xs, ys, len(O))._drive(O, False)
@@ -575,17 +606,93 @@ class _Structured:
 
 
 @njit(**_OPTS)
-def compensated_step(W, c, D, eta, out):
-    """Kahan-compensated ``W - eta * D`` into ``out`` (all float64 (M, M), C-contiguous).
-
-    y = -eta D - c;  out = W + y;  c <- (out - W) - y   (c updated in place).
-    """
+def _compensated_step(W, c, D, eta, out):
+    """:func:`compensated_step` without its checks: the loop runs over ``W.size`` and writes
+    ``c`` and ``out`` without bounds checks. Only for callers whose four arrays are float64,
+    C-contiguous and of one shape by construction (the trainer's update, checked once)."""
     fw, fc, fd, fo = W.ravel(), c.ravel(), D.ravel(), out.ravel()
     for v in range(fw.shape[0]):
         y = fd[v] * -eta - fc[v]
         t = fw[v] + y
         fc[v] = (t - fw[v]) - y
         fo[v] = t
+
+
+_STEP_ARGS = ("W", "c", "D", "out")
+_F64 = np.dtype(np.float64)
+
+
+def _check_step_arrays(W, c, D, eta, out):
+    """Raise unless W, c, D, out are float64 C-contiguous ndarrays of W's shape, c and out
+    writable, and eta a real number (the rules of :func:`compensated_step`); else return."""
+    arrays = (W, c, D, out)
+    for name, a in zip(_STEP_ARGS, arrays):
+        if not isinstance(a, np.ndarray):
+            raise ShapeError(f"compensated_step: {name} must be a float64 ndarray, got {type(a).__name__}")
+        if a.dtype != _F64:
+            raise ShapeError(f"compensated_step: {name} must have dtype float64, got {a.dtype} "
+                             f"(nothing is converted: c and out are written in place)")
+        if not a.flags.c_contiguous:
+            raise ShapeError(f"compensated_step: {name} must be C-contiguous (np.ascontiguousarray), "
+                             f"got strides {a.strides} for shape {a.shape}")
+    for name, a in zip(_STEP_ARGS[1:], arrays[1:]):
+        if a.shape != W.shape:
+            raise ShapeError(f"compensated_step: {name} has shape {a.shape} but W has shape {W.shape}; "
+                             f"the four arrays must have one shape")
+    for name, a in (("c", c), ("out", out)):
+        if not a.flags.writeable:
+            raise InputError(f"compensated_step: {name} is read-only; it is written in place")
+    if isinstance(eta, (bool, np.bool_)) or not isinstance(eta, numbers.Real):
+        raise InputError(f"compensated_step: eta must be a real number, got {eta!r}"[:200])
+
+
+def compensated_step(W, c, D, eta, out):
+    """Kahan-compensated ``W - eta * D`` into ``out`` (all float64 (M, M), C-contiguous).
+
+    y = -eta D - c;  out = W + y;  c <- (out - W) - y   (c updated in place).
+
+    Parameters
+    ----------
+    W, D : ndarray, float64, C-contiguous
+        The iterate and the step direction (only read).
+    c : ndarray, float64, C-contiguous, writable
+        The running compensation, updated in place (start from zeros).
+    eta : float
+        The step size (any real number: a Python or NumPy float or integer).
+    out : ndarray, float64, C-contiguous, writable
+        Receives the new iterate; may be ``W`` itself.
+
+    Raises
+    ------
+    ShapeError
+        One of the four arrays is not a float64 C-contiguous ndarray (nothing is converted:
+        c and out are written in place), or c, D or out has a shape other than W's; the
+        message names the argument.
+    InputError
+        ``c`` or ``out`` is read-only, or ``eta`` is not a real number.
+
+    Notes
+    -----
+    The compiled loop behind this function (``_compensated_step``) runs over ``W.size``
+    entries without bounds checks, so every rule above is checked first. The checks are
+    about a dozen attribute reads, a fraction of a microsecond; a loop that calls this
+    once per step on arrays it allocated itself (the trainer) may call the loop directly.
+    """
+    try:
+        s = W.shape
+        ok = (W.dtype is _F64 and c.dtype is _F64 and D.dtype is _F64 and out.dtype is _F64
+              and c.shape == s and D.shape == s and out.shape == s
+              and W.flags.c_contiguous and D.flags.c_contiguous
+              and (fc := c.flags).c_contiguous and fc.writeable
+              and (fo := out.flags).c_contiguous and fo.writeable
+              and type(eta) is float)
+    except AttributeError:                # not an array: the full check names the argument
+        ok = False
+    if not ok:
+        # raises, or accepts what the fast test above is too strict for (an int eta, a
+        # float64 dtype that is an equal but distinct object)
+        _check_step_arrays(W, c, D, eta, out)
+    _compensated_step(W, c, D, eta, out)
 
 
 def normalize(Gs):
@@ -596,9 +703,11 @@ def normalize(Gs):
     depends on the BLAS thread count).
     """
     Gs = np.ascontiguousarray(Gs, dtype=np.float64)
-    norm = math.sqrt(sumsq4(Gs))
+    norm = fro_norm(Gs)                  # sqrt(sumsq4) bits; no underflow at entries of 1e-200
     if norm == 0.0:
         return np.zeros_like(Gs), 0.0
+    if norm < 1e-300:                    # 1 / norm would overflow for a subnormal norm
+        return Gs / norm, norm
     return scaled(Gs, 1.0 / norm), norm
 
 
@@ -607,8 +716,12 @@ def normalize_pair(GOs, GKs):
     GOs = np.ascontiguousarray(GOs, dtype=np.float64)
     GKs = np.ascontiguousarray(GKs, dtype=np.float64)
     norm = math.sqrt(sumsq4(GOs) + sumsq4(GKs))
+    if not 2.0 ** -830 <= norm * norm <= 2.0 ** 1000 and norm == norm:   # squares under/overflowed
+        norm = math.hypot(fro_norm(GOs), fro_norm(GKs))
     if norm == 0.0:
         return np.zeros_like(GOs), np.zeros_like(GKs), 0.0
+    if norm < 1e-300:
+        return GOs / norm, GKs / norm, norm
     return scaled(GOs, 1.0 / norm), scaled(GKs, 1.0 / norm), norm
 
 

@@ -36,7 +36,7 @@ from dataclasses import asdict, dataclass, field, replace
 import numpy as np
 
 from . import kernels
-from .budget import check_training
+from .budget import check_bytes, check_training
 from .data import ensure_valid
 from .errors import ConfigError
 from .maxmargin import stage2_floor, w_kq_star, w_ov_star
@@ -44,7 +44,7 @@ from .progress import Progress
 from .kernels_math import sumsq4
 from .kernels_metrics import matrix_metrics
 from .trajectory import (JOINT_COLUMNS, STAGE1_COLUMNS, STAGE2_COLUMNS, ExcessLoss, LogitAccuracy, Trajectory,
-                         attention_constraints, attention_margin, record_steps, stage1_metrics, stage2_metrics)
+                         _stage1_metrics, _stage2_metrics, attention_constraints, attention_margin, record_steps)
 
 __all__ = ["TrainConfig", "TrainResult", "JointResult", "train_two_stage", "train_joint",
            "run_two_stage", "stage1_replay", "stage2_replay", "stop_kind", "non_finite_stop", "NonFiniteTrainingError",
@@ -150,12 +150,22 @@ class TrainConfig:
         _int_field("seed", self.seed, 0)
         _int_field("record_dense_limit", self.record_dense_limit, 0)
         _int_field("record_points", self.record_points, 2)
+        for name, steps in (("T0", int(self.T0)), ("T", int(self.T))):
+            rows = steps + 1 if steps <= self.record_dense_limit else int(self.record_points) + 2
+            check_bytes(_RECORD_ROW_BYTES * rows, f"recording {rows} trajectory rows of a stage of {name}={steps} "
+                        f"steps (record_dense_limit={self.record_dense_limit}, "
+                        f"record_points={self.record_points})")
         return replace(self, d=int(d), eta0=float(eta0), eta=float(eta), T0=int(self.T0), T=int(self.T),
                        seed=int(self.seed), init_scale=float(self.init_scale))
 
     def to_dict(self):
         """Plain-Python dict of the fields (JSON-serializable)."""
         return asdict(self)
+
+
+# bytes per recorded row: the widest stage's float64 columns plus the schedule's int64
+# temporaries (logspace, linspace, their union), rounded up
+_RECORD_ROW_BYTES = 8 * (len(JOINT_COLUMNS) + len(STAGE1_COLUMNS) + 8)
 
 
 def _is_real(v):
@@ -257,7 +267,9 @@ class _Compensated:
         self._t = np.empty_like(self.W)
 
     def step(self, D, step):
-        kernels.compensated_step(self.W, self._c, np.ascontiguousarray(D), float(step), self._t)
+        # W, c and t are float64 C-contiguous (M, M) from __init__, and every direction is a
+        # fresh float64 (M, M) array of the same M: the unchecked loop is safe here.
+        kernels._compensated_step(self.W, self._c, np.ascontiguousarray(D), float(step), self._t)
         self.W, self._t = self._t, self.W
 
 
@@ -363,8 +375,13 @@ def _stage1(ds, cfg, O0, O_hat, bar, base):
         D, nrm, _, loss, log10_loss = step_direction.direction(O)
         return loss, log10_loss, lambda: ([D], nrm)
 
+    # checked once here, so each recorded step calls the metrics unchecked (its O is the
+    # float64 (M, M) iterate itself)
+    O0c = np.ascontiguousarray(O0, dtype=np.float64)
+    xs_c, ys_c = (np.ascontiguousarray(a, dtype=np.int64) for a in (xs, ys))
+
     def record(t, O, loss, log10_loss):
-        traj.append(step=t, loss=loss, log10_loss=log10_loss, **stage1_metrics(O, O0, O_hat, xs, ys))
+        traj.append(step=t, loss=loss, log10_loss=log10_loss, **_stage1_metrics(O, O0c, O_hat, xs_c, ys_c))
 
     reason = _ngd([it], cfg.eta0, cfg.T0, sched, evaluate, record, bar, base)
     return it.W, traj.finish(), reason
@@ -382,9 +399,11 @@ def _stage2(ds, cfg, O, K0, K_hat, excess, bar, base, callback=None):
         D, nrm, _, loss, log10_loss = step_direction.direction(K)
         return loss, log10_loss, lambda: ([D], nrm)
 
+    K0c = np.ascontiguousarray(K0, dtype=np.float64)   # K_hat, excess, constraints: made here
+
     def record(t, K, loss, log10_loss):
         # compiled, no (N, M) array: a few passes over K and one over the sentences
-        traj.append(step=t, loss=loss, log10_loss=log10_loss, **stage2_metrics(K, K0, K_hat, excess, constraints))
+        traj.append(step=t, loss=loss, log10_loss=log10_loss, **_stage2_metrics(K, K0c, K_hat, excess, constraints))
 
     reason = _ngd([it], cfg.eta, cfg.T, sched, evaluate, record, bar, base, callback)
     return it.W, traj.finish(), reason

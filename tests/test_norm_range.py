@@ -66,3 +66,18 @@ def test_audit_with_a_tiny_step_size(tmp_path, capsys):
     out, err = capsys.readouterr()
     assert code == 0, out + err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("s", [1e-200, 1e160, 1e300])
+def test_normalize_scales(s):
+    """kernels.normalize and normalize_pair of s G: unit directions (1e-15) and norms s ||G||;
+    normalize(1e-200 G) used to return zeros with norm 0.0, which its docstring reserves for
+    an exactly zero G."""
+    from refimpl import kernels as kn
+    G, H = np.random.default_rng(2).standard_normal((2, 5, 5))
+    D, n = kn.normalize(G * s)
+    assert np.linalg.norm(D) == pytest.approx(1.0, abs=1e-15)
+    assert n == pytest.approx(s * fro_norm(G), rel=1e-15)
+    DO, DK, n2 = kn.normalize_pair(G * s, H * s)
+    assert np.hypot(np.linalg.norm(DO), np.linalg.norm(DK)) == pytest.approx(1.0, abs=1e-15)
+    assert n2 == pytest.approx(s * np.hypot(fro_norm(G), fro_norm(H)), rel=1e-15)

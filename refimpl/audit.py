@@ -31,7 +31,8 @@ from .maxmargin import w_ov_star
 from .progress import Progress
 from .rates import fit_exponential_rate, fit_linear_slope, fit_power_law, too_short
 from .shift import longest_chains
-from .train import TrainConfig, run_two_stage, stop_kind
+from .errors import ConfigError
+from .train import TrainConfig, _int_field, _is_real, run_two_stage, stop_kind
 from .trajectory import attention_inert, record_steps
 
 __all__ = ["AuditConfig", "audit", "run_audit", "format_table", "SCHEMA", "REGIMES"]
@@ -281,6 +282,15 @@ def _c4(ds, res):
     ok = ok_up and ok_lo
     return _row("C4", PASS if ok else FAIL, measured, bound,
                 "lower(t) <= L0(O_t) <= b_t at every recorded t; linear decay", None if ok else CERTIFIED)
+
+
+def _check_c5_fields(cfg):
+    """Raise ConfigError naming ``c5_T0`` or ``c5_init_scale`` when out of domain (checked before
+    any training, with the audit's own field names)."""
+    _int_field("c5_T0", cfg.c5_T0, 0)
+    v = cfg.c5_init_scale
+    if not _is_real(v) or not math.isfinite(v) or v < 0:
+        raise ConfigError(f"c5_init_scale must be a finite number >= 0; got c5_init_scale={v!r}")
 
 
 def _c5_config(res, cfg):
@@ -1028,6 +1038,7 @@ def run_audit(ds, config=None, progress=None):
     cfg = AuditConfig() if config is None else config
     ensure_valid(ds)
     tc = cfg.train_config().resolved(ds.vocab_size)
+    _check_c5_fields(cfg)
     start = time.perf_counter()
     tracker, c15_why = _c15_setup(ds, cfg)
     keep = KeepStage2(record_steps(tc.T, tc.record_dense_limit, tc.record_points), ds.vocab_size, tracker)

@@ -33,15 +33,18 @@ from __future__ import annotations
 
 import itertools
 import json
+import numbers
 from dataclasses import dataclass, fields
 from functools import cached_property
 
 import numpy as np
 
 from . import budget
+from .checks import check_tokens
 from .errors import (
     AmbiguousOptimalTokenError,
     CollocationConflictError,
+    ConfigError,
     CountMismatchError,
     DatasetError,
     EmptyDatasetError,
@@ -51,11 +54,12 @@ from .errors import (
     NoOptimalTokenError,
     OrderContradictionError,
     OrderCycleError,
+    SentenceInputError,
+    ShapeError,
     TokenOutOfRangeError,
     VocabularySizeError,
 )
-from .orders import find_cycle, reachable_pairs, unique_relations
-from .orders import transitive_closure as _closure
+from .orders import closure_matrix, find_cycle, reachable_pairs, unique_relations
 
 __all__ = ["RealizableDataset", "DatasetArrays", "validate", "ensure_valid", "transitive_closure", "training_relations",
            "induced_relations", "extended_order", "pad_sentences", "FORMAT_TAG"]
@@ -418,7 +422,25 @@ class RealizableDataset:
         return q, lo, up
 
     def sentence(self, i):
-        """int64 (L_i,): sentence i (a view of ``flat_tokens``)."""
+        """int64 (L_i,): sentence i (a view of ``flat_tokens``).
+
+        Parameters
+        ----------
+        i : int, 0..N-1 (negative indices are not accepted)
+
+        Raises
+        ------
+        TypeError
+            ``i`` is not an integer (a float, a string, a bool).
+        IndexError
+            ``i`` is outside 0..N-1 (naming ``i`` and N).
+        """
+        if isinstance(i, (bool, np.bool_)) or not isinstance(i, numbers.Integral):
+            raise TypeError(f"sentence index i must be an integer, got {type(i).__name__} {i!r}")
+        N = self.n_sentences
+        if not 0 <= i < N:
+            raise IndexError(f"sentence index i = {i} is outside 0..{N - 1} (N = {N})")
+        i = int(i)
         return self.flat_tokens[self.offsets[i]: self.offsets[i + 1]]
 
     def sentences(self):
@@ -911,6 +933,25 @@ def _show_cycle(c, limit=16):
            f"{' < '.join(map(str, c[-4:]))}"
 
 
+def _require_dataset(ds, where):
+    """Raise TypeError unless ``ds`` is a :class:`RealizableDataset` (no validation);
+    ``where`` names the function in the message."""
+    if not isinstance(ds, RealizableDataset):
+        raise TypeError(f"{where} expects a RealizableDataset (see refimpl.load_dataset / "
+                        f"RealizableDataset(...)) as its first argument, got {type(ds).__name__}")
+    return ds
+
+
+def _check_query(q, M):
+    """``q`` as an int: an integer token in 0..M-1 (SentenceInputError naming q otherwise)."""
+    if isinstance(q, (bool, np.bool_)) or not isinstance(q, numbers.Integral):
+        raise SentenceInputError(f"q must be an integer query token in 0..{M - 1}, got "
+                                 f"{type(q).__name__} {q!r}")
+    if not 0 <= q < M:
+        raise SentenceInputError(f"q = {q} is outside 0..{M - 1} (M = {M})")
+    return int(q)
+
+
 def ensure_valid(ds):
     """:func:`validate` unless ``ds`` already passed it (a dataset validates once, however
     many entry points it goes through: loading, training, the audit). A non-dataset is a
@@ -999,17 +1040,28 @@ def transitive_closure(relations, M):
     Parameters
     ----------
     relations : int array (R, 2)
-        Pairs (lower, upper), meaning lower < upper.
+        Pairs (lower, upper), meaning lower < upper; tokens in 0..M-1. R may be 0.
     M : int
-        Number of tokens.
+        Number of tokens, >= 0.
 
     Returns
     -------
     less : bool (M, M)
-        ``less[a, b]`` iff a < b in the transitive closure.
+        ``less[a, b]`` iff a < b in the transitive closure, i.e. a path of length >= 1 leads
+        from a to b. On acyclic relations this is their strict order. Cyclic relations are not
+        rejected (they generate no strict order): the result is then their reachability
+        relation, with ``less[a, a]`` True exactly for the tokens on a cycle. Relations of a
+        validated dataset (:func:`extended_order`) never have a cycle; use
+        :func:`refimpl.orders.closure_matrix` to reject one with OrderCycleError.
 
     Raises
     ------
+    ConfigError
+        ``M`` is not an integer >= 0.
+    ShapeError
+        ``relations`` is not of shape (R, 2).
+    SentenceInputError
+        ``relations`` does not hold integers, or holds a token outside 0..M-1.
     ResourceError
         The M x M matrix does not fit the memory budget (docs/datasets.md).
 
@@ -1020,8 +1072,22 @@ def transitive_closure(relations, M):
     >>> bool(less[0, 2]), bool(less[2, 0])
     (True, False)
     """
+    if isinstance(M, (bool, np.bool_)) or not isinstance(M, numbers.Integral) or M < 0:
+        raise ConfigError(f"M must be an integer >= 0 (the number of tokens); got M={M!r}")
+    M = int(M)
+    rel = relations if isinstance(relations, np.ndarray) else np.asarray(relations)
+    if rel.size == 0:                                     # no relations (R = 0), of any dtype
+        rel = np.zeros((0, 2), dtype=np.int64)
+    if rel.ndim != 2 or rel.shape[1] != 2:
+        raise ShapeError(f"relations must have shape (R, 2), got shape {rel.shape}")
+    flat = check_tokens(rel.reshape(-1), M, "relations")
     budget.check_bytes(M * M, f"an M x M order matrix (M={M})")
-    return _closure(np.asarray(relations, dtype=np.int64).reshape(-1, 2), M)
+    less = np.zeros((M, M), dtype=bool)
+    if len(flat) == 0:
+        return less
+    tokens, sub = closure_matrix(flat[0::2], flat[1::2], M, allow_cycles=True)
+    less[np.ix_(tokens, tokens)] = sub
+    return less
 
 
 def training_relations(ds):
@@ -1042,13 +1108,20 @@ def induced_relations(ds, q=None):
     ds : RealizableDataset
         Validated on first use.
     q : int or None, default None
-        A query token, or None for every query.
+        A query token in 0..M-1, or None for every query.
 
     Returns
     -------
     int64 (R, 2) or dict
         The pairs (lower, upper) of query ``q``, or a dict ``q -> (R, 2)`` when ``q`` is None
         (slices of the cached, q-sorted :func:`training_relations`: no pass over the sentences).
+
+    Raises
+    ------
+    TypeError
+        ``ds`` is not a RealizableDataset.
+    SentenceInputError
+        ``q`` is not an integer or is outside 0..M-1 (naming q and the range).
 
     Examples
     --------
@@ -1057,9 +1130,12 @@ def induced_relations(ds, q=None):
     >>> ri.induced_relations(ds, 1).tolist()          # sentence [0, 1]: 0 <_1 1
     [[0, 1]]
     """
+    _require_dataset(ds, "induced_relations")
+    if q is not None:
+        q = _check_query(q, ds.vocab_size)
     q_arr, lo, up = training_relations(ds)
     if q is not None:
-        a, b = np.searchsorted(q_arr, [int(q), int(q) + 1])
+        a, b = np.searchsorted(q_arr, [q, q + 1])
         return np.stack([lo[a:b], up[a:b]], axis=1)
     qs, starts = np.unique(q_arr, return_index=True)
     ends = np.append(starts[1:], len(q_arr))
@@ -1077,12 +1153,19 @@ def extended_order(ds, q):
     ----------
     ds : RealizableDataset
     q : int
-        The query token.
+        The query token, in 0..M-1.
 
     Returns
     -------
     less : bool (M, M)
         ``less[a, b]`` iff a <_q b.
+
+    Raises
+    ------
+    TypeError
+        ``ds`` is not a RealizableDataset.
+    SentenceInputError
+        ``q`` is not an integer or is outside 0..M-1 (naming q and the range).
 
     Examples
     --------
@@ -1092,4 +1175,6 @@ def extended_order(ds, q):
     >>> bool(less[0, 2]), bool(less[2, 0])
     (True, False)
     """
+    _require_dataset(ds, "extended_order")
+    q = _check_query(q, ds.vocab_size)
     return transitive_closure(induced_relations(ds, q), ds.vocab_size)

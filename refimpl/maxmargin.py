@@ -28,7 +28,9 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from .budget import check_bytes
-from .data import ensure_valid, induced_relations
+from .checks import check_square, check_tokens, check_weights
+from .data import _require_dataset, ensure_valid, induced_relations
+from .errors import ConfigError, ShapeError
 from .floor import log_loss, stage2_floor  # noqa: F401 (public here as well)
 from .grading import (GRADE_TOL, Grade, _difference_matrix, check_candidate,  # noqa: F401
                       fit_multipliers, grade)
@@ -121,18 +123,44 @@ def certify(W, rows_by_column, alpha_by_column=None, *, problem="W", tol=KKT_TOL
     are per column (:func:`refimpl.ldp.pair_kkt_residuals`: the residuals of
     :func:`kkt_residuals` in O(m_c + M) per column, G never formed); :func:`refimpl.grading.grade` gives the
     whole-matrix residuals and the distance to the exact solution.
+
+    Raises
+    ------
+    ShapeError, NonFiniteError
+        ``W`` is not a finite square matrix; a column's rows are not (m, 2); a column's
+        multipliers are not finite or not of length m (naming the argument and the column).
+    ConfigError
+        ``rows_by_column`` has a key that is not a column 0..M-1, or ``alpha_by_column``
+        lacks a column that has rows.
+    SentenceInputError
+        A row holds a non-integer or a row index outside 0..M-1.
     """
-    W = np.asarray(W, dtype=np.float64)
+    W = check_square(W, "W")
+    M = W.shape[1]
+    checked = {}
+    for c, rows in rows_by_column.items():
+        if isinstance(c, (bool, np.bool_)) or not isinstance(c, (int, np.integer)) or not 0 <= c < M:
+            raise ConfigError(f"rows_by_column: key {c!r} is not a column 0..{M - 1} of W (shape {W.shape})")
+        a = np.asarray(rows)
+        if a.size and (a.ndim != 2 or a.shape[1] != 2):
+            raise ShapeError(f"rows_by_column[{c}] must have shape (m, 2), got shape {a.shape}")
+        flat = check_tokens(a.reshape(-1) if a.size else np.zeros(0, dtype=np.int64), M,
+                            f"rows_by_column[{c}] (flattened)")
+        checked[int(c)] = flat.reshape(-1, 2)
+    rows_by_column = checked
     if alpha_by_column is None:
         alpha_by_column = fit_multipliers(W, rows_by_column, tol)[0]
     cols = []
     for c in range(W.shape[1]):
-        rows = np.asarray(rows_by_column.get(c, np.zeros((0, 2))), dtype=np.int64).reshape(-1, 2)
+        rows = rows_by_column.get(c, np.zeros((0, 2), dtype=np.int64))
         if len(rows) == 0:
             if np.any(W[:, c] != 0):
                 cols.append(ColumnCertificate(c, rows, np.zeros(0), 0.0, 0.0, 1.0, 0.0))
             continue
-        alpha = np.asarray(alpha_by_column[c], dtype=np.float64)
+        if c not in alpha_by_column:
+            raise ConfigError(f"alpha_by_column has no multipliers for column {c}, which has "
+                              f"{len(rows)} rows in rows_by_column")
+        alpha = check_weights(alpha_by_column[c], (len(rows),), f"alpha_by_column[{c}]")
         cols.append(ColumnCertificate(c, rows, alpha, **pair_kkt_residuals(rows, W[:, c], alpha)))
     return Certificate(problem, tuple(cols), tol)
 
@@ -169,6 +197,8 @@ def grade_w_kq(ds, W, *, tol=GRADE_TOL):
 
     Raises
     ------
+    TypeError
+        ``ds`` is not a RealizableDataset (e.g. the arguments swapped), naming what was given.
     ShapeError, NonFiniteError
         ``W`` is not (M, M), or has NaN or +-inf entries.
 
@@ -183,6 +213,7 @@ def grade_w_kq(ds, W, *, tol=GRADE_TOL):
     >>> round(g.cosine, 12), round(g.norm_ratio, 12), g.max_violation
     (1.0, 2.0, 0.0)
     """
+    _require_dataset(ds, "grade_w_kq")
     W = check_candidate(W, ds.vocab_size, "W_kq")
     K_star, _ = w_kq_star(ds)
     return grade(W, K_star, _kq_rows(ds), tol=tol, problem="W_kq*")
@@ -211,6 +242,8 @@ def grade_w_ov(ds, W, *, tol=GRADE_TOL):
 
     Raises
     ------
+    TypeError
+        ``ds`` is not a RealizableDataset (e.g. the arguments swapped), naming what was given.
     ShapeError, NonFiniteError
         ``W`` is not (M, M), or has NaN or +-inf entries.
 
@@ -225,6 +258,7 @@ def grade_w_ov(ds, W, *, tol=GRADE_TOL):
     >>> g.ok(), g.rel_distance
     (True, 0.0)
     """
+    _require_dataset(ds, "grade_w_ov")
     M = ds.vocab_size
     W = check_candidate(W, M, "W_ov")
     O_star, _ = w_ov_star(ds)
@@ -364,14 +398,24 @@ def certify_ov(O, xs, ys, alpha=None, *, tol=KKT_TOL):
     -------
     Certificate
         Problem ``"W_ov*"``, columns in increasing order; not yet checked.
+
+    Raises
+    ------
+    ShapeError, NonFiniteError
+        ``O`` is not a finite square matrix, ``xs`` / ``ys`` are not 1-D of one length, or
+        ``alpha`` is not finite of length n_c (naming the argument).
+    SentenceInputError
+        ``xs`` or ``ys`` holds a non-integer or a token outside 0..M-1.
     """
-    O = np.asarray(O, dtype=np.float64)
+    O = check_square(O, "O")
     M = O.shape[0]
-    xs = np.asarray(xs, dtype=np.int64)
-    ys = np.asarray(ys, dtype=np.int64)
+    xs = check_tokens(xs, M, "xs")
+    ys = check_tokens(ys, M, "ys", len(xs))
+    if alpha is not None:
+        alpha = check_weights(alpha, (len(xs),), "alpha")
     order = np.argsort(xs, kind="stable")
     xs, ys = xs[order], ys[order]
-    a_all = np.full(len(xs), 1.0 / M) if alpha is None else np.asarray(alpha, dtype=np.float64)[order]
+    a_all = np.full(len(xs), 1.0 / M) if alpha is None else alpha[order]
     tiny = np.finfo(np.float64).tiny
     res = np.zeros((4, len(xs)))           # primal, dual, stationarity, slackness
     block = max(1, _OV_BLOCK // max(M, 1))

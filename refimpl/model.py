@@ -24,8 +24,8 @@ import warnings
 import numpy as np
 
 from .checks import check_sentences, check_tokens, check_weights
-from .data import RealizableDataset
-from .errors import NonOrthonormalEmbeddingError, ShapeError
+from .data import RealizableDataset, _require_dataset
+from .errors import ConfigError, NonOrthonormalEmbeddingError, ShapeError
 
 __all__ = ["loss_and_grads", "stage1_loss_and_grad", "check_orthonormal", "to_token_coords",
            "from_token_coords", "cross_entropy", "forward", "backward"]
@@ -45,15 +45,34 @@ def _embeddings(embeddings, M):
     return check_weights(E, E.shape, "embeddings")
 
 
+def _check_tol(tol):
+    """``tol`` as a float: a finite real number >= 0 (ConfigError naming tol otherwise)."""
+    if isinstance(tol, (bool, np.bool_)) or not isinstance(tol, (int, float, np.integer, np.floating)) \
+            or not np.isfinite(tol) or tol < 0:
+        raise ConfigError(f"tol must be a finite number >= 0; got tol={tol!r}")
+    return float(tol)
+
+
 def check_orthonormal(E, tol=1e-12):
     """Raise NonOrthonormalEmbeddingError unless max |E^T E - I| <= tol (theory code needs it).
 
-    E : float array, shape (d, M). Orthonormal columns need d >= M.
+    E : float array, shape (d, M), finite. Orthonormal columns need d >= M.
+    tol : float, finite, >= 0.
+
+    Raises
+    ------
+    NonOrthonormalEmbeddingError
+        max |E^T E - I| > tol.
+    ShapeError, NonFiniteError
+        E is not a 2-D array of real numbers, or has NaN or +-inf entries.
+    ConfigError
+        tol is not a finite number >= 0.
     """
-    E = np.asarray(E, dtype=np.float64)
+    tol = _check_tol(tol)
+    E = check_weights(E, (None, None), "E")
     M = E.shape[1]
     dev = float(np.max(np.abs(E.T @ E - np.eye(M)), initial=0.0))
-    if not dev <= tol:  # also catches NaN
+    if not dev <= tol:
         raise NonOrthonormalEmbeddingError(
             f"embeddings of shape {E.shape} are not orthonormal: max |E^T E - I| = {dev:.3e} "
             f"> tol {tol:.1e} (theory code needs E^T E = I, so d >= M)",
@@ -65,21 +84,30 @@ def to_token_coords(W, E):
 
     Parameters
     ----------
-    W : float (d, d)
-        Embedding-space weights (W_ov, W_kq or a gradient of either).
+    W : float (d, d), or a stack (..., d, d)
+        Embedding-space weights (W_ov, W_kq or a gradient of either); a stack (checkpoints
+        of a run) is mapped matrix by matrix.
     E : float (d, M)
         The embedding matrix, column v = e_v.
 
     Returns
     -------
-    float64 (M, M)
+    float64 (M, M), or (..., M, M) for a stack
         ``K[a, b] = e_a^T W e_b``: row = key (or output) token a, column = query (or input)
         token b. This is what the trainer returns (``TrainResult.W_ov``, ``W_kq``) and what
         the max-margin solutions are written in.
 
+    Raises
+    ------
+    ShapeError
+        E is not 2-D, or W is not (d, d) (or a stack of them) for E of shape (d, M)
+        (naming the argument).
+    NonFiniteError
+        W or E has NaN or +-inf entries.
+
     Notes
     -----
-    Defined for any E, but it is a change of coordinates only when E is orthonormal
+    Defined for any E (finite, 2-D, d rows), but it is a change of coordinates only when E is orthonormal
     (E^T E = I, d >= M; theory code checks this with :func:`check_orthonormal`). Then the
     model sees W only through E^T W E (scores e_x^T W_kq e_q, logits E^T W_ov h with h in
     range(E)), gradients satisfy E^T (dL/dW) E = dL/dK with equal Frobenius norms, and
@@ -97,8 +125,11 @@ def to_token_coords(W, E):
            [ 4.,  5.,  6.],
            [ 8.,  9., 10.]])
     """
-    E = np.asarray(E, dtype=np.float64)
-    return E.T @ np.asarray(W, dtype=np.float64) @ E
+    E = check_weights(E, (None, None), "E")
+    d = E.shape[0]
+    ndim = np.ndim(W)
+    W = check_weights(W, (None,) * max(ndim - 2, 0) + (d, d), "W")
+    return E.T @ W @ E
 
 
 def from_token_coords(K, E, tol=1e-12):
@@ -111,7 +142,7 @@ def from_token_coords(K, E, tol=1e-12):
         ``W_ov`` / ``W_kq`` of a :class:`~refimpl.train.TrainResult` or ``w_kq_star(ds)[0]``.
     E : float (d, M), finite, orthonormal columns (E^T E = I, so d >= M)
         The embedding matrix. The trainer's embedding is ``np.eye(d)[:, :M]``.
-    tol : float
+    tol : float, finite, >= 0
         Largest accepted max |E^T E - I| (:func:`check_orthonormal`).
 
     Returns
@@ -132,7 +163,9 @@ def from_token_coords(K, E, tol=1e-12):
     NonOrthonormalEmbeddingError
         max |E^T E - I| > tol (for a general E, E K E^T does not invert E^T W E).
     ShapeError, NonFiniteError
-        E not 2-D, K not (M, M), or non-finite entries.
+        E not 2-D, K not (M, M), or non-finite entries (naming E or K).
+    ConfigError
+        tol is not a finite number >= 0.
 
     Examples
     --------
@@ -145,7 +178,8 @@ def from_token_coords(K, E, tol=1e-12):
     >>> np.allclose(ri.to_token_coords(W_kq, E), res.W_kq)
     True
     """
-    E = check_weights(E, (None, None), "embeddings")
+    tol = _check_tol(tol)
+    E = check_weights(E, (None, None), "E")
     M = E.shape[1]
     K = check_weights(K, (M, M), "K")
     check_orthonormal(E, tol)
@@ -298,6 +332,14 @@ def loss_and_grads(ds, W_ov, W_kq, embeddings=None):
     grad_ov : float64 (d, d), (1/N) sum_i (E r_i) h_i^T
     grad_kq : float64 (d, d), (1/N) sum_i sum_l phi_il sum_m phi_im (g_il - g_im) e_{x_il} e_{q_i}^T
 
+    Raises
+    ------
+    TypeError
+        ``ds`` is not a RealizableDataset (naming what was given).
+    InputError
+        Malformed weights, embeddings, tokens or next tokens (ShapeError, NonFiniteError,
+        SentenceInputError, naming the argument).
+
     Accuracy (docs/model.md, section 8): each of the three to about 1e-14 relative
     (measured against 60-digit mpmath, bounded by 1e-12 in the tests) for any weight
     norm up to 1e4 and fully saturated attention; where the exact value is below the
@@ -316,6 +358,7 @@ def loss_and_grads(ds, W_ov, W_kq, embeddings=None):
         warnings.warn("loss_and_grads(W_ov, W_kq, ds) is deprecated: pass the dataset first, "
                       "loss_and_grads(ds, W_ov, W_kq)", DeprecationWarning, stacklevel=2)
         ds, W_ov, W_kq = W_kq, ds, W_ov
+    _require_dataset(ds, "loss_and_grads")
     M = int(ds.vocab_size)
     E = _embeddings(embeddings, M)
     d = E.shape[0]
@@ -365,6 +408,13 @@ def stage1_loss_and_grad(ds, W_ov, embeddings=None):
     loss : float, L0
     grad : float64 (d, d), (1/|C|) sum_x (E r_x) e_x^T
 
+    Raises
+    ------
+    TypeError
+        ``ds`` is not a RealizableDataset (naming what was given).
+    InputError
+        Malformed weights, embeddings or collocation tokens (naming the argument).
+
     One-token sentences: attention is 1, h = e_x, z = E^T W_ov e_x. There is no attention
     term, so nothing cancels beyond :func:`cross_entropy` (docs/model.md, section 8);
     same accuracy as :func:`loss_and_grads`.
@@ -381,6 +431,7 @@ def stage1_loss_and_grad(ds, W_ov, embeddings=None):
         warnings.warn("stage1_loss_and_grad(W_ov, ds) is deprecated: pass the dataset first, "
                       "stage1_loss_and_grad(ds, W_ov)", DeprecationWarning, stacklevel=2)
         ds, W_ov = W_ov, ds
+    _require_dataset(ds, "stage1_loss_and_grad")
     M = int(ds.vocab_size)
     E = _embeddings(embeddings, M)
     d = E.shape[0]

@@ -62,7 +62,8 @@ from .budget import check_bytes
 from .errors import ConfigError, InputError, SentenceInputError, ShapeError
 from . import kernels_sparse
 from .kernels_chunk import _drive_parallel, _drive_serial
-from .kernels_math import fro_norm, scaled, sumsq4
+from .kernels_math import scaled, sumsq4
+from .kernels_metrics import fro_norm
 from .kernels_np import (attention_np, joint_grad_np, logits_np, normalize_np,  # noqa: F401 (twins)
                          normalize_pair_np, stage1_grad_np, stage2_grad_np, stage2_loss_np)
 

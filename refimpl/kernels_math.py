@@ -255,54 +255,6 @@ def sumsq4(a):
     return (s0 + s1) + (s2 + s3)
 
 
-# sums of squares inside this range lost nothing to underflow that matters (a square below
-# 2^-1022 is < 2^-1022 / 2^-830 of the sum) and cannot have overflowed
-_SAFE_SUMSQ_LO = 2.0 ** -830
-_SAFE_SUMSQ_HI = 2.0 ** 1000
-
-
-@njit(**_OPTS)
-def fro_norm(a):
-    """||a||_F of a C-contiguous array of any shape without overflow or underflow.
-
-    ``sqrt(sumsq4(a))`` (the same bits) when that sum of squares lies in [2^-830, 2^1000];
-    otherwise ``m sqrt(sum_v (a_v / m)^2)`` with m = max_v |a_v| (divided, not multiplied by 1/m,
-    which overflows for a subnormal m) (entries of 1e-170 or 1e160
-    give their true norm, not 0 or inf). NaN when a holds a NaN, inf when it holds an inf.
-    """
-    s = sumsq4(a)
-    if _SAFE_SUMSQ_LO <= s <= _SAFE_SUMSQ_HI or s != s:
-        return math.sqrt(s)
-    f = a.ravel()
-    m = 0.0
-    for v in range(f.shape[0]):
-        x = abs(f[v])
-        m = x if x > m else m
-    if m == 0.0 or m == np.inf:
-        return math.sqrt(s)
-    t0 = 0.0
-    t1 = 0.0
-    t2 = 0.0
-    t3 = 0.0
-    n = f.shape[0]
-    v = 0
-    while v + 4 <= n:
-        x0 = f[v] / m
-        x1 = f[v + 1] / m
-        x2 = f[v + 2] / m
-        x3 = f[v + 3] / m
-        t0 = fma(x0, x0, t0)
-        t1 = fma(x1, x1, t1)
-        t2 = fma(x2, x2, t2)
-        t3 = fma(x3, x3, t3)
-        v += 4
-    while v < n:
-        x0 = f[v] / m
-        t0 = fma(x0, x0, t0)
-        v += 1
-    return m * math.sqrt((t0 + t1) + (t2 + t3))
-
-
 @njit(**_INLINE)
 def scale_inplace(a, c):
     """a *= c in place (a : C-contiguous, any shape); the same products as :func:`scaled`."""

@@ -58,8 +58,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from .kernels_math import (_SAFE_SUMSQ_HI, _SAFE_SUMSQ_LO, as_bits, exp_clamped, exp_scalar, exp_shifted, fma,
-                           from_bits, max4, sum4)
+from .kernels_math import as_bits, exp_clamped, exp_scalar, exp_shifted, fma, from_bits, max4, sum4
 from .kernels_sparse import _entry, special_chain
 
 __all__ = ["excess_accuracy", "excess_accuracy_structured", "logit_accuracy", "colloc_margins", "matrix_metrics", "constraint_margin",
@@ -725,11 +724,18 @@ def colloc_margins(O, xs, ys):
 @njit(**_INLINE)
 def _factors(f, g, h, kind, scale, v):
     """(a, b) with a b = kind 0: f_v^2;  1: (f_v - g_v)^2;  2: (f_v - g_v) h_v;
-    3: (f_v / scale - h_v)^2;  4: f_v h_v."""
+    3: (f_v / scale - h_v)^2;  4: f_v h_v;  5: (f_v / scale)^2;  6: ((f_v - g_v) / scale)^2
+    (5 and 6: kinds 0 and 1 divided by their largest |a|, :func:`_root_sum`)."""
     if kind == 0:
         return f[v], f[v]
     if kind == 1:
         a = f[v] - g[v]
+        return a, a
+    if kind == 5:
+        a = f[v] / scale
+        return a, a
+    if kind == 6:
+        a = (f[v] - g[v]) / scale
         return a, a
     if kind == 2:
         return f[v] - g[v], h[v]
@@ -766,34 +772,36 @@ def _sum4(f, g, h, kind, scale):
     return (s0 + s1) + (s2 + s3)
 
 
+# sums of squares inside this range lost nothing to underflow that matters (a square below
+# 2^-1022 is < 2^-1022 / 2^-830 of the sum) and cannot have overflowed
+_SAFE_SUMSQ_LO = 2.0 ** -830
+_SAFE_SUMSQ_HI = 2.0 ** 1000
+
+
 @njit(**_INLINE)
-def _root_sum(f, g, h, kind, scale):
-    """sqrt of :func:`_sum4` for the squares (kind 0, 1, 3) without overflow or underflow: the
-    same bits inside [2^-830, 2^1000] (:func:`refimpl.kernels_math.fro_norm`), else
-    m sqrt(sum (a_v / m)^2), m = max |a_v|."""
-    s = _sum4(f, g, h, kind, scale)
+def _root_sum(f, g, h, kind):
+    """sqrt of :func:`_sum4` of kind 0 (||f||) or 1 (||f - g||) without overflow or underflow:
+    the same bits when the sum of squares lies in [2^-830, 2^1000], else m sqrt(sum (a_v/m)^2)
+    with m = max |a_v| (kinds 5, 6; entries of 1e-170 or 1e160 keep their true norm). NaN for
+    a NaN entry, inf for an inf entry."""
+    s = _sum4(f, g, h, kind, 1.0)
     if _SAFE_SUMSQ_LO <= s <= _SAFE_SUMSQ_HI or s != s:
         return math.sqrt(s)
-    n = f.shape[0]
     m = 0.0
-    for v in range(n):
-        a, _ = _factors(f, g, h, kind, scale, v)
+    for v in range(f.shape[0]):
+        a, _ = _factors(f, g, h, kind, 1.0, v)
         m = abs(a) if abs(a) > m else m
     if m == 0.0 or m == np.inf:
         return math.sqrt(s)
-    t0 = 0.0
-    t1 = 0.0
-    v = 0
-    while v + 2 <= n:
-        a0, _ = _factors(f, g, h, kind, scale, v)
-        a1, _ = _factors(f, g, h, kind, scale, v + 1)
-        t0 = fma(a0 / m, a0 / m, t0)
-        t1 = fma(a1 / m, a1 / m, t1)
-        v += 2
-    if v < n:
-        a0, _ = _factors(f, g, h, kind, scale, v)
-        t0 = fma(a0 / m, a0 / m, t0)
-    return m * math.sqrt(t0 + t1)
+    return m * math.sqrt(_sum4(f, g, h, kind + 5, m))   # divided, not times 1/m (a subnormal m)
+
+
+@njit(**_OPTS)
+def fro_norm(a):
+    """||a||_F of a C-contiguous float64 array of any shape without overflow or underflow:
+    ``sqrt(sumsq4(a))`` bit for bit in the ordinary range (:func:`_root_sum`)."""
+    f = a.ravel()
+    return _root_sum(f, f, f, 0)
 
 
 @njit(**_OPTS)
@@ -801,14 +809,14 @@ def _matrix_metrics(W, W0, H, has_hat):
     f = W.ravel()
     f0 = W0.ravel()
     h = H.ravel()
-    nrm = _root_sum(f, f0, h, 0, 1.0)
-    dist0 = _root_sum(f, f0, h, 1, 1.0)
+    nrm = _root_sum(f, f0, h, 0)
+    dist0 = _root_sum(f, f0, h, 1)
     if not has_hat:
         return nrm, dist0, np.nan, np.nan, np.nan, 0.0
     proj = _sum4(f, f0, h, 2, 1.0)
     if nrm == 0.0:
         return nrm, dist0, np.nan, np.nan, np.nan, proj
-    dist = _root_sum(f, f0, h, 3, nrm)
+    dist = math.sqrt(_sum4(f, f0, h, 3, nrm))   # W/||W|| - h: O(1) entries
     return nrm, dist0, _sum4(f, f0, h, 4, 1.0) / nrm, 0.5 * dist * dist, dist, proj
 
 

@@ -8,8 +8,8 @@ import pytest
 
 import refimpl as ri
 from refimpl.cli import main
-from refimpl.kernels_math import fro_norm, sumsq4
-from refimpl.kernels_metrics import matrix_metrics
+from refimpl.kernels_math import sumsq4
+from refimpl.kernels_metrics import fro_norm, matrix_metrics
 
 SCALES = [1e-300, 1e-170, 1e160, 1e300]
 

@@ -47,7 +47,7 @@ def _real_array(W, shape, name):
                      f"got {what} dtype {A.dtype}")
 
 
-def check_weights(W, shape, name):
+def check_weights(W, shape, name, finite=True):
     """A finite float64 array of the given shape, C-contiguous (a copy only when needed).
 
     Parameters
@@ -59,6 +59,9 @@ def check_weights(W, shape, name):
         The required shape; None matches any size along that axis.
     name : str
         The argument's name used in messages.
+    finite : bool, default True
+        False lets NaN and +-inf through (an iterate recorded at a non-finite stop, whose
+        caller defines what it returns for it); the shape and dtype rules still hold.
 
     Returns
     -------
@@ -80,18 +83,19 @@ def check_weights(W, shape, name):
         raise NonFiniteError(f"{name} holds an integer too large for float64; weights must be finite") from None
     if A.ndim != len(shape) or any(s is not None and a != s for a, s in zip(A.shape, shape)):
         raise ShapeError(f"{name} must have shape {_shape_text(shape)}, got shape {A.shape}")
-    if not np.isfinite(A).all():
+    if finite and not np.isfinite(A).all():
         idx = tuple(int(i) for i in np.argwhere(~np.isfinite(A))[0])
         raise NonFiniteError(f"{name} (shape {A.shape}) holds {A[idx]} at index {idx}; "
                              f"weights must be finite")
     return np.ascontiguousarray(A)
 
 
-def check_square(W, name, M=None):
-    """A finite float64 (M, M) array (M = W's first dimension when None); see :func:`check_weights`."""
+def check_square(W, name, M=None, finite=True):
+    """A float64 (M, M) array (M = W's first dimension when None), finite unless ``finite`` is
+    False; see :func:`check_weights`."""
     if M is None:
-        M = check_weights(W, (None, None), name).shape[0]
-    return check_weights(W, (M, M), name)
+        M = check_weights(W, (None, None), name, finite=False).shape[0]
+    return check_weights(W, (M, M), name, finite)
 
 
 def _integer_array(values, what):

@@ -166,23 +166,6 @@ class Trajectory:
 # ==================================================================== checks
 # The metrics below hand their arrays to compiled loops that index without bounds checks, so
 # each public entry checks them here first (refimpl.checks; docs/model.md "Checked boundaries").
-def _iterate(W, name, M=None):
-    """W as a C-contiguous float64 (M, M) array (M = its first dimension when None), NaN and
-    inf allowed: a non-finite stop records its last iterate, and the callers define what they
-    return for it. Integer and float dtypes only. Raises ShapeError naming ``name`` (the shape
-    and dtype part of :func:`refimpl.checks.check_weights`)."""
-    text = "(M, M)" if M is None else f"({M}, {M})"
-    try:
-        A = W if isinstance(W, np.ndarray) else np.asarray(W)
-    except (TypeError, ValueError) as err:
-        raise ShapeError(f"{name} must be a float array of shape {text}: {err}") from None
-    if A.dtype.kind not in "iuf":
-        raise ShapeError(f"{name} must be a float array of shape {text}, got dtype {A.dtype}")
-    if A.ndim != 2 or A.shape[0] != A.shape[1] or (M is not None and A.shape[0] != M):
-        raise ShapeError(f"{name} must have shape {text}, got shape {A.shape}")
-    return np.ascontiguousarray(A, dtype=np.float64)
-
-
 def _tokens(values, M, name, matrix=None):
     """:func:`refimpl.checks.check_tokens` of ``values`` (1-D, int, in 0..M-1) for a function
     whose M comes from the shape of its matrix argument ``matrix`` (a name): there a valid
@@ -282,14 +265,14 @@ def stage1_metrics(O, O0, O_hat, xs, ys):
     SentenceInputError
         xs or ys not integers, or holding a negative token.
     """
-    O = _iterate(O, "O")
+    O = check_square(O, "O", finite=False)
     M = O.shape[0]                      # the tokens first: a token >= M names O as too small
     xs = _tokens(xs, M, "xs", "O")
     ys = _tokens(ys, M, "ys", "O")
     if len(ys) != len(xs):
         raise ShapeError(f"ys must have the length of xs ({len(xs)}, one next token per collocation "
                          f"token), got {len(ys)}")
-    O0 = _iterate(O0, "O0", M)
+    O0 = check_square(O0, "O0", M, finite=False)
     O_hat = None if O_hat is None else check_square(O_hat, "O_hat", M)
     return _stage1_metrics(O, O0, O_hat, xs, ys)
 
@@ -364,8 +347,8 @@ def stage2_metrics(K, K0, K_hat, excess, constraints):
     if not isinstance(excess, ExcessLoss):
         raise TypeError(f"excess must be an ExcessLoss, got {type(excess).__name__}")
     M = excess.OT.shape[0]
-    K = _iterate(K, "K", M)
-    K0 = _iterate(K0, "K0", M)
+    K = check_square(K, "K", M, finite=False)
+    K0 = check_square(K0, "K0", M, finite=False)
     K_hat = None if K_hat is None else check_square(K_hat, "K_hat", M)
     return _stage2_metrics(K, K0, K_hat, excess, _constraints(constraints, M))
 
@@ -375,9 +358,10 @@ def _stage2_metrics(K, K0, K_hat, excess, constraints):
     finite or None, constraints checked); the trainer checks once and calls this per recorded
     step, so its rows and the audit's recomputed rows are the same computation."""
     nrm, dist0, cos, omc, dist, _ = km.matrix_metrics(K, K0, K_hat)
-    ex, log10_ex, acc = excess._at(K)
+    finite = bool(np.isfinite(K).all())      # one pass, shared with the excess
+    ex, log10_ex, acc = excess._at(K, finite)
     # a non-finite K has no margin; without constraints the margin is +inf for every K
-    margin = math.nan if constraints is not None and not np.isfinite(K).all() else _margin(K, constraints)
+    margin = math.nan if constraints is not None and not finite else _margin(K, constraints)
     return dict(norm=nrm, dist_from_init=dist0, cos_to_star=cos, one_minus_cos=omc, normalized_distance=dist,
                 attention_margin=margin, train_accuracy=acc, floor=excess.floor,
                 excess_loss=ex, log10_excess=log10_ex)
@@ -634,10 +618,11 @@ class ExcessLoss:
         O(L |S|) per sentence, |S| <= L + 2 the rows that differ from the column constants,
         instead of O(L M) (``tests/test_kernels_sparse.py`` compares them).
         """
-        return self._at(_iterate(K, "K", self.OT.shape[0]))
+        K = check_square(K, "K", self.OT.shape[0], finite=False)
+        return self._at(K, bool(np.isfinite(K).all()))
 
-    def _at(self, K):
-        """:meth:`at` of a checked K: C-contiguous float64 (M, M)."""
+    def _at(self, K, finite):
+        """:meth:`at` of a checked K (C-contiguous float64 (M, M)); ``finite``: whether K is."""
         N = len(self.y)
         if self._rep is not None:
             ex, log10_ex, n_ok = km.excess_accuracy_structured(
@@ -650,7 +635,7 @@ class ExcessLoss:
                 self.OT, KT, self.flat, self.offsets, self.y, self.xstar, self.pair, self.eb, self.c, self.log1p_s,
                 self.ecl, self.vertex, self.log_floor, self._tie, self.Lmax, self._nc, self._lx, self._xv,
                 self._correct, self._chooser)
-        if not np.isfinite(K).all():  # a non-finite stop: the attention (so the excess) is undefined
+        if not finite:  # a non-finite stop: the attention (so the excess) is undefined
             ex, log10_ex = math.nan, math.nan
         return ex, log10_ex, (n_ok / N if N else math.nan)
 

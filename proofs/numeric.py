@@ -206,40 +206,19 @@ def c4_rate(eta0, gamma_ov):
 
 
 def _c4_log_b(L0_0, gamma_ov, eta0, n_c, T):
-    """``log b_0 .. log b_T`` (float64, shape (T+1,)) of the C4 recursion.
+    """``log b_0 .. log b_T`` (float64, shape (T+1,)) of the C4 recursion (:func:`_c4_log_b_at`
+    at every step)."""
+    return _c4_log_b_at(L0_0, gamma_ov, eta0, n_c, np.arange(int(T) + 1, dtype=np.int64))
+
+
+def _c4_log_b_at(L0_0, gamma_ov, eta0, n_c, steps):
+    """``log b_t`` of the C4 recursion at the given steps (int >= 0, any order and shape).
 
     Iterates ``C4_LOG_STEP`` (``beta -> beta + log(1 - eta0 c1 h(n_c e^beta))``,
-    ``h(x) = -expm1(-x)/x``) while ``n_c b >= e^{-40}``; after that ``h = 1``
-    to < 3e-18, so the tail is the exact arithmetic progression
-    ``beta_s + (t - s) log1p(-eta0 c1)`` (no accumulated rounding).
-    """
-    if not c4_precondition(eta0, gamma_ov):
-        raise ValueError(f"C4 precondition fails: eta0={eta0}, gamma_ov={gamma_ov} "
-                         "need eta0 exp(sqrt2 eta0) < 1 and eta0 c1 < 1")
-    T = int(T)
-    out = np.empty(T + 1, dtype=np.float64)
-    if L0_0 <= 0:
-        out[:] = -np.inf
-        return out
-    cc, log_nc = float(c4_c1(eta0, gamma_ov)), math.log(n_c)
-    beta, s = math.log(L0_0), 0
-    out[0] = beta
-    while s < T and beta + log_nc >= _LOG_TINY:
-        beta = _c4_log_step(beta, eta0, cc, n_c)
-        s += 1
-        out[s] = beta
-    out[s + 1:] = beta + np.arange(1, T - s + 1, dtype=np.float64) * math.log1p(-eta0 * cc)
-    return out
-
-
-def c4_upper_log10_at(L0_0, gamma_ov, eta0, n_c, steps):
-    """C4: ``log10 b_t`` at the given steps only (float64, shape of ``steps``): the values of
-    ``c4_upper_log10(..., T)[steps]``, T = max(steps), bit for bit, without its (T+1,) array.
-
-    ``steps`` : int, >= 0 (any order). The recursion is iterated up to the first step where
-    ``n_c b < e^{-40}`` or the largest step, whichever comes first (at most one entry kept per
-    requested step); the tail is the arithmetic progression of :func:`c4_upper_log10`, evaluated
-    at each step. A recorded checkpoint at step 10^12 costs what the recursion's head costs.
+    ``h(x) = -expm1(-x)/x``) while ``n_c b >= e^{-40}`` and below the largest step, keeping
+    the requested ones; after that ``h = 1`` to < 3e-18, so the tail is the exact
+    arithmetic progression ``beta_s + (t - s) log1p(-eta0 c1)`` (no accumulated rounding),
+    evaluated at each requested step: a step of 10^12 costs what the head costs.
     """
     if not c4_precondition(eta0, gamma_ov):
         raise ValueError(f"C4 precondition fails: eta0={eta0}, gamma_ov={gamma_ov} "
@@ -252,22 +231,30 @@ def c4_upper_log10_at(L0_0, gamma_ov, eta0, n_c, steps):
     if L0_0 <= 0 or not flat.size:
         return out.reshape(steps.shape)
     order = np.argsort(flat, kind="stable")
+    wanted = flat[order].tolist()                  # sorted steps as Python ints (per-step compare)
     cc, log_nc = float(c4_c1(eta0, gamma_ov)), math.log(n_c)
-    T = int(flat[order[-1]])
+    T, n = wanted[-1], len(wanted)
     beta, s, j = math.log(L0_0), 0, 0
-    while j < len(order) and flat[order[j]] == 0:
-        out[order[j]] = beta
+    head = []                                      # (index into wanted, value), in order
+    while j < n and wanted[j] == 0:
+        head.append(beta)
         j += 1
-    while j < len(order) and s < T and beta + log_nc >= _LOG_TINY:
+    while j < n and s < T and beta + log_nc >= _LOG_TINY:
         beta = _c4_log_step(beta, eta0, cc, n_c)
         s += 1
-        while j < len(order) and flat[order[j]] == s:
-            out[order[j]] = beta
+        while j < n and wanted[j] == s:
+            head.append(beta)
             j += 1
-    rate = math.log1p(-eta0 * cc)
-    for k in order[j:]:
-        out[k] = beta + float(int(flat[k]) - s) * rate
-    return (out / LN10).reshape(steps.shape)
+    out[order[:j]] = head
+    out[order[j:]] = beta + (flat[order[j:]] - s).astype(np.float64) * math.log1p(-eta0 * cc)
+    return out.reshape(steps.shape)
+
+
+def c4_upper_log10_at(L0_0, gamma_ov, eta0, n_c, steps):
+    """C4: ``log10 b_t`` at the given steps only (float64, shape of ``steps``): the values of
+    ``c4_upper_log10(..., T)[steps]``, T = max(steps), bit for bit, without its (T+1,) array
+    (:func:`_c4_log_b_at`)."""
+    return _c4_log_b_at(L0_0, gamma_ov, eta0, n_c, steps) / LN10
 
 
 def c4_upper(L0_0, gamma_ov, eta0, n_c, T):

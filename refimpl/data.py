@@ -933,12 +933,14 @@ def _show_cycle(c, limit=16):
            f"{' < '.join(map(str, c[-4:]))}"
 
 
-def _require_dataset(ds, where):
-    """Raise TypeError unless ``ds`` is a :class:`RealizableDataset` (no validation);
-    ``where`` names the function in the message."""
+def require_dataset(ds, where):
+    """Raise TypeError unless ``ds`` is a :class:`RealizableDataset` (no validation); return it.
+
+    ``where`` names the function in the message, e.g. "train_two_stage expects a
+    RealizableDataset (see refimpl.load_dataset / RealizableDataset(...)), got list"."""
     if not isinstance(ds, RealizableDataset):
         raise TypeError(f"{where} expects a RealizableDataset (see refimpl.load_dataset / "
-                        f"RealizableDataset(...)) as its first argument, got {type(ds).__name__}")
+                        f"RealizableDataset(...)), got {type(ds).__name__}")
     return ds
 
 
@@ -1009,9 +1011,7 @@ def validate(ds):
     ...
     refimpl.errors.OrderCycleError: the sentences [0, 1] of query 4 induce a cycle 0 < 1 < 0 in its order
     """
-    if not isinstance(ds, RealizableDataset):
-        raise TypeError(f"validate expects a RealizableDataset (see refimpl.load_dataset / "
-                        f"RealizableDataset(...)), got {type(ds).__name__}")
+    require_dataset(ds, "validate")
     _check_counts_and_ranges(ds)
     _check_collocation(ds)
     optimal = _optimal_tokens(ds)
@@ -1130,7 +1130,7 @@ def induced_relations(ds, q=None):
     >>> ri.induced_relations(ds, 1).tolist()          # sentence [0, 1]: 0 <_1 1
     [[0, 1]]
     """
-    _require_dataset(ds, "induced_relations")
+    require_dataset(ds, "induced_relations")
     if q is not None:
         q = _check_query(q, ds.vocab_size)
     q_arr, lo, up = training_relations(ds)
@@ -1175,6 +1175,6 @@ def extended_order(ds, q):
     >>> bool(less[0, 2]), bool(less[2, 0])
     (True, False)
     """
-    _require_dataset(ds, "extended_order")
+    require_dataset(ds, "extended_order")
     q = _check_query(q, ds.vocab_size)
     return transitive_closure(induced_relations(ds, q), ds.vocab_size)

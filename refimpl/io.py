@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import FORMAT_TAG, RealizableDataset, _require_dataset, ensure_valid, validate
+from .data import FORMAT_TAG, RealizableDataset, require_dataset, ensure_valid, validate
 from .errors import ConfigError, CountMismatchError, FileFormatError, OptimalTokenMismatchError
 from .jsonfile import INT64_MAX, INT64_MIN, display_name, read_json_arrays
 
@@ -518,5 +518,5 @@ def save_dataset(ds, path):
     >>> ri.load_dataset(path) == ds
     True
     """
-    _require_dataset(ds, "save_dataset")
+    require_dataset(ds, "save_dataset")
     atomic_write_text(path, ds.to_json_text())

@@ -29,7 +29,7 @@ from threadpoolctl import threadpool_limits
 
 from .budget import check_bytes
 from .checks import check_square, check_tokens, check_weights
-from .data import _require_dataset, ensure_valid, induced_relations
+from .data import require_dataset, ensure_valid, induced_relations
 from .errors import ConfigError, ShapeError
 from .floor import log_loss, stage2_floor  # noqa: F401 (public here as well)
 from .grading import (GRADE_TOL, Grade, _difference_matrix, check_candidate,  # noqa: F401
@@ -213,7 +213,7 @@ def grade_w_kq(ds, W, *, tol=GRADE_TOL):
     >>> round(g.cosine, 12), round(g.norm_ratio, 12), g.max_violation
     (1.0, 2.0, 0.0)
     """
-    _require_dataset(ds, "grade_w_kq")
+    require_dataset(ds, "grade_w_kq")
     W = check_candidate(W, ds.vocab_size, "W_kq")
     K_star, _ = w_kq_star(ds)
     return grade(W, K_star, _kq_rows(ds), tol=tol, problem="W_kq*")
@@ -258,7 +258,7 @@ def grade_w_ov(ds, W, *, tol=GRADE_TOL):
     >>> g.ok(), g.rel_distance
     (True, 0.0)
     """
-    _require_dataset(ds, "grade_w_ov")
+    require_dataset(ds, "grade_w_ov")
     M = ds.vocab_size
     W = check_candidate(W, M, "W_ov")
     O_star, _ = w_ov_star(ds)

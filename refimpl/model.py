@@ -24,7 +24,7 @@ import warnings
 import numpy as np
 
 from .checks import check_sentences, check_tokens, check_weights
-from .data import RealizableDataset, _require_dataset
+from .data import RealizableDataset, require_dataset
 from .errors import ConfigError, NonOrthonormalEmbeddingError, ShapeError
 
 __all__ = ["loss_and_grads", "stage1_loss_and_grad", "check_orthonormal", "to_token_coords",
@@ -358,7 +358,7 @@ def loss_and_grads(ds, W_ov, W_kq, embeddings=None):
         warnings.warn("loss_and_grads(W_ov, W_kq, ds) is deprecated: pass the dataset first, "
                       "loss_and_grads(ds, W_ov, W_kq)", DeprecationWarning, stacklevel=2)
         ds, W_ov, W_kq = W_kq, ds, W_ov
-    _require_dataset(ds, "loss_and_grads")
+    require_dataset(ds, "loss_and_grads")
     M = int(ds.vocab_size)
     E = _embeddings(embeddings, M)
     d = E.shape[0]
@@ -431,7 +431,7 @@ def stage1_loss_and_grad(ds, W_ov, embeddings=None):
         warnings.warn("stage1_loss_and_grad(W_ov, ds) is deprecated: pass the dataset first, "
                       "stage1_loss_and_grad(ds, W_ov)", DeprecationWarning, stacklevel=2)
         ds, W_ov = W_ov, ds
-    _require_dataset(ds, "stage1_loss_and_grad")
+    require_dataset(ds, "stage1_loss_and_grad")
     M = int(ds.vocab_size)
     E = _embeddings(embeddings, M)
     d = E.shape[0]

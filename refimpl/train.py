@@ -37,7 +37,7 @@ import numpy as np
 
 from . import kernels
 from .budget import check_bytes, check_training
-from .data import ensure_valid
+from .data import ensure_valid, require_dataset  # noqa: F401 (require_dataset: also used from here)
 from .errors import ConfigError
 from .maxmargin import stage2_floor, w_kq_star, w_ov_star
 from .progress import Progress
@@ -61,19 +61,6 @@ DEFAULT_T = 20_000           # stage-2 steps (and joint-baseline steps)
 DEFAULT_ETA0_SCALE = 0.2     # stage-1 step size eta0 = 0.2 / sqrt(d)
 DEFAULT_ETA_SCALE = 0.05     # stage-2 (and joint) step size eta = 0.05 / sqrt(d)
 DEFAULT_INIT = "zero"        # zero initialization of both matrices
-
-
-def require_dataset(ds, where):
-    """Raise TypeError unless ``ds`` is a :class:`~refimpl.data.RealizableDataset`.
-
-    ``where`` names the function in the message, e.g. "train_two_stage expects a
-    RealizableDataset (see refimpl.load_dataset / RealizableDataset(...)), got list".
-    """
-    from .data import RealizableDataset
-    if not isinstance(ds, RealizableDataset):
-        raise TypeError(f"{where} expects a RealizableDataset (see refimpl.load_dataset / "
-                        f"RealizableDataset(...)), got {type(ds).__name__}")
-    return ds
 
 
 # ============================================================== configuration
